@@ -1,0 +1,1 @@
+//! Local development KMS (being written).

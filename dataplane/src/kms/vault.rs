@@ -1,0 +1,1 @@
+//! OpenBao / Vault transit backend (being written).

@@ -1,0 +1,17 @@
+//! helpr-dataplane: the data plane of helpr vault.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`crypto`] | AES-256-GCM seal/open, DEKs and their versions (no I/O) |
+//! | [`kms`] | the `Kms` trait and its `vault` and `local` backends |
+//! | [`keyring`] | per-tenant DEK versions: caching, rotation, seal accounting |
+//! | [`store`] | the database of record (PostgreSQL and SQLite) |
+//! | [`config`] | settings from a file and `HELPR_*` environment variables |
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod crypto;
+pub mod ids;
+pub mod keyring;
+pub mod kms;
+pub mod store;

@@ -1,0 +1,364 @@
+//! Database of record.
+//!
+//! One trait, [`Store`], with two implementations sharing the same SQL: PostgreSQL
+//! (production) and SQLite (the embedded default). Migrations are embedded in the binary.
+//!
+//! Only ids, Gmail ids, timestamps, sizes and flags are stored in the clear. Everything that
+//! came from a message (subject, addresses, bodies, snippet, attachment names, types and
+//! bytes) arrives here already sealed ([`SealedField`]) and is stored as such.
+
+mod sql;
+
+pub use sql::{PgStore, SqliteStore};
+
+use async_trait::async_trait;
+
+use crate::crypto::{DekVersion, SealedField};
+use crate::ids::TenantId;
+
+/// A store failure. Messages never include sealed bytes, addresses or other content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke; try again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A row the call refers to does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness or compare-and-swap condition failed.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// Stored data is not what this version of the code can read.
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt {
+        table: &'static str,
+        reason: &'static str,
+    },
+    /// Any other database error (the message is the driver's, which holds no row data).
+    #[error("database error during {op}: {message}")]
+    Database { op: &'static str, message: String },
+    /// Applying embedded migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type UnixMillis = i64;
+
+/// The current time in [`UnixMillis`].
+pub fn now_ms() -> UnixMillis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTenant {
+    pub id: TenantId,
+    /// Human-readable name from the Tenant resource (configuration, not mail content).
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub display_name: String,
+    pub created_at_ms: UnixMillis,
+}
+
+/// One version of a tenant's DEK, as stored: wrapped by the KMS, never in plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersionRecord {
+    pub tenant_id: TenantId,
+    pub version: DekVersion,
+    /// The KMS's wrapped form of the DEK (`vault:vN:...`).
+    pub wrapped_dek: String,
+    /// Name of the tenant's key-encryption key in the KMS.
+    pub kms_key_ref: String,
+    /// Seals counted against this version. Reserved in blocks, so it is an upper bound of
+    /// the seals really made: never below the true count, even after a crash.
+    pub seal_count: u64,
+    /// Retired for writes (rotated away or seal bound reached); still opens old values.
+    pub retired: bool,
+    pub created_at_ms: UnixMillis,
+}
+
+/// Result of asking for a block of seals on one DEK version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealReservation {
+    /// This many seals (1..=requested) may be made under the version.
+    Granted(u64),
+    /// The version reached the bound (now marked retired) or was already retired.
+    Exhausted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInbox {
+    /// Record id (UUID).
+    pub id: String,
+    pub tenant_id: TenantId,
+    /// The shared mailbox's address: configuration from the Inbox resource, used to route
+    /// push notifications. Not message content.
+    pub address: String,
+    pub connected_at_ms: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub address: String,
+    /// Gmail history high-water mark: the highest history id fully processed.
+    pub history_id: Option<u64>,
+    /// `connected`, `needs_reconnect` or `disconnected`.
+    pub status: String,
+    /// The Google refresh token, sealed (field `inbox.refresh_token`, record = inbox id).
+    pub refresh_token: Option<SealedField>,
+    pub connected_at_ms: UnixMillis,
+    pub created_at_ms: UnixMillis,
+}
+
+/// Sealed content of a message. Each field is sealed with record id = message id and the
+/// field name given by [`MessageFields::FIELD_NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFields {
+    pub subject: SealedField,
+    pub from_addr: SealedField,
+    pub to_addrs: SealedField,
+    pub cc_addrs: SealedField,
+    pub reply_to: SealedField,
+    pub text_body: SealedField,
+    pub html_body: SealedField,
+    pub snippet: SealedField,
+}
+
+impl MessageFields {
+    /// Field names used as associated data, in struct order.
+    pub const FIELD_NAMES: [&'static str; 8] = [
+        "message.subject",
+        "message.from",
+        "message.to",
+        "message.cc",
+        "message.reply_to",
+        "message.text_body",
+        "message.html_body",
+        "message.snippet",
+    ];
+}
+
+/// A sealed attachment. Sealed with record id = attachment id and the field names in
+/// [`NewAttachment::FIELD_NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAttachment {
+    pub id: String,
+    /// Position in the message, from 0.
+    pub ordinal: u32,
+    pub name: SealedField,
+    pub content_type: SealedField,
+    pub content_id: SealedField,
+    pub data: SealedField,
+    /// Size of the plaintext bytes.
+    pub size_bytes: u64,
+    pub inline: bool,
+}
+
+impl NewAttachment {
+    pub const FIELD_NAMES: [&'static str; 4] = [
+        "attachment.name",
+        "attachment.content_type",
+        "attachment.content_id",
+        "attachment.data",
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Record id (UUID).
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub inbox_id: String,
+    pub gmail_message_id: String,
+    pub gmail_thread_id: String,
+    pub gmail_history_id: Option<u64>,
+    /// Gmail's `internalDate`.
+    pub internal_date_ms: UnixMillis,
+    /// Size of the raw RFC 822 message.
+    pub size_bytes: u64,
+    pub fields: MessageFields,
+    pub attachments: Vec<NewAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttachment {
+    pub id: String,
+    pub message_id: String,
+    pub ordinal: u32,
+    pub name: SealedField,
+    pub content_type: SealedField,
+    pub content_id: SealedField,
+    pub data: SealedField,
+    pub size_bytes: u64,
+    pub inline: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub inbox_id: String,
+    pub conversation_id: String,
+    pub gmail_message_id: String,
+    pub gmail_thread_id: String,
+    pub gmail_history_id: Option<u64>,
+    pub internal_date_ms: UnixMillis,
+    pub size_bytes: u64,
+    pub has_attachments: bool,
+    pub fields: MessageFields,
+    pub attachments: Vec<StoredAttachment>,
+    pub created_at_ms: UnixMillis,
+}
+
+/// Outcome of [`Store::insert_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored, in the conversation with this id.
+    Inserted { conversation_id: String },
+    /// A message with the same (inbox, Gmail message id) exists; nothing was written.
+    AlreadyStored { message_id: String },
+}
+
+/// An entry of the audit trail. Holds ids and verbs, never content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub tenant_id: TenantId,
+    /// Who acted: `cli`, `operator`, `sync`, or an agent id.
+    pub actor: String,
+    /// What happened, e.g. `keys.rotate_dek`, `message.delete`.
+    pub action: String,
+    /// What it happened to: `message`, `tenant_key`, ...
+    pub target_kind: String,
+    pub target_id: String,
+    pub at_ms: UnixMillis,
+}
+
+/// The database of record.
+///
+/// Every method is atomic: it either applies all of its writes or none of them.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+
+    // --- tenants ---------------------------------------------------------------------
+
+    /// Creates a tenant; [`StoreError::Conflict`] if the id exists.
+    async fn create_tenant(&self, tenant: &NewTenant) -> Result<TenantRecord, StoreError>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+
+    // --- tenant key versions -----------------------------------------------------------
+
+    /// Inserts a new DEK version and, in the same transaction, retires every older
+    /// version for writes. [`StoreError::Conflict`] if the version exists (another process
+    /// rotated first); nothing is written then.
+    async fn insert_key_version(&self, key: &KeyVersionRecord) -> Result<(), StoreError>;
+    async fn get_key_version(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+    ) -> Result<Option<KeyVersionRecord>, StoreError>;
+    /// All versions of a tenant, oldest first.
+    async fn list_key_versions(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<KeyVersionRecord>, StoreError>;
+    /// The newest version not retired for writes.
+    async fn current_key_version(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<KeyVersionRecord>, StoreError>;
+    /// Atomically adds up to `wanted` seals to the version's count without passing `bound`.
+    /// When nothing is left (or the version is retired), marks it retired and answers
+    /// [`SealReservation::Exhausted`].
+    async fn reserve_seals(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        wanted: u64,
+        bound: u64,
+    ) -> Result<SealReservation, StoreError>;
+    /// Replaces a wrapped DEK if it still equals `old` (compare-and-swap); returns whether
+    /// it was replaced.
+    async fn replace_wrapped_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
+
+    // --- inboxes -----------------------------------------------------------------------
+
+    /// Creates an inbox; [`StoreError::Conflict`] if the id or (tenant, address) exists,
+    /// [`StoreError::NotFound`] if the tenant does not exist.
+    async fn create_inbox(&self, inbox: &NewInbox) -> Result<InboxRecord, StoreError>;
+    async fn get_inbox(&self, id: &str) -> Result<Option<InboxRecord>, StoreError>;
+    async fn list_inboxes(&self, tenant: &TenantId) -> Result<Vec<InboxRecord>, StoreError>;
+
+    // --- messages ----------------------------------------------------------------------
+
+    /// Stores a message with its attachments in one transaction, creating or updating its
+    /// conversation (by inbox and Gmail thread id). Idempotent by (inbox, Gmail message
+    /// id). [`StoreError::NotFound`] if the inbox does not exist for the tenant.
+    async fn insert_message(&self, message: &NewMessage) -> Result<InsertOutcome, StoreError>;
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<StoredMessage>, StoreError>;
+    /// Ids of a tenant's messages in an inbox, newest first.
+    async fn list_message_ids(
+        &self,
+        tenant: &TenantId,
+        inbox_id: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Removes a message and its attachments for good (ciphertext, nonce and key version
+    /// with them) and removes its conversation if it was the last message there.
+    /// Returns whether a message was removed.
+    async fn delete_message(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
+
+    // --- audit -------------------------------------------------------------------------
+
+    async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// A tenant's audit events, oldest first.
+    async fn list_audit_events(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// Opens the store named by a database URL (`postgres://...` or `sqlite://...`) and
+/// applies the embedded migrations.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Database {
+            op: "connect",
+            message: "database url must start with postgres://, postgresql:// or sqlite:"
+                .into(),
+        })
+    }
+}

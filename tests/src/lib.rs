@@ -1,0 +1,6 @@
+//! Harness for cross-component tests: starts real OpenBao dev servers and creates fresh
+//! PostgreSQL databases, and cleans both up afterwards.
+#![forbid(unsafe_code)]
+
+pub mod openbao;
+pub mod postgres;

@@ -1,0 +1,1 @@
+//! OpenBao dev-server harness (being written).

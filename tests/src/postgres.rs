@@ -1,0 +1,1 @@
+//! PostgreSQL fresh-database harness (being written).
