@@ -1,1 +1,236 @@
-//! placeholder
+//! Settings: a TOML file (optional), overridden by `HELPR_<SECTION>__<KEY>` environment
+//! variables, overridden by command-line flags.
+//!
+//! ```toml
+//! data_dir = "./helpr-data"          # embedded default: SQLite + local KMS live here
+//!
+//! [database]
+//! url = "postgres://helpr@db/helpr"  # default: sqlite under data_dir
+//!
+//! [kms]
+//! backend = "vault"                  # or "local" (default, development only)
+//!
+//! [kms.vault]
+//! address = "https://openbao.example:8200"
+//! mount = "transit"
+//! auth = { method = "kubernetes", role = "helpr-sync-acme" }
+//!
+//! [keyring]
+//! cache_ttl_secs = 900
+//! seal_bound = 2147483648
+//! ```
+//!
+//! `HELPR_DATABASE__URL`, `HELPR_KMS__BACKEND`, `HELPR_KMS__VAULT__ADDRESS`,
+//! `HELPR_KEYRING__SEAL_BOUND`, ... override the file; `HELPR_DATA_DIR` sets `data_dir`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+
+use crate::keyring::{Keyring, KeyringConfig};
+use crate::kms::local::LocalKms;
+use crate::kms::vault::{VaultConfig, VaultKms};
+use crate::kms::{Kms, KmsError};
+use crate::store::{self, Store, StoreError};
+
+/// Every setting of the data plane.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Directory of the embedded default (SQLite database, local KMS keys).
+    pub data_dir: PathBuf,
+    pub database: DatabaseSettings,
+    pub kms: KmsSettings,
+    pub keyring: KeyringConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./helpr-data"),
+            database: DatabaseSettings::default(),
+            kms: KmsSettings::default(),
+            keyring: KeyringConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://...` or `sqlite://...`; default `sqlite://<data_dir>/helpr.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KmsBackend {
+    /// Key files under `data_dir` (development only).
+    #[default]
+    Local,
+    /// HashiCorp Vault or OpenBao transit.
+    Vault,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KmsSettings {
+    pub backend: KmsBackend,
+    pub local: LocalKmsSettings,
+    pub vault: Option<VaultConfig>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalKmsSettings {
+    /// Directory of the key files; default `<data_dir>/kms`.
+    pub key_dir: Option<PathBuf>,
+}
+
+/// A settings problem. Never includes secret values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+    #[error("cannot create data directory {path}: {kind}")]
+    DataDir {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+    },
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Settings {
+    /// Reads the file (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("HELPR_")
+                .filter(|k| k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("data_dir"))
+                .split("__"),
+        );
+        figment.extract().map_err(|e| {
+            // figment's messages name the key and the expected type, not the value.
+            ConfigError::Invalid(e.to_string())
+        })
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        match &self.database.url {
+            Some(url) => Ok(url.clone()),
+            None => {
+                let dir = self.ensure_data_dir()?;
+                Ok(format!("sqlite://{}", dir.join("helpr.db").display()))
+            }
+        }
+    }
+
+    fn ensure_data_dir(&self) -> Result<PathBuf, ConfigError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| ConfigError::DataDir {
+            path: self.data_dir.clone(),
+            kind: e.kind(),
+        })?;
+        self.data_dir
+            .canonicalize()
+            .map_err(|e| ConfigError::DataDir {
+                path: self.data_dir.clone(),
+                kind: e.kind(),
+            })
+    }
+
+    /// Opens the store and applies migrations.
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>, ConfigError> {
+        Ok(store::connect(&self.database_url()?).await?)
+    }
+
+    /// Opens the configured KMS.
+    pub async fn open_kms(&self) -> Result<Arc<dyn Kms>, ConfigError> {
+        match self.kms.backend {
+            KmsBackend::Local => {
+                let dir = match &self.kms.local.key_dir {
+                    Some(dir) => dir.clone(),
+                    None => self.ensure_data_dir()?.join("kms"),
+                };
+                Ok(Arc::new(LocalKms::open(dir)?))
+            }
+            KmsBackend::Vault => {
+                let cfg = self.kms.vault.clone().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "kms.backend is vault but [kms.vault] is missing".into(),
+                    )
+                })?;
+                Ok(Arc::new(VaultKms::new(cfg)?))
+            }
+        }
+    }
+
+    /// Store, KMS and keyring together.
+    pub async fn open_keyring(&self) -> Result<Keyring, ConfigError> {
+        let store = self.open_store().await?;
+        let kms = self.open_kms().await?;
+        Ok(Keyring::new(kms, store, self.keyring.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        figment::Jail::expect_with(|_jail| {
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.kms.backend, KmsBackend::Local);
+            assert_eq!(s.keyring.seal_bound, 1 << 31);
+            assert!(s.database.url.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "helpr.toml",
+                "data_dir = \"/tmp/x\"\n[database]\nurl = \"sqlite://file.db\"\n[keyring]\nseal_bound = 10\n",
+            )?;
+            jail.set_env("HELPR_KEYRING__SEAL_BOUND", "20");
+            jail.set_env("HELPR_E2E_KUBECONFIG", "/ignored");
+            let s = Settings::load(Some(Path::new("helpr.toml"))).unwrap();
+            assert_eq!(s.keyring.seal_bound, 20);
+            assert_eq!(s.database.url.as_deref(), Some("sqlite://file.db"));
+            assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_clear_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[keyring]\nseal_bund = 10\n")?;
+            let err = Settings::load(Some(Path::new("a.toml"))).unwrap_err();
+            assert!(err.to_string().contains("seal_bund"), "{err}");
+            jail.create_file("b.toml", "[kms]\nbackend = \"cloud\"\n")?;
+            let err = Settings::load(Some(Path::new("b.toml"))).unwrap_err();
+            assert!(err.to_string().contains("backend"), "{err}");
+            let err = Settings::load(Some(Path::new("missing.toml"))).unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -4,3 +4,4 @@
 
 pub mod openbao;
 pub mod postgres;
+pub mod scan;

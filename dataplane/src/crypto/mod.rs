@@ -30,7 +30,7 @@
 
 mod dek;
 
-pub use dek::{Dek, DekVersion, SealingKey};
+pub use dek::{DEK_LEN, Dek, DekVersion, SealingKey};
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, Nonce, Tag};

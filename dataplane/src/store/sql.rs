@@ -1,3 +1,1042 @@
-//! PostgreSQL and SQLite implementations of the store (being written).
-pub struct PgStore;
-pub struct SqliteStore;
+//! PostgreSQL and SQLite implementations of [`Store`].
+//!
+//! The logic is written once, in the `sql_store!` macro, and instantiated for both
+//! drivers. The SQL text is shared too (the constants below): both sqlx drivers accept
+//! `$1`-style placeholders, and every statement sticks to the common subset of the two
+//! dialects (`INSERT ... ON CONFLICT ... DO UPDATE ... RETURNING`, `TRUE`/`FALSE`,
+//! `CASE`, `COALESCE`). The only differences are passed to the macro: the statements that
+//! open a transaction.
+//!
+//! Unsigned 64-bit values are stored as signed `BIGINT`: values above `i64::MAX` are
+//! refused on write, and negative values read back are reported as [`StoreError::Corrupt`].
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+
+use super::{
+    AuditEvent, InboxRecord, InsertOutcome, KeyVersionRecord, MessageFields, NewInbox,
+    NewMessage, NewTenant, SealReservation, Store, StoreError, StoredAttachment, StoredMessage,
+    TenantRecord, now_ms,
+};
+use crate::crypto::{DekVersion, SealedField};
+use crate::ids::TenantId;
+
+// --- PostgreSQL -------------------------------------------------------------------------
+
+/// The PostgreSQL store (production).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects a pool to `url` (`postgres://...`) and applies the embedded migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Database {
+            op: "connect",
+            message: "invalid postgres url".into(),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db_err("connect"))?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool. Call [`PgStore::migrate`] before use on a fresh database.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the embedded PostgreSQL migrations (serialized by an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(map_migrate_error)
+    }
+
+    /// The connection pool (for tests and maintenance).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+// --- SQLite -----------------------------------------------------------------------------
+
+/// The SQLite store (embedded default).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url`, e.g. `sqlite:///var/lib/helpr/db`,
+    /// and applies the embedded migrations.
+    ///
+    /// Connections use WAL journaling, enforce foreign keys, wait up to 5 s for a lock,
+    /// and run with `secure_delete = ON`, so that deleted ciphertext is overwritten rather
+    /// than left in free pages.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::Database {
+                op: "connect",
+                message: "invalid sqlite url".into(),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("secure_delete", "ON");
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool_options = if in_memory {
+            // An in-memory database lives as long as its connections: keep exactly one.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(8)
+        };
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db_err("connect"))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded SQLite migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(map_migrate_error)
+    }
+
+    /// The connection pool (for tests and maintenance).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+// --- errors -----------------------------------------------------------------------------
+
+/// Maps a driver error. The result never carries row data or the database URL: only the
+/// driver's message, which for constraint errors names the constraint, not the values.
+fn map_sqlx_error(op: &'static str, error: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match error {
+        E::Io(e) => StoreError::Unavailable(format!("{op}: i/o error: {e}")),
+        E::Tls(_) => StoreError::Unavailable(format!("{op}: tls error")),
+        E::Protocol(_) => StoreError::Unavailable(format!("{op}: protocol error")),
+        E::PoolTimedOut => {
+            StoreError::Unavailable(format!("{op}: timed out waiting for a connection"))
+        }
+        E::PoolClosed => StoreError::Unavailable(format!("{op}: connection pool closed")),
+        E::WorkerCrashed => StoreError::Unavailable(format!("{op}: database worker crashed")),
+        E::Configuration(_) => StoreError::Database {
+            op,
+            message: "invalid database configuration".into(),
+        },
+        E::Database(db) => {
+            if is_transient(db.as_ref()) {
+                StoreError::Unavailable(format!("{op}: {}", db.message()))
+            } else {
+                StoreError::Database {
+                    op,
+                    message: db.message().to_owned(),
+                }
+            }
+        }
+        E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) | E::TypeNotFound { .. } => {
+            StoreError::Database {
+                op,
+                message: "unexpected column type or value".into(),
+            }
+        }
+        E::Migrate(e) => map_migrate_error(*e),
+        _ => StoreError::Database {
+            op,
+            message: "unexpected driver error".into(),
+        },
+    }
+}
+
+/// Database errors that say nothing about the request: the server is going away, the
+/// database is locked, or a transaction lost a race. Retrying may succeed.
+fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+        // Class 08: connection exception; 57P01-03: shutdown / cannot connect now;
+        // 53300: too many connections; 40001 / 40P01: serialization failure / deadlock.
+        code.starts_with("08")
+            || matches!(
+                code.as_ref(),
+                "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+            )
+    } else {
+        // SQLite extended result code; the primary code is the low byte.
+        // 5: BUSY, 6: LOCKED, 10: IOERR, 14: CANTOPEN.
+        code.parse::<i32>()
+            .map(|c| matches!(c & 0xff, 5 | 6 | 10 | 14))
+            .unwrap_or(false)
+    }
+}
+
+fn map_migrate_error(error: sqlx::migrate::MigrateError) -> StoreError {
+    use sqlx::migrate::MigrateError as M;
+    match error {
+        M::Execute(e) | M::ExecuteMigration(e, _) => match map_sqlx_error("migrate", e) {
+            unavailable @ StoreError::Unavailable(_) => unavailable,
+            other => StoreError::Migration(other.to_string()),
+        },
+        other => StoreError::Migration(other.to_string()),
+    }
+}
+
+fn db_err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| map_sqlx_error(op, e)
+}
+
+/// Like [`db_err`], but a unique violation becomes `Conflict(conflict)` and a foreign key
+/// violation `NotFound(missing)`.
+fn constraint_err(
+    op: &'static str,
+    conflict: &'static str,
+    missing: &'static str,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| {
+        if let sqlx::Error::Database(db) = &e {
+            match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => return StoreError::Conflict(conflict),
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return StoreError::NotFound(missing);
+                }
+                _ => {}
+            }
+        }
+        map_sqlx_error(op, e)
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+// --- conversions ------------------------------------------------------------------------
+
+fn to_i64(op: &'static str, value: u64, what: &'static str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Database {
+        op,
+        message: format!("{what} does not fit in a signed 64-bit integer"),
+    })
+}
+
+fn to_u64(table: &'static str, value: i64, reason: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt { table, reason })
+}
+
+fn to_opt_u64(
+    table: &'static str,
+    value: Option<i64>,
+    reason: &'static str,
+) -> Result<Option<u64>, StoreError> {
+    value.map(|v| to_u64(table, v, reason)).transpose()
+}
+
+fn to_u32(table: &'static str, value: i64, reason: &'static str) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt { table, reason })
+}
+
+fn to_version(table: &'static str, value: i64) -> Result<DekVersion, StoreError> {
+    u32::try_from(value)
+        .ok()
+        .and_then(DekVersion::new)
+        .ok_or(StoreError::Corrupt {
+            table,
+            reason: "key version out of range",
+        })
+}
+
+fn to_tenant(table: &'static str, value: String) -> Result<TenantId, StoreError> {
+    TenantId::new(value).map_err(|_| StoreError::Corrupt {
+        table,
+        reason: "invalid tenant id",
+    })
+}
+
+fn to_sealed(table: &'static str, bytes: Vec<u8>) -> Result<SealedField, StoreError> {
+    SealedField::from_bytes(bytes).map_err(|_| StoreError::Corrupt {
+        table,
+        reason: "malformed sealed value",
+    })
+}
+
+fn version_param(version: DekVersion) -> i64 {
+    i64::from(version.get())
+}
+
+/// Upper bound on compare-and-swap retries in [`Store::reserve_seals`]. Every failed round
+/// means another reservation succeeded, so this is only reached under absurd contention.
+const MAX_CAS_ROUNDS: usize = 10_000;
+
+// --- SQL, shared by both dialects -------------------------------------------------------
+
+const INSERT_TENANT: &str =
+    "INSERT INTO tenants (id, display_name, created_at_ms) VALUES ($1, $2, $3)";
+const GET_TENANT: &str = "SELECT id, display_name, created_at_ms FROM tenants WHERE id = $1";
+const LIST_TENANTS: &str = "SELECT id, display_name, created_at_ms FROM tenants ORDER BY id";
+
+const INSERT_KEY: &str = "INSERT INTO tenant_keys \
+     (tenant_id, version, wrapped_dek, kms_key_ref, seal_count, retired, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const RETIRE_OLDER_KEYS: &str = "UPDATE tenant_keys SET retired = TRUE \
+     WHERE tenant_id = $1 AND version < $2 AND retired = FALSE";
+macro_rules! key_select {
+    () => {
+        "SELECT tenant_id, version, wrapped_dek, kms_key_ref, seal_count, retired, \
+         created_at_ms FROM tenant_keys"
+    };
+}
+const GET_KEY: &str = concat!(key_select!(), " WHERE tenant_id = $1 AND version = $2");
+const LIST_KEYS: &str = concat!(key_select!(), " WHERE tenant_id = $1 ORDER BY version");
+const CURRENT_KEY: &str = concat!(
+    key_select!(),
+    " WHERE tenant_id = $1 AND retired = FALSE ORDER BY version DESC LIMIT 1"
+);
+const SEAL_STATE: &str =
+    "SELECT seal_count, retired FROM tenant_keys WHERE tenant_id = $1 AND version = $2";
+const RETIRE_KEY: &str =
+    "UPDATE tenant_keys SET retired = TRUE WHERE tenant_id = $1 AND version = $2";
+const CAS_SEAL_COUNT: &str = "UPDATE tenant_keys SET seal_count = $3 \
+     WHERE tenant_id = $1 AND version = $2 AND seal_count = $4 AND retired = FALSE";
+const CAS_WRAPPED_DEK: &str = "UPDATE tenant_keys SET wrapped_dek = $3 \
+     WHERE tenant_id = $1 AND version = $2 AND wrapped_dek = $4";
+
+const INSERT_INBOX: &str = "INSERT INTO inboxes \
+     (id, tenant_id, address, history_id, status, refresh_token, connected_at_ms, created_at_ms) \
+     VALUES ($1, $2, $3, NULL, 'connected', NULL, $4, $5)";
+macro_rules! inbox_select {
+    () => {
+        "SELECT id, tenant_id, address, history_id, status, refresh_token, connected_at_ms, \
+         created_at_ms FROM inboxes"
+    };
+}
+const GET_INBOX: &str = concat!(inbox_select!(), " WHERE id = $1");
+const LIST_INBOXES: &str = concat!(
+    inbox_select!(),
+    " WHERE tenant_id = $1 ORDER BY created_at_ms, id"
+);
+
+const INBOX_TENANT: &str = "SELECT tenant_id FROM inboxes WHERE id = $1";
+const FIND_MESSAGE_BY_GMAIL_ID: &str =
+    "SELECT id FROM messages WHERE inbox_id = $1 AND gmail_message_id = $2";
+const UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
+     (id, tenant_id, inbox_id, gmail_thread_id, last_message_at_ms, message_count) \
+     VALUES ($1, $2, $3, $4, $5, 1) \
+     ON CONFLICT (inbox_id, gmail_thread_id) DO UPDATE SET \
+     message_count = conversations.message_count + 1, \
+     last_message_at_ms = CASE \
+       WHEN excluded.last_message_at_ms > conversations.last_message_at_ms \
+       THEN excluded.last_message_at_ms ELSE conversations.last_message_at_ms END \
+     RETURNING id";
+const INSERT_MESSAGE: &str = "INSERT INTO messages \
+     (id, tenant_id, inbox_id, conversation_id, gmail_message_id, gmail_thread_id, \
+      gmail_history_id, internal_date_ms, size_bytes, has_attachments, \
+      subject, from_addr, to_addrs, cc_addrs, reply_to, text_body, html_body, snippet, \
+      created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+      $18, $19)";
+const INSERT_ATTACHMENT: &str = "INSERT INTO attachments \
+     (id, tenant_id, message_id, ordinal, name, content_type, content_id, data, size_bytes, \
+      is_inline) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const GET_MESSAGE: &str = "SELECT id, tenant_id, inbox_id, conversation_id, gmail_message_id, \
+     gmail_thread_id, gmail_history_id, internal_date_ms, size_bytes, has_attachments, \
+     subject, from_addr, to_addrs, cc_addrs, reply_to, text_body, html_body, snippet, \
+     created_at_ms FROM messages WHERE tenant_id = $1 AND id = $2";
+const LIST_ATTACHMENTS: &str = "SELECT id, message_id, ordinal, name, content_type, \
+     content_id, data, size_bytes, is_inline FROM attachments \
+     WHERE message_id = $1 ORDER BY ordinal";
+const LIST_MESSAGE_IDS: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND inbox_id = $2 \
+     ORDER BY internal_date_ms DESC, id DESC LIMIT $3";
+const MESSAGE_CONVERSATION: &str =
+    "SELECT conversation_id FROM messages WHERE tenant_id = $1 AND id = $2";
+const DELETE_ATTACHMENTS: &str = "DELETE FROM attachments WHERE message_id = $1";
+const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE id = $1";
+const REFRESH_CONVERSATION: &str = "UPDATE conversations SET \
+     message_count = (SELECT COUNT(*) FROM messages WHERE conversation_id = $1), \
+     last_message_at_ms = COALESCE( \
+       (SELECT MAX(internal_date_ms) FROM messages WHERE conversation_id = $1), \
+       last_message_at_ms) \
+     WHERE id = $1";
+const DELETE_EMPTY_CONVERSATION: &str =
+    "DELETE FROM conversations WHERE id = $1 AND message_count = 0";
+
+const INSERT_AUDIT: &str = "INSERT INTO audit_events \
+     (tenant_id, at_ms, actor, action, target_kind, target_id) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+const LIST_AUDIT: &str = "SELECT tenant_id, at_ms, actor, action, target_kind, target_id \
+     FROM audit_events WHERE tenant_id = $1 ORDER BY id LIMIT $2";
+
+// --- the implementation, once -----------------------------------------------------------
+
+/// Implements [`Store`] for `$store` (with a `pool` field of the driver's pool type).
+///
+/// * `write_begin`: statement opening a read-write transaction. SQLite takes the write
+///   lock up front (`BEGIN IMMEDIATE`), so that a transaction that reads and then writes
+///   waits for the lock (busy timeout) instead of failing to upgrade.
+/// * `read_begin`: statement opening a transaction that reads a consistent snapshot.
+macro_rules! sql_store {
+    (
+        store = $store:ident,
+        db = $db:ty,
+        row = $row:ty,
+        backend = $backend:literal,
+        write_begin = $write_begin:literal,
+        read_begin = $read_begin:literal $(,)?
+    ) => {
+        impl $store {
+            async fn begin_write(
+                &self,
+                op: &'static str,
+            ) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
+                self.pool.begin_with($write_begin).await.map_err(db_err(op))
+            }
+
+            async fn begin_read(
+                &self,
+                op: &'static str,
+            ) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
+                self.pool.begin_with($read_begin).await.map_err(db_err(op))
+            }
+
+            fn col<'r, T>(row: &'r $row, table: &'static str, column: &str) -> Result<T, StoreError>
+            where
+                T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+            {
+                row.try_get(column).map_err(|_| StoreError::Corrupt {
+                    table,
+                    reason: "column has an unexpected type or value",
+                })
+            }
+
+            fn tenant_from_row(row: &$row) -> Result<TenantRecord, StoreError> {
+                const T: &str = "tenants";
+                Ok(TenantRecord {
+                    id: to_tenant(T, Self::col(row, T, "id")?)?,
+                    display_name: Self::col(row, T, "display_name")?,
+                    created_at_ms: Self::col(row, T, "created_at_ms")?,
+                })
+            }
+
+            fn key_from_row(row: &$row) -> Result<KeyVersionRecord, StoreError> {
+                const T: &str = "tenant_keys";
+                Ok(KeyVersionRecord {
+                    tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                    version: to_version(T, Self::col(row, T, "version")?)?,
+                    wrapped_dek: Self::col(row, T, "wrapped_dek")?,
+                    kms_key_ref: Self::col(row, T, "kms_key_ref")?,
+                    seal_count: to_u64(
+                        T,
+                        Self::col(row, T, "seal_count")?,
+                        "negative seal count",
+                    )?,
+                    retired: Self::col(row, T, "retired")?,
+                    created_at_ms: Self::col(row, T, "created_at_ms")?,
+                })
+            }
+
+            fn inbox_from_row(row: &$row) -> Result<InboxRecord, StoreError> {
+                const T: &str = "inboxes";
+                let refresh_token: Option<Vec<u8>> = Self::col(row, T, "refresh_token")?;
+                Ok(InboxRecord {
+                    id: Self::col(row, T, "id")?,
+                    tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                    address: Self::col(row, T, "address")?,
+                    history_id: to_opt_u64(
+                        T,
+                        Self::col(row, T, "history_id")?,
+                        "negative history id",
+                    )?,
+                    status: Self::col(row, T, "status")?,
+                    refresh_token: refresh_token.map(|b| to_sealed(T, b)).transpose()?,
+                    connected_at_ms: Self::col(row, T, "connected_at_ms")?,
+                    created_at_ms: Self::col(row, T, "created_at_ms")?,
+                })
+            }
+
+            fn attachment_from_row(row: &$row) -> Result<StoredAttachment, StoreError> {
+                const T: &str = "attachments";
+                Ok(StoredAttachment {
+                    id: Self::col(row, T, "id")?,
+                    message_id: Self::col(row, T, "message_id")?,
+                    ordinal: to_u32(T, Self::col(row, T, "ordinal")?, "ordinal out of range")?,
+                    name: to_sealed(T, Self::col(row, T, "name")?)?,
+                    content_type: to_sealed(T, Self::col(row, T, "content_type")?)?,
+                    content_id: to_sealed(T, Self::col(row, T, "content_id")?)?,
+                    data: to_sealed(T, Self::col(row, T, "data")?)?,
+                    size_bytes: to_u64(T, Self::col(row, T, "size_bytes")?, "negative size")?,
+                    inline: Self::col(row, T, "is_inline")?,
+                })
+            }
+
+            fn message_from_row(
+                row: &$row,
+                attachments: Vec<StoredAttachment>,
+            ) -> Result<StoredMessage, StoreError> {
+                const T: &str = "messages";
+                let sealed = |column: &str| -> Result<SealedField, StoreError> {
+                    to_sealed(T, Self::col(row, T, column)?)
+                };
+                Ok(StoredMessage {
+                    id: Self::col(row, T, "id")?,
+                    tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                    inbox_id: Self::col(row, T, "inbox_id")?,
+                    conversation_id: Self::col(row, T, "conversation_id")?,
+                    gmail_message_id: Self::col(row, T, "gmail_message_id")?,
+                    gmail_thread_id: Self::col(row, T, "gmail_thread_id")?,
+                    gmail_history_id: to_opt_u64(
+                        T,
+                        Self::col(row, T, "gmail_history_id")?,
+                        "negative history id",
+                    )?,
+                    internal_date_ms: Self::col(row, T, "internal_date_ms")?,
+                    size_bytes: to_u64(T, Self::col(row, T, "size_bytes")?, "negative size")?,
+                    has_attachments: Self::col(row, T, "has_attachments")?,
+                    fields: MessageFields {
+                        subject: sealed("subject")?,
+                        from_addr: sealed("from_addr")?,
+                        to_addrs: sealed("to_addrs")?,
+                        cc_addrs: sealed("cc_addrs")?,
+                        reply_to: sealed("reply_to")?,
+                        text_body: sealed("text_body")?,
+                        html_body: sealed("html_body")?,
+                        snippet: sealed("snippet")?,
+                    },
+                    attachments,
+                    created_at_ms: Self::col(row, T, "created_at_ms")?,
+                })
+            }
+
+            async fn find_message_by_gmail_id<'e, E>(
+                executor: E,
+                op: &'static str,
+                inbox_id: &str,
+                gmail_message_id: &str,
+            ) -> Result<Option<String>, StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                let row = sqlx::query(FIND_MESSAGE_BY_GMAIL_ID)
+                    .bind(inbox_id)
+                    .bind(gmail_message_id)
+                    .fetch_optional(executor)
+                    .await
+                    .map_err(db_err(op))?;
+                row.map(|r| Self::col::<String>(&r, "messages", "id"))
+                    .transpose()
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            // --- tenants ---------------------------------------------------------------
+
+            async fn create_tenant(&self, tenant: &NewTenant) -> Result<TenantRecord, StoreError> {
+                let created_at_ms = now_ms();
+                sqlx::query(INSERT_TENANT)
+                    .bind(tenant.id.as_str())
+                    .bind(&tenant.display_name)
+                    .bind(created_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(constraint_err("create_tenant", "tenant", "tenant"))?;
+                Ok(TenantRecord {
+                    id: tenant.id.clone(),
+                    display_name: tenant.display_name.clone(),
+                    created_at_ms,
+                })
+            }
+
+            async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+                let row = sqlx::query(GET_TENANT)
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("get_tenant"))?;
+                row.as_ref().map(Self::tenant_from_row).transpose()
+            }
+
+            async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+                let rows = sqlx::query(LIST_TENANTS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_tenants"))?;
+                rows.iter().map(Self::tenant_from_row).collect()
+            }
+
+            // --- tenant key versions ---------------------------------------------------
+
+            async fn insert_key_version(&self, key: &KeyVersionRecord) -> Result<(), StoreError> {
+                const OP: &str = "insert_key_version";
+                let seal_count = to_i64(OP, key.seal_count, "seal count")?;
+                let mut tx = self.begin_write(OP).await?;
+                sqlx::query(INSERT_KEY)
+                    .bind(key.tenant_id.as_str())
+                    .bind(version_param(key.version))
+                    .bind(&key.wrapped_dek)
+                    .bind(&key.kms_key_ref)
+                    .bind(seal_count)
+                    .bind(key.retired)
+                    .bind(key.created_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(constraint_err(OP, "key version", "tenant"))?;
+                sqlx::query(RETIRE_OLDER_KEYS)
+                    .bind(key.tenant_id.as_str())
+                    .bind(version_param(key.version))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                tx.commit().await.map_err(db_err(OP))
+            }
+
+            async fn get_key_version(
+                &self,
+                tenant: &TenantId,
+                version: DekVersion,
+            ) -> Result<Option<KeyVersionRecord>, StoreError> {
+                let row = sqlx::query(GET_KEY)
+                    .bind(tenant.as_str())
+                    .bind(version_param(version))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("get_key_version"))?;
+                row.as_ref().map(Self::key_from_row).transpose()
+            }
+
+            async fn list_key_versions(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<KeyVersionRecord>, StoreError> {
+                let rows = sqlx::query(LIST_KEYS)
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_key_versions"))?;
+                rows.iter().map(Self::key_from_row).collect()
+            }
+
+            async fn current_key_version(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Option<KeyVersionRecord>, StoreError> {
+                let row = sqlx::query(CURRENT_KEY)
+                    .bind(tenant.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("current_key_version"))?;
+                row.as_ref().map(Self::key_from_row).transpose()
+            }
+
+            async fn reserve_seals(
+                &self,
+                tenant: &TenantId,
+                version: DekVersion,
+                wanted: u64,
+                bound: u64,
+            ) -> Result<SealReservation, StoreError> {
+                const OP: &str = "reserve_seals";
+                const T: &str = "tenant_keys";
+                // The count is stored as BIGINT: a bound above i64::MAX is i64::MAX.
+                let bound = bound.min(i64::MAX.unsigned_abs());
+                for _ in 0..MAX_CAS_ROUNDS {
+                    let row = sqlx::query(SEAL_STATE)
+                        .bind(tenant.as_str())
+                        .bind(version_param(version))
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err(OP))?
+                        .ok_or(StoreError::NotFound("key version"))?;
+                    let count = to_u64(T, Self::col(&row, T, "seal_count")?, "negative seal count")?;
+                    let retired: bool = Self::col(&row, T, "retired")?;
+                    if retired {
+                        return Ok(SealReservation::Exhausted);
+                    }
+                    if count >= bound {
+                        sqlx::query(RETIRE_KEY)
+                            .bind(tenant.as_str())
+                            .bind(version_param(version))
+                            .execute(&self.pool)
+                            .await
+                            .map_err(db_err(OP))?;
+                        return Ok(SealReservation::Exhausted);
+                    }
+                    let granted = wanted.min(bound - count);
+                    if granted == 0 {
+                        return Ok(SealReservation::Granted(0));
+                    }
+                    let done = sqlx::query(CAS_SEAL_COUNT)
+                        .bind(tenant.as_str())
+                        .bind(version_param(version))
+                        .bind(to_i64(OP, count + granted, "seal count")?)
+                        .bind(to_i64(OP, count, "seal count")?)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err(OP))?;
+                    if done.rows_affected() == 1 {
+                        return Ok(SealReservation::Granted(granted));
+                    }
+                    // Another reservation (or a retirement) won the race: read again.
+                    tokio::task::yield_now().await;
+                }
+                Err(StoreError::Unavailable(format!(
+                    "{OP}: gave up after {MAX_CAS_ROUNDS} contended rounds"
+                )))
+            }
+
+            async fn replace_wrapped_dek(
+                &self,
+                tenant: &TenantId,
+                version: DekVersion,
+                old: &str,
+                new: &str,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(CAS_WRAPPED_DEK)
+                    .bind(tenant.as_str())
+                    .bind(version_param(version))
+                    .bind(new)
+                    .bind(old)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("replace_wrapped_dek"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            // --- inboxes ---------------------------------------------------------------
+
+            async fn create_inbox(&self, inbox: &NewInbox) -> Result<InboxRecord, StoreError> {
+                let created_at_ms = now_ms();
+                sqlx::query(INSERT_INBOX)
+                    .bind(&inbox.id)
+                    .bind(inbox.tenant_id.as_str())
+                    .bind(&inbox.address)
+                    .bind(inbox.connected_at_ms)
+                    .bind(created_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(constraint_err("create_inbox", "inbox", "tenant"))?;
+                Ok(InboxRecord {
+                    id: inbox.id.clone(),
+                    tenant_id: inbox.tenant_id.clone(),
+                    address: inbox.address.clone(),
+                    history_id: None,
+                    status: "connected".into(),
+                    refresh_token: None,
+                    connected_at_ms: inbox.connected_at_ms,
+                    created_at_ms,
+                })
+            }
+
+            async fn get_inbox(&self, id: &str) -> Result<Option<InboxRecord>, StoreError> {
+                let row = sqlx::query(GET_INBOX)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("get_inbox"))?;
+                row.as_ref().map(Self::inbox_from_row).transpose()
+            }
+
+            async fn list_inboxes(&self, tenant: &TenantId) -> Result<Vec<InboxRecord>, StoreError> {
+                let rows = sqlx::query(LIST_INBOXES)
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_inboxes"))?;
+                rows.iter().map(Self::inbox_from_row).collect()
+            }
+
+            // --- messages --------------------------------------------------------------
+
+            async fn insert_message(&self, message: &NewMessage) -> Result<InsertOutcome, StoreError> {
+                const OP: &str = "insert_message";
+                let gmail_history_id = message
+                    .gmail_history_id
+                    .map(|h| to_i64(OP, h, "history id"))
+                    .transpose()?;
+                let size_bytes = to_i64(OP, message.size_bytes, "message size")?;
+                let attachment_sizes = message
+                    .attachments
+                    .iter()
+                    .map(|a| to_i64(OP, a.size_bytes, "attachment size"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let created_at_ms = now_ms();
+
+                let mut tx = self.begin_write(OP).await?;
+
+                let owner = sqlx::query(INBOX_TENANT)
+                    .bind(&message.inbox_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                let owner: Option<String> = owner
+                    .map(|r| Self::col(&r, "inboxes", "tenant_id"))
+                    .transpose()?;
+                if owner.as_deref() != Some(message.tenant_id.as_str()) {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+
+                if let Some(message_id) = Self::find_message_by_gmail_id(
+                    &mut *tx,
+                    OP,
+                    &message.inbox_id,
+                    &message.gmail_message_id,
+                )
+                .await?
+                {
+                    return Ok(InsertOutcome::AlreadyStored { message_id });
+                }
+
+                let row = sqlx::query(UPSERT_CONVERSATION)
+                    .bind(crate::ids::new_record_id())
+                    .bind(message.tenant_id.as_str())
+                    .bind(&message.inbox_id)
+                    .bind(&message.gmail_thread_id)
+                    .bind(message.internal_date_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(constraint_err(OP, "conversation", "inbox"))?;
+                let conversation_id: String = Self::col(&row, "conversations", "id")?;
+
+                let f = &message.fields;
+                let inserted = sqlx::query(INSERT_MESSAGE)
+                    .bind(&message.id)
+                    .bind(message.tenant_id.as_str())
+                    .bind(&message.inbox_id)
+                    .bind(&conversation_id)
+                    .bind(&message.gmail_message_id)
+                    .bind(&message.gmail_thread_id)
+                    .bind(gmail_history_id)
+                    .bind(message.internal_date_ms)
+                    .bind(size_bytes)
+                    .bind(!message.attachments.is_empty())
+                    .bind(f.subject.as_bytes())
+                    .bind(f.from_addr.as_bytes())
+                    .bind(f.to_addrs.as_bytes())
+                    .bind(f.cc_addrs.as_bytes())
+                    .bind(f.reply_to.as_bytes())
+                    .bind(f.text_body.as_bytes())
+                    .bind(f.html_body.as_bytes())
+                    .bind(f.snippet.as_bytes())
+                    .bind(created_at_ms)
+                    .execute(&mut *tx)
+                    .await;
+                if let Err(e) = inserted {
+                    if !is_unique_violation(&e) {
+                        return Err(constraint_err(OP, "message", "inbox")(e));
+                    }
+                    // A concurrent insert of the same Gmail message committed first (or
+                    // the record id is taken). Tell the two apart outside this transaction.
+                    let _ = tx.rollback().await;
+                    return match Self::find_message_by_gmail_id(
+                        &self.pool,
+                        OP,
+                        &message.inbox_id,
+                        &message.gmail_message_id,
+                    )
+                    .await?
+                    {
+                        Some(message_id) => Ok(InsertOutcome::AlreadyStored { message_id }),
+                        None => Err(StoreError::Conflict("message")),
+                    };
+                }
+
+                for (attachment, size) in message.attachments.iter().zip(attachment_sizes) {
+                    sqlx::query(INSERT_ATTACHMENT)
+                        .bind(&attachment.id)
+                        .bind(message.tenant_id.as_str())
+                        .bind(&message.id)
+                        .bind(i64::from(attachment.ordinal))
+                        .bind(attachment.name.as_bytes())
+                        .bind(attachment.content_type.as_bytes())
+                        .bind(attachment.content_id.as_bytes())
+                        .bind(attachment.data.as_bytes())
+                        .bind(size)
+                        .bind(attachment.inline)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(constraint_err(OP, "attachment", "message"))?;
+                }
+
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(InsertOutcome::Inserted { conversation_id })
+            }
+
+            async fn get_message(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+            ) -> Result<Option<StoredMessage>, StoreError> {
+                const OP: &str = "get_message";
+                let mut tx = self.begin_read(OP).await?;
+                let Some(row) = sqlx::query(GET_MESSAGE)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                else {
+                    return Ok(None);
+                };
+                let attachments = sqlx::query(LIST_ATTACHMENTS)
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .iter()
+                    .map(Self::attachment_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.commit().await.map_err(db_err(OP))?;
+                Self::message_from_row(&row, attachments).map(Some)
+            }
+
+            async fn list_message_ids(
+                &self,
+                tenant: &TenantId,
+                inbox_id: &str,
+                limit: u32,
+            ) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(LIST_MESSAGE_IDS)
+                    .bind(tenant.as_str())
+                    .bind(inbox_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_message_ids"))?;
+                rows.iter()
+                    .map(|r| Self::col::<String>(r, "messages", "id"))
+                    .collect()
+            }
+
+            async fn delete_message(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+                const OP: &str = "delete_message";
+                let mut tx = self.begin_write(OP).await?;
+                let Some(row) = sqlx::query(MESSAGE_CONVERSATION)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                else {
+                    return Ok(false);
+                };
+                let conversation_id: String = Self::col(&row, "messages", "conversation_id")?;
+                // The foreign key cascades too; deleting explicitly does not rely on it.
+                sqlx::query(DELETE_ATTACHMENTS)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                sqlx::query(DELETE_MESSAGE)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                sqlx::query(REFRESH_CONVERSATION)
+                    .bind(&conversation_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                sqlx::query(DELETE_EMPTY_CONVERSATION)
+                    .bind(&conversation_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(true)
+            }
+
+            // --- audit -----------------------------------------------------------------
+
+            async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(event.tenant_id.as_str())
+                    .bind(event.at_ms)
+                    .bind(&event.actor)
+                    .bind(&event.action)
+                    .bind(&event.target_kind)
+                    .bind(&event.target_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("append_audit_event"))?;
+                Ok(())
+            }
+
+            async fn list_audit_events(
+                &self,
+                tenant: &TenantId,
+                limit: u32,
+            ) -> Result<Vec<AuditEvent>, StoreError> {
+                const T: &str = "audit_events";
+                let rows = sqlx::query(LIST_AUDIT)
+                    .bind(tenant.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_audit_events"))?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AuditEvent {
+                            tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                            at_ms: Self::col(row, T, "at_ms")?,
+                            actor: Self::col(row, T, "actor")?,
+                            action: Self::col(row, T, "action")?,
+                            target_kind: Self::col(row, T, "target_kind")?,
+                            target_id: Self::col(row, T, "target_id")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+sql_store! {
+    store = PgStore,
+    db = sqlx::Postgres,
+    row = PgRow,
+    backend = "postgres",
+    write_begin = "BEGIN",
+    read_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+}
+
+sql_store! {
+    store = SqliteStore,
+    db = sqlx::Sqlite,
+    row = SqliteRow,
+    backend = "sqlite",
+    write_begin = "BEGIN IMMEDIATE",
+    read_begin = "BEGIN",
+}

@@ -1,0 +1,935 @@
+//! One conformance suite for the `Store` trait, run against PostgreSQL and SQLite.
+//!
+//! Each case in [`cases`] takes a [`Backend`] (an `Arc<dyn Store>` plus the means to read
+//! the raw database) and is instantiated once per backend by `conformance!`, giving the
+//! tests `postgres::<case>` and `sqlite::<case>`. Every test gets its own database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use helpr_dataplane::crypto::{Dek, DekVersion, SealContext, SealedField, SealingKey, seal};
+use helpr_dataplane::ids::{TenantId, new_record_id};
+use helpr_dataplane::store::{
+    AuditEvent, InsertOutcome, KeyVersionRecord, MessageFields, NewAttachment, NewInbox,
+    NewMessage, NewTenant, PgStore, SealReservation, SqliteStore, Store, StoreError, now_ms,
+};
+use helpr_tests::postgres::{TestDatabase, sqlite_url};
+use helpr_tests::scan::{self, Cell};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::SqlitePool;
+
+// --- backends ---------------------------------------------------------------------------
+
+enum Raw {
+    Postgres {
+        pool: PgPool,
+        // Dropped last: drops the database.
+        _db: TestDatabase,
+    },
+    Sqlite {
+        pool: SqlitePool,
+        path: std::path::PathBuf,
+        dir: tempfile::TempDir,
+    },
+}
+
+pub struct Backend {
+    store: Arc<dyn Store>,
+    raw: Raw,
+}
+
+impl Backend {
+    async fn postgres() -> anyhow::Result<Self> {
+        let db = TestDatabase::create().await?;
+        let store = PgStore::connect(&db.url).await?;
+        let pool = store.pool().clone();
+        Ok(Self {
+            store: Arc::new(store),
+            raw: Raw::Postgres { pool, _db: db },
+        })
+    }
+
+    async fn sqlite() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = sqlite_url(dir.path());
+        let store = SqliteStore::connect(&url).await?;
+        let pool = store.pool().clone();
+        let path = dir.path().join("helpr.sqlite");
+        anyhow::ensure!(path.exists(), "sqlite_url does not point at {path:?}");
+        Ok(Self {
+            store: Arc::new(store),
+            raw: Raw::Sqlite {
+                pool,
+                path,
+                dir,
+            },
+        })
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Every non-NULL cell of every table.
+    async fn dump(&self) -> anyhow::Result<Vec<Cell>> {
+        match &self.raw {
+            Raw::Postgres { pool, .. } => scan::dump_all_bytes_postgres(pool).await,
+            Raw::Sqlite { pool, .. } => scan::dump_all_bytes_sqlite(pool).await,
+        }
+    }
+
+    /// For SQLite, the bytes of the database files after a full checkpoint.
+    async fn raw_files(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match &self.raw {
+            Raw::Postgres { .. } => Ok(None),
+            Raw::Sqlite { pool, path, .. } => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(pool)
+                    .await?;
+                let mut bytes = std::fs::read(path)?;
+                let wal = path.with_extension("sqlite-wal");
+                if wal.exists() {
+                    bytes.extend(std::fs::read(wal)?);
+                }
+                Ok(Some(bytes))
+            }
+        }
+    }
+
+    /// A store of the same backend whose database cannot be reached.
+    async fn unreachable_store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        match &self.raw {
+            Raw::Postgres { .. } => {
+                // Nothing listens on port 1; the URL carries a password that must not leak.
+                let pool = PgPoolOptions::new()
+                    .acquire_timeout(Duration::from_millis(500))
+                    .connect_lazy("postgres://postgres:s3cret-pw@127.0.0.1:1/helpr")?;
+                Ok(Arc::new(PgStore::from_pool(pool)))
+            }
+            Raw::Sqlite { dir, .. } => {
+                let url = format!("sqlite://{}", dir.path().join("closed.sqlite").display());
+                let store = SqliteStore::connect(&url).await?;
+                store.pool().close().await;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
+
+// --- fixtures ---------------------------------------------------------------------------
+
+fn tid(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+fn key() -> SealingKey {
+    SealingKey::new(DekVersion::FIRST, &Dek::generate().unwrap())
+}
+
+fn sealed(key: &SealingKey, tenant: &TenantId, record: &str, field: &str) -> SealedField {
+    let plaintext = format!("{field} of {record}: {}", new_record_id());
+    seal(
+        key,
+        &SealContext::new(tenant.as_str(), record, field),
+        plaintext.as_bytes(),
+    )
+    .unwrap()
+}
+
+/// A sealed value with a valid header but arbitrary body (no key needed).
+fn fake_sealed(version: u32, body: &[u8]) -> SealedField {
+    let mut bytes = vec![0x01];
+    bytes.extend_from_slice(&version.to_be_bytes());
+    bytes.extend_from_slice(&[7u8; 12]);
+    bytes.extend_from_slice(body);
+    bytes.extend_from_slice(&[9u8; 16]);
+    SealedField::from_bytes(bytes).unwrap()
+}
+
+fn message(
+    key: &SealingKey,
+    tenant: &TenantId,
+    inbox_id: &str,
+    gmail_id: &str,
+    thread: &str,
+    date: i64,
+    attachments: usize,
+) -> NewMessage {
+    let id = new_record_id();
+    let [s, f, t, c, r, tb, hb, sn] = MessageFields::FIELD_NAMES.map(|n| sealed(key, tenant, &id, n));
+    let attachments = (0..attachments)
+        .map(|i| {
+            let aid = new_record_id();
+            let [name, content_type, content_id, data] =
+                NewAttachment::FIELD_NAMES.map(|n| sealed(key, tenant, &aid, n));
+            NewAttachment {
+                id: aid,
+                ordinal: u32::try_from(i).unwrap(),
+                name,
+                content_type,
+                content_id,
+                data,
+                size_bytes: 1000 + i as u64,
+                inline: i % 2 == 1,
+            }
+        })
+        .collect();
+    NewMessage {
+        id,
+        tenant_id: tenant.clone(),
+        inbox_id: inbox_id.to_owned(),
+        gmail_message_id: gmail_id.to_owned(),
+        gmail_thread_id: thread.to_owned(),
+        gmail_history_id: Some(9_000_000_000_000 + date.unsigned_abs()),
+        internal_date_ms: date,
+        size_bytes: 123_456,
+        fields: MessageFields {
+            subject: s,
+            from_addr: f,
+            to_addrs: t,
+            cc_addrs: c,
+            reply_to: r,
+            text_body: tb,
+            html_body: hb,
+            snippet: sn,
+        },
+        attachments,
+    }
+}
+
+fn sealed_values(m: &NewMessage) -> Vec<&SealedField> {
+    let f = &m.fields;
+    let mut v = vec![
+        &f.subject,
+        &f.from_addr,
+        &f.to_addrs,
+        &f.cc_addrs,
+        &f.reply_to,
+        &f.text_body,
+        &f.html_body,
+        &f.snippet,
+    ];
+    for a in &m.attachments {
+        v.extend([&a.name, &a.content_type, &a.content_id, &a.data]);
+    }
+    v
+}
+
+fn key_record(tenant: &TenantId, version: u32, wrapped: &str) -> KeyVersionRecord {
+    KeyVersionRecord {
+        tenant_id: tenant.clone(),
+        version: DekVersion::new(version).unwrap(),
+        wrapped_dek: wrapped.to_owned(),
+        kms_key_ref: format!("helpr-{tenant}"),
+        seal_count: 0,
+        retired: false,
+        created_at_ms: now_ms(),
+    }
+}
+
+async fn tenant(store: &dyn Store, id: &str) -> TenantId {
+    let id = tid(id);
+    store
+        .create_tenant(&NewTenant {
+            id: id.clone(),
+            display_name: format!("Tenant {id}"),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+async fn inbox(store: &dyn Store, tenant: &TenantId, address: &str) -> String {
+    let id = new_record_id();
+    store
+        .create_inbox(&NewInbox {
+            id: id.clone(),
+            tenant_id: tenant.clone(),
+            address: address.to_owned(),
+            connected_at_ms: 1_700_000_000_000,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn count(cells: &[Cell], table: &str, column: &str) -> usize {
+    cells
+        .iter()
+        .filter(|(t, c, _)| t == table && c == column)
+        .count()
+}
+
+fn values(cells: &[Cell], table: &str, column: &str) -> Vec<String> {
+    let mut v: Vec<String> = cells
+        .iter()
+        .filter(|(t, c, _)| t == table && c == column)
+        .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// --- cases ------------------------------------------------------------------------------
+
+mod cases {
+    use super::*;
+
+    pub async fn tenants(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        assert!(s.list_tenants().await?.is_empty());
+        let before = now_ms();
+        let beta = s
+            .create_tenant(&NewTenant {
+                id: tid("beta"),
+                display_name: "Beta Inc".into(),
+            })
+            .await?;
+        let acme = s
+            .create_tenant(&NewTenant {
+                id: tid("acme"),
+                display_name: "Acme".into(),
+            })
+            .await?;
+        assert_eq!(acme.id, tid("acme"));
+        assert_eq!(acme.display_name, "Acme");
+        assert!(acme.created_at_ms >= before && acme.created_at_ms <= now_ms());
+        assert_eq!(s.get_tenant(&tid("acme")).await?, Some(acme.clone()));
+        assert_eq!(s.get_tenant(&tid("nobody")).await?, None);
+        assert_eq!(s.list_tenants().await?, vec![acme, beta]);
+
+        let dup = s
+            .create_tenant(&NewTenant {
+                id: tid("acme"),
+                display_name: "Other".into(),
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        assert_eq!(s.get_tenant(&tid("acme")).await?.unwrap().display_name, "Acme");
+        Ok(())
+    }
+
+    pub async fn key_versions(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        assert!(s.list_key_versions(&t).await?.is_empty());
+        assert_eq!(s.current_key_version(&t).await?, None);
+
+        let v1 = key_record(&t, 1, "vault:v1:first");
+        s.insert_key_version(&v1).await?;
+        assert_eq!(s.get_key_version(&t, v1.version).await?, Some(v1.clone()));
+        assert_eq!(s.current_key_version(&t).await?, Some(v1.clone()));
+
+        let mut v2 = key_record(&t, 2, "vault:v1:second");
+        v2.seal_count = 17;
+        s.insert_key_version(&v2).await?;
+        let listed = s.list_key_versions(&t).await?;
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].version.get(), 1);
+        assert!(listed[0].retired, "inserting v2 retires v1");
+        assert_eq!(listed[1], v2);
+        assert_eq!(s.current_key_version(&t).await?, Some(v2.clone()));
+
+        // An existing version: Conflict, and nothing changes.
+        let again = s
+            .insert_key_version(&key_record(&t, 2, "vault:v1:racer"))
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        assert_eq!(s.list_key_versions(&t).await?, listed);
+
+        // Conflict writes nothing, not even the retirement of older versions.
+        let u = tenant(s, "umbrella").await;
+        s.insert_key_version(&key_record(&u, 2, "vault:v1:u2")).await?;
+        s.insert_key_version(&key_record(&u, 1, "vault:v1:u1")).await?;
+        let before = s.list_key_versions(&u).await?;
+        assert!(before.iter().all(|k| !k.retired));
+        let dup = s
+            .insert_key_version(&key_record(&u, 2, "vault:v1:u2-again"))
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        assert_eq!(s.list_key_versions(&u).await?, before);
+
+        // Unknown tenant.
+        let missing = s
+            .insert_key_version(&key_record(&tid("nobody"), 1, "vault:v1:x"))
+            .await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+        assert_eq!(s.get_key_version(&t, DekVersion::new(9).unwrap()).await?, None);
+
+        // Values that do not fit the column are refused, not wrapped.
+        let mut huge = key_record(&t, 3, "vault:v1:huge");
+        huge.seal_count = u64::MAX;
+        assert!(s.insert_key_version(&huge).await.is_err());
+        assert_eq!(s.list_key_versions(&t).await?, listed);
+        Ok(())
+    }
+
+    pub async fn reserve_seals_in_blocks(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let v1 = DekVersion::FIRST;
+        s.insert_key_version(&key_record(&t, 1, "vault:v1:k")).await?;
+
+        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Granted(10));
+        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Granted(10));
+        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Granted(5));
+        let k = s.get_key_version(&t, v1).await?.unwrap();
+        assert_eq!((k.seal_count, k.retired), (25, false));
+
+        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Exhausted);
+        let k = s.get_key_version(&t, v1).await?.unwrap();
+        assert_eq!((k.seal_count, k.retired), (25, true));
+        assert_eq!(s.current_key_version(&t).await?, None);
+        assert_eq!(s.reserve_seals(&t, v1, 1, 1000).await?, SealReservation::Exhausted);
+
+        // A version retired by rotation grants nothing.
+        s.insert_key_version(&key_record(&t, 2, "vault:v1:k2")).await?;
+        s.insert_key_version(&key_record(&t, 3, "vault:v1:k3")).await?;
+        let v2 = DekVersion::new(2).unwrap();
+        assert_eq!(s.reserve_seals(&t, v2, 1, 1000).await?, SealReservation::Exhausted);
+        let v3 = DekVersion::new(3).unwrap();
+        // A bound above i64::MAX is fine (clamped).
+        assert_eq!(
+            s.reserve_seals(&t, v3, 5, u64::MAX).await?,
+            SealReservation::Granted(5)
+        );
+
+        let missing = s.reserve_seals(&t, DekVersion::new(9).unwrap(), 1, 10).await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+        Ok(())
+    }
+
+    pub async fn reserve_seals_concurrently(b: &Backend) -> anyhow::Result<()> {
+        const BOUND: u64 = 1000;
+        let t = tenant(b.store(), "acme").await;
+        let v1 = DekVersion::FIRST;
+        b.store()
+            .insert_key_version(&key_record(&t, 1, "vault:v1:k"))
+            .await?;
+
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let store = Arc::clone(&b.store);
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut total = 0u64;
+                loop {
+                    match store.reserve_seals(&t, v1, 7 + task, BOUND).await? {
+                        SealReservation::Granted(n) => {
+                            assert!(n >= 1 && n <= 7 + task);
+                            total += n;
+                        }
+                        SealReservation::Exhausted => return Ok::<_, StoreError>(total),
+                    }
+                }
+            }));
+        }
+        let mut sum = 0;
+        for task in tasks {
+            sum += task.await??;
+        }
+        assert_eq!(sum, BOUND, "granted seals must add up to the bound exactly");
+        let k = b.store().get_key_version(&t, v1).await?.unwrap();
+        assert_eq!((k.seal_count, k.retired), (BOUND, true));
+        Ok(())
+    }
+
+    pub async fn replace_wrapped_dek(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let v1 = DekVersion::FIRST;
+        s.insert_key_version(&key_record(&t, 1, "vault:v1:old")).await?;
+
+        assert!(!s.replace_wrapped_dek(&t, v1, "vault:v1:wrong", "vault:v2:new").await?);
+        assert_eq!(s.get_key_version(&t, v1).await?.unwrap().wrapped_dek, "vault:v1:old");
+        assert!(s.replace_wrapped_dek(&t, v1, "vault:v1:old", "vault:v2:new").await?);
+        assert_eq!(s.get_key_version(&t, v1).await?.unwrap().wrapped_dek, "vault:v2:new");
+        assert!(!s.replace_wrapped_dek(&t, v1, "vault:v1:old", "vault:v2:other").await?);
+        assert_eq!(s.get_key_version(&t, v1).await?.unwrap().wrapped_dek, "vault:v2:new");
+        let v9 = DekVersion::new(9).unwrap();
+        assert!(!s.replace_wrapped_dek(&t, v9, "vault:v2:new", "x").await?);
+        Ok(())
+    }
+
+    pub async fn inboxes(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "beta").await;
+        let new = NewInbox {
+            id: new_record_id(),
+            tenant_id: t.clone(),
+            address: "support@acme.example".into(),
+            connected_at_ms: 1_700_000_000_000,
+        };
+        let rec = s.create_inbox(&new).await?;
+        assert_eq!(rec.id, new.id);
+        assert_eq!(rec.tenant_id, t);
+        assert_eq!(rec.address, new.address);
+        assert_eq!(rec.history_id, None);
+        assert_eq!(rec.status, "connected");
+        assert_eq!(rec.refresh_token, None);
+        assert_eq!(rec.connected_at_ms, new.connected_at_ms);
+        assert_eq!(s.get_inbox(&new.id).await?, Some(rec.clone()));
+        assert_eq!(s.get_inbox("no-such-inbox").await?, None);
+
+        let second = inbox(s, &t, "sales@acme.example").await;
+        let listed = s.list_inboxes(&t).await?;
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0], rec);
+        assert_eq!(listed[1].id, second);
+        assert!(s.list_inboxes(&other).await?.is_empty());
+
+        // Same address in the same tenant: Conflict. In another tenant: fine.
+        let dup = s
+            .create_inbox(&NewInbox {
+                id: new_record_id(),
+                ..new.clone()
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        inbox(s, &other, "support@acme.example").await;
+        // Same id: Conflict.
+        let dup_id = s
+            .create_inbox(&NewInbox {
+                address: "other@acme.example".into(),
+                ..new.clone()
+            })
+            .await;
+        assert!(matches!(dup_id, Err(StoreError::Conflict(_))), "{dup_id:?}");
+        // Unknown tenant: NotFound.
+        let missing = s
+            .create_inbox(&NewInbox {
+                id: new_record_id(),
+                tenant_id: tid("nobody"),
+                address: "x@y.example".into(),
+                connected_at_ms: 0,
+            })
+            .await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+        assert_eq!(s.list_inboxes(&t).await?.len(), 2);
+        Ok(())
+    }
+
+    pub async fn message_round_trip(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let k = key();
+
+        let mut m = message(&k, &t, &inbox_id, "gm-1", "th-1", 1_700_000_000_000, 3);
+        m.gmail_history_id = Some(i64::MAX.unsigned_abs());
+        // Inserted out of order: read back by ordinal.
+        m.attachments.swap(0, 2);
+        let before = now_ms();
+        let InsertOutcome::Inserted { conversation_id } = s.insert_message(&m).await? else {
+            panic!("expected Inserted");
+        };
+
+        let got = s.get_message(&t, &m.id).await?.expect("stored");
+        assert_eq!(got.id, m.id);
+        assert_eq!(got.tenant_id, t);
+        assert_eq!(got.inbox_id, inbox_id);
+        assert_eq!(got.conversation_id, conversation_id);
+        assert_eq!(got.gmail_message_id, "gm-1");
+        assert_eq!(got.gmail_thread_id, "th-1");
+        assert_eq!(got.gmail_history_id, m.gmail_history_id);
+        assert_eq!(got.internal_date_ms, m.internal_date_ms);
+        assert_eq!(got.size_bytes, m.size_bytes);
+        assert!(got.has_attachments);
+        assert!(got.created_at_ms >= before && got.created_at_ms <= now_ms());
+        assert_eq!(got.fields, m.fields);
+        for (name, (a, b)) in MessageFields::FIELD_NAMES.iter().zip(
+            sealed_values(&m)
+                .into_iter()
+                .zip([
+                    &got.fields.subject,
+                    &got.fields.from_addr,
+                    &got.fields.to_addrs,
+                    &got.fields.cc_addrs,
+                    &got.fields.reply_to,
+                    &got.fields.text_body,
+                    &got.fields.html_body,
+                    &got.fields.snippet,
+                ]),
+        ) {
+            assert_eq!(a.as_bytes(), b.as_bytes(), "{name}");
+        }
+        let mut expected = m.attachments.clone();
+        expected.sort_by_key(|a| a.ordinal);
+        assert_eq!(got.attachments.len(), 3);
+        for (want, have) in expected.iter().zip(&got.attachments) {
+            assert_eq!(have.id, want.id);
+            assert_eq!(have.message_id, m.id);
+            assert_eq!(have.ordinal, want.ordinal);
+            assert_eq!(have.name.as_bytes(), want.name.as_bytes());
+            assert_eq!(have.content_type.as_bytes(), want.content_type.as_bytes());
+            assert_eq!(have.content_id.as_bytes(), want.content_id.as_bytes());
+            assert_eq!(have.data.as_bytes(), want.data.as_bytes());
+            assert_eq!(have.size_bytes, want.size_bytes);
+            assert_eq!(have.inline, want.inline);
+        }
+
+        // A message without attachments; an odd but valid sealed shape.
+        let mut plain = message(&k, &t, &inbox_id, "gm-2", "th-2", 1_700_000_500_000, 0);
+        plain.gmail_history_id = None;
+        plain.fields.snippet = fake_sealed(7, &[0u8; 64]);
+        s.insert_message(&plain).await?;
+        let got = s.get_message(&t, &plain.id).await?.expect("stored");
+        assert!(!got.has_attachments);
+        assert!(got.attachments.is_empty());
+        assert_eq!(got.gmail_history_id, None);
+        assert_eq!(got.fields, plain.fields);
+
+        // Listing: newest first, limited, per tenant and inbox.
+        let third = message(&k, &t, &inbox_id, "gm-3", "th-1", 1_600_000_000_000, 0);
+        s.insert_message(&third).await?;
+        assert_eq!(
+            s.list_message_ids(&t, &inbox_id, 10).await?,
+            vec![plain.id.clone(), m.id.clone(), third.id.clone()]
+        );
+        assert_eq!(
+            s.list_message_ids(&t, &inbox_id, 2).await?,
+            vec![plain.id.clone(), m.id.clone()]
+        );
+        let other = tenant(s, "beta").await;
+        assert!(s.list_message_ids(&other, &inbox_id, 10).await?.is_empty());
+        assert_eq!(s.get_message(&other, &m.id).await?, None);
+        assert_eq!(s.get_message(&t, "no-such-message").await?, None);
+
+        // u64 values that do not fit are refused, and nothing is written.
+        let mut huge = message(&k, &t, &inbox_id, "gm-4", "th-4", 1, 1);
+        huge.size_bytes = u64::MAX;
+        assert!(s.insert_message(&huge).await.is_err());
+        let mut huge = message(&k, &t, &inbox_id, "gm-4", "th-4", 1, 1);
+        huge.attachments[0].size_bytes = u64::MAX;
+        assert!(s.insert_message(&huge).await.is_err());
+        assert_eq!(s.get_message(&t, &huge.id).await?, None);
+        let cells = b.dump().await?;
+        assert_eq!(count(&cells, "messages", "id"), 3);
+        assert_eq!(count(&cells, "attachments", "id"), 3);
+        assert!(!values(&cells, "conversations", "gmail_thread_id").contains(&"th-4".into()));
+        Ok(())
+    }
+
+    pub async fn insert_message_is_idempotent(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let k = key();
+        let m = message(&k, &t, &inbox_id, "gm-1", "th-1", 1_700_000_000_000, 2);
+        let first = s.insert_message(&m).await?;
+        assert!(matches!(first, InsertOutcome::Inserted { .. }));
+
+        // Same Gmail message again (a redelivered notification): new record ids, nothing
+        // written.
+        let again = message(&k, &t, &inbox_id, "gm-1", "th-1", 1_700_000_000_000, 2);
+        assert_eq!(
+            s.insert_message(&again).await?,
+            InsertOutcome::AlreadyStored {
+                message_id: m.id.clone()
+            }
+        );
+        assert_eq!(s.insert_message(&m).await?, InsertOutcome::AlreadyStored {
+            message_id: m.id.clone()
+        });
+        assert_eq!(s.get_message(&t, &again.id).await?, None);
+        assert_eq!(s.list_message_ids(&t, &inbox_id, 10).await?, vec![m.id.clone()]);
+
+        let cells = b.dump().await?;
+        assert_eq!(count(&cells, "messages", "id"), 1);
+        assert_eq!(count(&cells, "attachments", "id"), 2);
+        assert_eq!(count(&cells, "conversations", "id"), 1);
+        assert_eq!(values(&cells, "conversations", "message_count"), vec!["1"]);
+        for v in sealed_values(&again) {
+            assert!(scan::find_bytes(&cells, v.as_bytes()).is_empty());
+        }
+
+        // The same Gmail id in another inbox is another message.
+        let inbox2 = inbox(s, &t, "sales@acme.example").await;
+        let elsewhere = message(&k, &t, &inbox2, "gm-1", "th-1", 1_700_000_000_000, 0);
+        assert!(matches!(
+            s.insert_message(&elsewhere).await?,
+            InsertOutcome::Inserted { .. }
+        ));
+
+        // Concurrent inserts of one Gmail message: exactly one is stored.
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let store = Arc::clone(&b.store);
+            let m = message(&k, &t, &inbox_id, "gm-race", "th-race", 5, 1);
+            tasks.push(tokio::spawn(async move { store.insert_message(&m).await }));
+        }
+        let mut inserted = 0;
+        for task in tasks {
+            match task.await?? {
+                InsertOutcome::Inserted { .. } => inserted += 1,
+                InsertOutcome::AlreadyStored { .. } => {}
+            }
+        }
+        assert_eq!(inserted, 1);
+        let cells = b.dump().await?;
+        assert_eq!(count(&cells, "messages", "id"), 3);
+        assert_eq!(count(&cells, "attachments", "id"), 3);
+        Ok(())
+    }
+
+    pub async fn messages_group_into_conversations(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let k = key();
+        let conv = |o: InsertOutcome| match o {
+            InsertOutcome::Inserted { conversation_id } => conversation_id,
+            other => panic!("expected Inserted, got {other:?}"),
+        };
+        let a1 = conv(
+            s.insert_message(&message(&k, &t, &inbox_id, "gm-1", "th-a", 2_000, 0))
+                .await?,
+        );
+        let b1 = conv(
+            s.insert_message(&message(&k, &t, &inbox_id, "gm-2", "th-b", 3_000, 0))
+                .await?,
+        );
+        let a2 = conv(
+            s.insert_message(&message(&k, &t, &inbox_id, "gm-3", "th-a", 1_000, 1))
+                .await?,
+        );
+        assert_eq!(a1, a2);
+        assert_ne!(a1, b1);
+
+        // The same thread id in another inbox is another conversation.
+        let inbox2 = inbox(s, &t, "sales@acme.example").await;
+        let c1 = conv(
+            s.insert_message(&message(&k, &t, &inbox2, "gm-1", "th-a", 2_000, 0))
+                .await?,
+        );
+        assert_ne!(c1, a1);
+
+        let cells = b.dump().await?;
+        assert_eq!(count(&cells, "conversations", "id"), 3);
+        assert_eq!(values(&cells, "conversations", "message_count"), vec![
+            "1", "1", "2"
+        ]);
+        // last_message_at_ms is the newest message of the thread, not the last inserted.
+        assert_eq!(values(&cells, "conversations", "last_message_at_ms"), vec![
+            "2000", "2000", "3000"
+        ]);
+        Ok(())
+    }
+
+    pub async fn insert_refuses_foreign_inbox(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let acme = tenant(s, "acme").await;
+        let beta = tenant(s, "beta").await;
+        let beta_inbox = inbox(s, &beta, "support@beta.example").await;
+        let k = key();
+
+        let m = message(&k, &acme, &beta_inbox, "gm-1", "th-1", 1_000, 2);
+        let r = s.insert_message(&m).await;
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+        let m2 = message(&k, &acme, "no-such-inbox", "gm-1", "th-1", 1_000, 1);
+        let r = s.insert_message(&m2).await;
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+
+        let cells = b.dump().await?;
+        for table in ["messages", "attachments", "conversations"] {
+            assert_eq!(count(&cells, table, "id"), 0, "{table}");
+        }
+        for v in sealed_values(&m).into_iter().chain(sealed_values(&m2)) {
+            assert!(scan::find_bytes(&cells, v.as_bytes()).is_empty());
+        }
+        assert!(scan::find_bytes(&cells, m.id.as_bytes()).is_empty());
+        Ok(())
+    }
+
+    pub async fn delete_message_leaves_no_trace(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "beta").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let k = key();
+        // Big enough bodies to spill into overflow pages in SQLite.
+        let mut m1 = message(&k, &t, &inbox_id, "gm-del-1", "th-del-a", 1_000, 2);
+        m1.fields.html_body = seal(
+            &k,
+            &SealContext::new(t.as_str(), &m1.id, "message.html_body"),
+            &vec![b'x'; 20_000],
+        )?;
+        m1.attachments[1].data = seal(
+            &k,
+            &SealContext::new(t.as_str(), &m1.attachments[1].id, "attachment.data"),
+            &vec![b'y'; 50_000],
+        )?;
+        let m2 = message(&k, &t, &inbox_id, "gm-keep-2", "th-del-a", 2_000, 1);
+        let m3 = message(&k, &t, &inbox_id, "gm-del-3", "th-del-b", 3_000, 1);
+        let conv_a = match s.insert_message(&m1).await? {
+            InsertOutcome::Inserted { conversation_id } => conversation_id,
+            other => panic!("{other:?}"),
+        };
+        let conv_b = match s.insert_message(&m3).await? {
+            InsertOutcome::Inserted { conversation_id } => conversation_id,
+            other => panic!("{other:?}"),
+        };
+        s.insert_message(&m2).await?;
+
+        // Another tenant cannot delete it.
+        assert!(!s.delete_message(&other, &m1.id).await?);
+        assert!(s.get_message(&t, &m1.id).await?.is_some());
+
+        assert!(s.delete_message(&t, &m1.id).await?);
+        assert_eq!(s.get_message(&t, &m1.id).await?, None);
+        assert!(!s.delete_message(&t, &m1.id).await?);
+        // The conversation stays for m2, counted down.
+        let kept = s.get_message(&t, &m2.id).await?.expect("m2 kept");
+        assert_eq!(kept.conversation_id, conv_a);
+        assert_eq!(kept.attachments.len(), 1);
+
+        // The last message of a conversation takes it along.
+        assert!(s.delete_message(&t, &m3.id).await?);
+        assert_eq!(s.list_message_ids(&t, &inbox_id, 10).await?, vec![m2.id.clone()]);
+
+        let cells = b.dump().await?;
+        assert_eq!(count(&cells, "messages", "id"), 1);
+        assert_eq!(count(&cells, "attachments", "id"), 1);
+        assert_eq!(values(&cells, "conversations", "id"), vec![conv_a.clone()]);
+        assert_eq!(values(&cells, "conversations", "message_count"), vec!["1"]);
+        assert_eq!(values(&cells, "conversations", "last_message_at_ms"), vec!["2000"]);
+
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        for m in [&m1, &m3] {
+            for v in sealed_values(m) {
+                needles.push(v.as_bytes().to_vec());
+                // The ciphertext alone, in case a header were stored apart.
+                needles.push(v.as_bytes()[17..].to_vec());
+            }
+            needles.push(m.id.as_bytes().to_vec());
+            needles.push(m.gmail_message_id.as_bytes().to_vec());
+            for a in &m.attachments {
+                needles.push(a.id.as_bytes().to_vec());
+            }
+        }
+        needles.push(conv_b.as_bytes().to_vec());
+        needles.push(b"th-del-b".to_vec());
+        for needle in &needles {
+            let found = scan::find_bytes(&cells, needle);
+            assert!(found.is_empty(), "deleted data still in {found:?}");
+        }
+        // m2 is still found (the scan works).
+        assert!(!scan::find_bytes(&cells, m2.fields.subject.as_bytes()).is_empty());
+        assert!(!scan::find_bytes(&cells, m2.id.as_bytes()).is_empty());
+
+        // SQLite: not in the files either (secure_delete overwrites freed space).
+        if let Some(raw) = b.raw_files().await? {
+            assert!(scan::contains_bytes(&raw, m2.fields.subject.as_bytes()));
+            for (i, m) in [&m1, &m3].into_iter().enumerate() {
+                for v in sealed_values(m) {
+                    assert!(
+                        !scan::contains_bytes(&raw, &v.as_bytes()[17..]),
+                        "sealed bytes of deleted message {i} remain in the database file"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn audit_events(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tid("acme");
+        let other = tid("beta");
+        let event = |tenant: &TenantId, i: i64| AuditEvent {
+            tenant_id: tenant.clone(),
+            actor: "cli".into(),
+            action: format!("keys.action_{i}"),
+            target_kind: "tenant_key".into(),
+            target_id: format!("{tenant}/v{i}"),
+            // Out of time order on purpose: listing follows append order.
+            at_ms: 1_000 - i,
+        };
+        for i in 0..3 {
+            s.append_audit_event(&event(&t, i)).await?;
+            s.append_audit_event(&event(&other, i + 10)).await?;
+        }
+        let all = s.list_audit_events(&t, 100).await?;
+        assert_eq!(all, (0..3).map(|i| event(&t, i)).collect::<Vec<_>>());
+        assert_eq!(s.list_audit_events(&t, 2).await?, all[..2].to_vec());
+        assert_eq!(s.list_audit_events(&other, 100).await?.len(), 3);
+        assert!(s.list_audit_events(&tid("nobody"), 100).await?.is_empty());
+        Ok(())
+    }
+
+    pub async fn unavailable_database(b: &Backend) -> anyhow::Result<()> {
+        let down = b.unreachable_store().await?;
+        let t = tid("acme");
+        let results: Vec<Result<(), StoreError>> = vec![
+            down.list_tenants().await.map(drop),
+            down.get_tenant(&t).await.map(drop),
+            down.reserve_seals(&t, DekVersion::FIRST, 1, 10).await.map(drop),
+            down
+                .insert_message(&message(&key(), &t, "i", "g", "th", 1, 0))
+                .await
+                .map(drop),
+            down.delete_message(&t, "m").await.map(drop),
+        ];
+        for r in results {
+            let e = r.expect_err("database is down");
+            assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+            assert!(e.is_retryable());
+            assert!(!e.to_string().contains("s3cret-pw"), "{e}");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_migrate_is_unavailable() -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres:s3cret-pw@127.0.0.1:1/helpr")?;
+    let e = PgStore::from_pool(pool).migrate().await.expect_err("down");
+    assert!(e.is_retryable(), "{e:?}");
+    assert!(!e.to_string().contains("s3cret-pw"), "{e}");
+    Ok(())
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() -> anyhow::Result<()> {
+                    let backend = super::Backend::postgres().await?;
+                    assert_eq!(backend.store().backend(), "postgres");
+                    super::cases::$case(&backend).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() -> anyhow::Result<()> {
+                    let backend = super::Backend::sqlite().await?;
+                    assert_eq!(backend.store().backend(), "sqlite");
+                    super::cases::$case(&backend).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    tenants,
+    key_versions,
+    reserve_seals_in_blocks,
+    reserve_seals_concurrently,
+    replace_wrapped_dek,
+    inboxes,
+    message_round_trip,
+    insert_message_is_idempotent,
+    messages_group_into_conversations,
+    insert_refuses_foreign_inbox,
+    delete_message_leaves_no_trace,
+    audit_events,
+    unavailable_database,
+);
