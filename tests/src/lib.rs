@@ -5,3 +5,4 @@
 pub mod openbao;
 pub mod postgres;
 pub mod scan;
+pub mod fixtures;
