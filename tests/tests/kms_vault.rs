@@ -39,7 +39,10 @@ fn root_kms(bao: &OpenBao) -> VaultKms {
 }
 
 fn vault_version(w: &WrappedDek) -> u32 {
-    assert!(w.as_str().starts_with("vault:v"), "not a transit ciphertext");
+    assert!(
+        w.as_str().starts_with("vault:v"),
+        "not a transit ciphertext"
+    );
     w.kek_version().unwrap()
 }
 
@@ -62,7 +65,10 @@ async fn create_tenant_key_is_idempotent() {
     let info = kms.key_info(&first).await.unwrap();
     assert_eq!(info.latest_version, 1);
     assert_eq!(info.min_decryption_version, 1);
-    let key = bao.api("GET", "transit/keys/helpr-tenant-acme", None).await.unwrap();
+    let key = bao
+        .api("GET", "transit/keys/helpr-tenant-acme", None)
+        .await
+        .unwrap();
     assert_eq!(key["data"]["type"], "aes256-gcm96");
 }
 
@@ -115,11 +121,7 @@ async fn rewrap_after_rotation_uses_the_new_kek_and_min_decryption_version_retir
         .unwrap();
     assert_eq!(kms.key_info(&key).await.unwrap().min_decryption_version, 3);
 
-    let err = kms
-        .unwrap_dek(ctx(&acme, &key), &old)
-        .await
-        .err()
-        .unwrap();
+    let err = kms.unwrap_dek(ctx(&acme, &key), &old).await.err().unwrap();
     assert!(matches!(err, KmsError::UnwrapFailed { .. }), "{err}");
     let err = kms.rewrap_dek(ctx(&acme, &key), &old).await.err().unwrap();
     assert!(matches!(err, KmsError::UnwrapFailed { .. }), "{err}");
@@ -199,13 +201,19 @@ async fn tampered_wrapped_dek_is_rejected_without_panicking() {
             .await
             .err()
             .unwrap_or_else(|| panic!("tampered DEK {bad:?} unwrapped"));
-        assert!(matches!(err, KmsError::UnwrapFailed { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, KmsError::UnwrapFailed { .. }),
+            "{bad:?}: {err}"
+        );
         let err = kms
             .rewrap_dek(ctx(&acme, &key), &WrappedDek::new(bad))
             .await
             .err()
             .unwrap_or_else(|| panic!("tampered DEK {bad:?} rewrapped"));
-        assert!(matches!(err, KmsError::UnwrapFailed { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, KmsError::UnwrapFailed { .. }),
+            "{bad:?}: {err}"
+        );
     }
 }
 
@@ -252,8 +260,14 @@ async fn stopped_server_makes_every_call_fail_quickly_with_retryable_unavailable
     let errors = vec![
         kms.create_tenant_key(&acme).await.err().unwrap(),
         kms.generate_dek(ctx(&acme, &key)).await.err().unwrap(),
-        kms.unwrap_dek(ctx(&acme, &key), &wrapped).await.err().unwrap(),
-        kms.rewrap_dek(ctx(&acme, &key), &wrapped).await.err().unwrap(),
+        kms.unwrap_dek(ctx(&acme, &key), &wrapped)
+            .await
+            .err()
+            .unwrap(),
+        kms.rewrap_dek(ctx(&acme, &key), &wrapped)
+            .await
+            .err()
+            .unwrap(),
         kms.rotate_kek(&key).await.err().unwrap(),
         kms.destroy_tenant_key(&key).await.err().unwrap(),
         kms.key_info(&key).await.err().unwrap(),
@@ -302,22 +316,34 @@ async fn token_limited_to_one_tenants_key_is_denied_on_other_keys() {
         .token_with_policy("acme-dek", &dek_policy("helpr-tenant-acme"))
         .await
         .unwrap();
-    let kms = VaultKms::new(VaultConfig::new(bao.address.clone(), VaultAuth::token(token)))
-        .unwrap();
+    let kms = VaultKms::new(VaultConfig::new(
+        bao.address.clone(),
+        VaultAuth::token(token),
+    ))
+    .unwrap();
 
     let (dek, wrapped) = kms.generate_dek(ctx(&acme, &acme_key)).await.unwrap();
-    let unwrapped = kms.unwrap_dek(ctx(&acme, &acme_key), &wrapped).await.unwrap();
+    let unwrapped = kms
+        .unwrap_dek(ctx(&acme, &acme_key), &wrapped)
+        .await
+        .unwrap();
     assert_eq!(dek.expose_bytes(), unwrapped.expose_bytes());
 
     let denied = [
-        kms.generate_dek(ctx(&globex, &globex_key)).await.err().unwrap(),
+        kms.generate_dek(ctx(&globex, &globex_key))
+            .await
+            .err()
+            .unwrap(),
         kms.unwrap_dek(ctx(&globex, &globex_key), &globex_wrapped)
             .await
             .err()
             .unwrap(),
         kms.rotate_kek(&acme_key).await.err().unwrap(),
         kms.destroy_tenant_key(&acme_key).await.err().unwrap(),
-        kms.create_tenant_key(&tenant("initech")).await.err().unwrap(),
+        kms.create_tenant_key(&tenant("initech"))
+            .await
+            .err()
+            .unwrap(),
     ];
     for err in denied {
         assert!(matches!(err, KmsError::Denied { .. }), "{err}");
@@ -384,7 +410,9 @@ async fn kubernetes_setup(token_ttl: &str) -> KubernetesSetup {
         uid: uuid::Uuid::new_v4().to_string(),
     };
     let jwt = service_account_jwt(&sa);
-    let fake = FakeKubernetes::start(jwt.clone(), sa.clone()).await.unwrap();
+    let fake = FakeKubernetes::start(jwt.clone(), sa.clone())
+        .await
+        .unwrap();
     bao.enable_kubernetes_auth(&fake.url).await.unwrap();
     bao.create_policy("acme-dek", &dek_policy("helpr-tenant-acme"))
         .await
@@ -392,7 +420,10 @@ async fn kubernetes_setup(token_ttl: &str) -> KubernetesSetup {
     bao.create_kubernetes_role("sync-acme", "sync-acme", "helpr", &["acme-dek"], token_ttl)
         .await
         .unwrap();
-    let key = root_kms(&bao).create_tenant_key(&tenant("acme")).await.unwrap();
+    let key = root_kms(&bao)
+        .create_tenant_key(&tenant("acme"))
+        .await
+        .unwrap();
     KubernetesSetup {
         bao,
         fake,
@@ -404,7 +435,10 @@ async fn kubernetes_setup(token_ttl: &str) -> KubernetesSetup {
 }
 
 fn kubernetes_kms(setup: &KubernetesSetup, jwt: &str) -> VaultKms {
-    let token_file = setup.dir.path().join(format!("token-{}", uuid::Uuid::new_v4()));
+    let token_file = setup
+        .dir
+        .path()
+        .join(format!("token-{}", uuid::Uuid::new_v4()));
     std::fs::write(&token_file, jwt).unwrap();
     VaultKms::new(VaultConfig::new(
         setup.bao.address.clone(),
@@ -424,9 +458,15 @@ async fn kubernetes_auth_logs_in_and_generates_and_unwraps_deks() {
     let kms = kubernetes_kms(&setup, &setup.jwt);
 
     let (dek, wrapped) = kms.generate_dek(ctx(&acme, &setup.key)).await.unwrap();
-    let unwrapped = kms.unwrap_dek(ctx(&acme, &setup.key), &wrapped).await.unwrap();
+    let unwrapped = kms
+        .unwrap_dek(ctx(&acme, &setup.key), &wrapped)
+        .await
+        .unwrap();
     assert_eq!(dek.expose_bytes(), unwrapped.expose_bytes());
-    let rewrapped = kms.rewrap_dek(ctx(&acme, &setup.key), &wrapped).await.unwrap();
+    let rewrapped = kms
+        .rewrap_dek(ctx(&acme, &setup.key), &wrapped)
+        .await
+        .unwrap();
     assert_eq!(vault_version(&rewrapped), 1);
     // One login served all three calls.
     assert_eq!(setup.fake.reviews(), 1);
@@ -447,7 +487,10 @@ async fn kubernetes_auth_logs_in_again_when_the_vault_token_expires() {
     assert_eq!(setup.fake.reviews(), 1);
     tokio::time::sleep(Duration::from_secs(4)).await;
 
-    let unwrapped = kms.unwrap_dek(ctx(&acme, &setup.key), &wrapped).await.unwrap();
+    let unwrapped = kms
+        .unwrap_dek(ctx(&acme, &setup.key), &wrapped)
+        .await
+        .unwrap();
     assert_eq!(dek.expose_bytes(), unwrapped.expose_bytes());
     assert_eq!(setup.fake.reviews(), 2, "expected exactly one re-login");
 }
@@ -461,7 +504,11 @@ async fn kubernetes_auth_with_a_wrong_jwt_is_denied() {
     assert_ne!(wrong, setup.jwt);
     let kms = kubernetes_kms(&setup, &wrong);
 
-    let err = kms.generate_dek(ctx(&acme, &setup.key)).await.err().unwrap();
+    let err = kms
+        .generate_dek(ctx(&acme, &setup.key))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, KmsError::Denied { .. }), "{err}");
     assert!(setup.fake.reviews() >= 1, "TokenReview was never called");
 
@@ -471,7 +518,11 @@ async fn kubernetes_auth_with_a_wrong_jwt_is_denied() {
         ..setup.sa.clone()
     };
     let kms = kubernetes_kms(&setup, &service_account_jwt(&other));
-    let err = kms.generate_dek(ctx(&acme, &setup.key)).await.err().unwrap();
+    let err = kms
+        .generate_dek(ctx(&acme, &setup.key))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, KmsError::Denied { .. }), "{err}");
 
     // A missing token file is a configuration error, not a denial.
@@ -484,6 +535,10 @@ async fn kubernetes_auth_with_a_wrong_jwt_is_denied() {
         },
     ))
     .unwrap();
-    let err = kms.generate_dek(ctx(&acme, &setup.key)).await.err().unwrap();
+    let err = kms
+        .generate_dek(ctx(&acme, &setup.key))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, KmsError::Config { .. }), "{err}");
 }

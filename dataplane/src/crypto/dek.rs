@@ -12,7 +12,17 @@ pub const DEK_LEN: usize = 32;
 ///
 /// The bytes live in a [`Zeroizing`] buffer and are wiped on drop. `Dek` deliberately
 /// implements neither `Debug`, `Display`, `Clone` nor `Serialize`: it cannot be printed or
-/// copied by accident.
+/// copied by accident. Both of these fail to compile:
+///
+/// ```compile_fail
+/// let dek = helpr_dataplane::crypto::Dek::generate().unwrap();
+/// println!("{:?}", dek);
+/// ```
+///
+/// ```compile_fail
+/// let dek = helpr_dataplane::crypto::Dek::generate().unwrap();
+/// println!("{}", dek);
+/// ```
 pub struct Dek(Zeroizing<[u8; DEK_LEN]>);
 
 impl Dek {
@@ -75,7 +85,14 @@ impl std::fmt::Display for DekVersion {
 
 /// A DEK ready to seal and open: its version and its expanded AES-256-GCM cipher.
 ///
-/// Built once per unwrap and cached; the cipher's key schedule is wiped on drop.
+/// Built once per unwrap and cached; the cipher's key schedule is wiped on drop. Like
+/// [`Dek`], it cannot be printed:
+///
+/// ```compile_fail
+/// use helpr_dataplane::crypto::{Dek, DekVersion, SealingKey};
+/// let key = SealingKey::new(DekVersion::FIRST, &Dek::generate().unwrap());
+/// println!("{:?}", key);
+/// ```
 pub struct SealingKey {
     version: DekVersion,
     cipher: Aes256Gcm,

@@ -223,6 +223,7 @@ pub struct KeyInfo {
 /// The operation being performed, for logs and error mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
+    Login,
     CreateKey,
     GenerateDek,
     UnwrapDek,
@@ -236,6 +237,7 @@ enum Op {
 impl Op {
     fn name(self) -> &'static str {
         match self {
+            Op::Login => "login",
             Op::CreateKey => "create_key",
             Op::GenerateDek => "generate_dek",
             Op::UnwrapDek => "unwrap_dek",
@@ -299,7 +301,9 @@ fn protocol_error(reason: impl Into<String>) -> KmsError {
 fn is_path_safe(s: &str, allow_slash: bool) -> bool {
     s.chars().all(|c| {
         c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || (allow_slash && c == '/')
-    }) && !s.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    }) && !s
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
 }
 
 /// A token must be a valid HTTP header value (vaultrs panics otherwise).
@@ -356,7 +360,9 @@ impl VaultKms {
 
         let url = address.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(config_error("vault address must start with http:// or https://"));
+            return Err(config_error(
+                "vault address must start with http:// or https://",
+            ));
         }
         let parsed = url
             .parse()
@@ -392,28 +398,22 @@ impl VaultKms {
             .map_err(|_| config_error("invalid vault client settings"))?;
         settings.address = parsed;
 
-        let kms = Self {
+        let session = match &auth {
+            VaultAuth::Token { token } => Some(Session {
+                client: Arc::new(build_client(&settings, token.expose())?),
+                generation: 1,
+            }),
+            // Logs in at the first call.
+            VaultAuth::Kubernetes { .. } => None,
+        };
+        Ok(Self {
             settings,
             mount,
             key_prefix,
             auth,
-            session: tokio::sync::RwLock::new(None),
+            session: tokio::sync::RwLock::new(session),
             login_lock: tokio::sync::Mutex::new(()),
-        };
-        if let VaultAuth::Token { token } = &kms.auth {
-            let client = kms.client_with_token(token.expose())?;
-            kms.session.try_write().map_or_else(
-                |_| Err(config_error("vault session lock busy")),
-                |mut s| {
-                    *s = Some(Session {
-                        client: Arc::new(client),
-                        generation: 1,
-                    });
-                    Ok(())
-                },
-            )?;
-        }
-        Ok(kms)
+        })
     }
 
     /// The transit key name of a tenant.
@@ -436,14 +436,12 @@ impl VaultKms {
             })
             .await?;
         let latest = match &resp.keys {
-            ReadKeyData::Symmetric(versions) => versions
-                .keys()
-                .filter_map(|v| v.parse::<u64>().ok())
-                .max(),
-            ReadKeyData::Asymmetric(versions) => versions
-                .keys()
-                .filter_map(|v| v.parse::<u64>().ok())
-                .max(),
+            ReadKeyData::Symmetric(versions) => {
+                versions.keys().filter_map(|v| v.parse::<u64>().ok()).max()
+            }
+            ReadKeyData::Asymmetric(versions) => {
+                versions.keys().filter_map(|v| v.parse::<u64>().ok()).max()
+            }
         };
         let latest_version =
             latest.ok_or_else(|| protocol_error("key read answer lists no key versions"))?;
@@ -470,21 +468,6 @@ impl VaultKms {
         .await
     }
 
-    fn client_with_token(&self, token: &str) -> Result<VaultClient, KmsError> {
-        check_token(token)?;
-        let mut settings = self.settings.clone();
-        settings.token = token.to_owned();
-        VaultClient::new(settings).map_err(|e| match e {
-            ClientError::FileReadError { path, .. } => {
-                config_error(format!("cannot read CA certificate file {path}"))
-            }
-            ClientError::ParseCertificateError { path, .. } => {
-                config_error(format!("CA certificate file {path} is not a PEM bundle"))
-            }
-            _ => config_error("cannot build the vault HTTP client"),
-        })
-    }
-
     /// The current client, logging in first if there is none yet.
     async fn session(&self) -> Result<(Arc<VaultClient>, u64), KmsError> {
         if let Some(s) = self.session.read().await.as_ref() {
@@ -509,21 +492,20 @@ impl VaultKms {
         };
 
         let client = match &self.auth {
-            VaultAuth::Token { token } => self.client_with_token(token.expose())?,
+            VaultAuth::Token { token } => build_client(&self.settings, token.expose())?,
             VaultAuth::Kubernetes {
                 mount,
                 role,
                 token_file,
             } => {
-                let jwt = Zeroizing::new(tokio::fs::read_to_string(token_file).await.map_err(
-                    |e| {
+                let jwt =
+                    Zeroizing::new(tokio::fs::read_to_string(token_file).await.map_err(|e| {
                         config_error(format!(
                             "cannot read service account token file {}: {}",
                             token_file.display(),
                             e.kind()
                         ))
-                    },
-                )?);
+                    })?);
                 let jwt = jwt.trim();
                 if jwt.is_empty() {
                     return Err(config_error(format!(
@@ -532,7 +514,8 @@ impl VaultKms {
                     )));
                 }
                 tracing::debug!(mount = %mount, role = %role, "vault kubernetes login");
-                let anonymous = self.client_with_token_unchecked()?;
+                let anonymous = VaultClient::new(self.settings.clone())
+                    .map_err(|_| config_error("cannot build the vault HTTP client"))?;
                 let auth = vaultrs::auth::kubernetes::login(
                     &anonymous,
                     mount.trim_matches('/'),
@@ -540,16 +523,18 @@ impl VaultKms {
                     jwt,
                 )
                 .await
-                .map_err(|e| match classify(Op::CreateKey, e) {
+                .map_err(|e| match classify(Op::Login, e) {
                     // A refused login (bad JWT, unknown role, service account not bound)
                     // is a credentials problem.
-                    Class::Status(400 | 401 | 403, _) | Class::NotFound => {
-                        KmsError::Denied { backend: BACKEND }
-                    }
-                    other => other.into_error("login"),
+                    Class::Denied | Class::Status(400, _) => KmsError::Denied { backend: BACKEND },
+                    Class::NotFound => config_error(format!(
+                        "no kubernetes auth method mounted at auth/{}",
+                        mount.trim_matches('/')
+                    )),
+                    other => other.into_error(""),
                 })?;
                 let token = Zeroizing::new(auth.client_token);
-                self.client_with_token(&token)?
+                build_client(&self.settings, &token)?
             }
         };
 
@@ -560,12 +545,6 @@ impl VaultKms {
             generation,
         });
         Ok((client, generation))
-    }
-
-    /// A client without a token, for logging in.
-    fn client_with_token_unchecked(&self) -> Result<VaultClient, KmsError> {
-        VaultClient::new(self.settings.clone())
-            .map_err(|_| config_error("cannot build the vault HTTP client"))
     }
 
     /// Runs one Vault request, logging in again and retrying once when Vault refuses a
@@ -595,6 +574,22 @@ impl VaultKms {
             },
         }
     }
+}
+
+/// A client for `settings` that sends `token`.
+fn build_client(settings: &VaultClientSettings, token: &str) -> Result<VaultClient, KmsError> {
+    check_token(token)?;
+    let mut settings = settings.clone();
+    settings.token = token.to_owned();
+    VaultClient::new(settings).map_err(|e| match e {
+        ClientError::FileReadError { path, .. } => {
+            config_error(format!("cannot read CA certificate file {path}"))
+        }
+        ClientError::ParseCertificateError { path, .. } => {
+            config_error(format!("CA certificate file {path} is not a PEM bundle"))
+        }
+        _ => config_error("cannot build the vault HTTP client"),
+    })
 }
 
 /// What a failed request means, before it becomes a [`KmsError`].
@@ -636,14 +631,12 @@ impl Class {
 fn safe_errors(errors: &[String]) -> String {
     let mut out = String::new();
     for e in errors {
-        let suspicious = e.contains("vault:") || e.contains("hvs.") || e.contains("s.");
+        // Vault does not echo inputs in its errors, but be safe about ciphertexts and tokens.
+        let suspicious = e.contains("vault:") || e.contains("hvs.") || e.contains("hvb.");
         let text: String = if suspicious {
             "<error text withheld>".to_owned()
         } else {
-            e.chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect()
+            e.chars().filter(|c| !c.is_control()).take(200).collect()
         };
         if !out.is_empty() {
             out.push_str("; ");
@@ -820,14 +813,8 @@ impl Kms for VaultKms {
         let name = ctx.key.as_str();
         let resp = self
             .call(Op::GenerateDek, name, move |c| async move {
-                vaultrs::transit::generate::data_key(
-                    &*c,
-                    mount,
-                    name,
-                    DataKeyType::Plaintext,
-                    None,
-                )
-                .await
+                vaultrs::transit::generate::data_key(&*c, mount, name, DataKeyType::Plaintext, None)
+                    .await
             })
             .await?;
         let plaintext = Zeroizing::new(
@@ -840,11 +827,7 @@ impl Kms for VaultKms {
         Ok((dek, wrapped))
     }
 
-    async fn unwrap_dek(
-        &self,
-        ctx: DekContext<'_>,
-        wrapped: &WrappedDek,
-    ) -> Result<Dek, KmsError> {
+    async fn unwrap_dek(&self, ctx: DekContext<'_>, wrapped: &WrappedDek) -> Result<Dek, KmsError> {
         if !wrapped.as_str().starts_with("vault:v") {
             return Err(KmsError::UnwrapFailed { backend: BACKEND });
         }
@@ -950,7 +933,10 @@ mod tests {
             } => {
                 assert_eq!(mount, "kubernetes");
                 assert_eq!(role, "sync");
-                assert_eq!(token_file, PathBuf::from(DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE));
+                assert_eq!(
+                    token_file,
+                    PathBuf::from(DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE)
+                );
             }
             VaultAuth::Token { .. } => panic!("wrong auth"),
         }
@@ -998,7 +984,11 @@ mod tests {
             KmsError::KeyNotFound { .. }
         ));
         assert!(matches!(
-            e(400, &["cipher: message authentication failed"], Op::UnwrapDek),
+            e(
+                400,
+                &["cipher: message authentication failed"],
+                Op::UnwrapDek
+            ),
             KmsError::UnwrapFailed { .. }
         ));
         assert!(matches!(
