@@ -7,6 +7,8 @@
 //! whether it is valid, and its user uid must match the JWT's
 //! `kubernetes.io/serviceaccount/service-account.uid` claim.
 #![forbid(unsafe_code)]
+// Helpers outside `#[tokio::test]` functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -14,12 +14,12 @@ pub const DEK_LEN: usize = 32;
 /// implements neither `Debug`, `Display`, `Clone` nor `Serialize`: it cannot be printed or
 /// copied by accident. Both of these fail to compile:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// let dek = helpr_dataplane::crypto::Dek::generate().unwrap();
 /// println!("{:?}", dek);
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// let dek = helpr_dataplane::crypto::Dek::generate().unwrap();
 /// println!("{}", dek);
 /// ```
@@ -88,7 +88,7 @@ impl std::fmt::Display for DekVersion {
 /// Built once per unwrap and cached; the cipher's key schedule is wiped on drop. Like
 /// [`Dek`], it cannot be printed:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// use helpr_dataplane::crypto::{Dek, DekVersion, SealingKey};
 /// let key = SealingKey::new(DekVersion::FIRST, &Dek::generate().unwrap());
 /// println!("{:?}", key);

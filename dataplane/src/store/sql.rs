@@ -377,14 +377,18 @@ const LIST_ATTACHMENTS: &str = "SELECT id, message_id, ordinal, name, content_ty
      WHERE message_id = $1 ORDER BY ordinal";
 const LIST_MESSAGE_IDS: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND inbox_id = $2 \
      ORDER BY internal_date_ms DESC, id DESC LIMIT $3";
-const MESSAGE_CONVERSATION: &str =
-    "SELECT conversation_id FROM messages WHERE tenant_id = $1 AND id = $2";
+// Deleting the row first locks it: of two concurrent deletes, one sees no row.
+const DELETE_MESSAGE: &str =
+    "DELETE FROM messages WHERE tenant_id = $1 AND id = $2 RETURNING conversation_id";
+// The foreign key cascades already; this does not rely on it.
 const DELETE_ATTACHMENTS: &str = "DELETE FROM attachments WHERE message_id = $1";
-const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE id = $1";
-const REFRESH_CONVERSATION: &str = "UPDATE conversations SET \
-     message_count = (SELECT COUNT(*) FROM messages WHERE conversation_id = $1), \
-     last_message_at_ms = COALESCE( \
-       (SELECT MAX(internal_date_ms) FROM messages WHERE conversation_id = $1), \
+// Locks the conversation row (waiting for a concurrent insert into the thread to commit)
+// and counts down from its latest version.
+const COUNT_DOWN_CONVERSATION: &str =
+    "UPDATE conversations SET message_count = message_count - 1 WHERE id = $1";
+// Runs after the lock is held, so it sees every committed message of the thread.
+const REFRESH_CONVERSATION_DATE: &str = "UPDATE conversations SET last_message_at_ms = \
+     COALESCE((SELECT MAX(internal_date_ms) FROM messages WHERE conversation_id = $1), \
        last_message_at_ms) \
      WHERE id = $1";
 const DELETE_EMPTY_CONVERSATION: &str =
@@ -943,7 +947,7 @@ macro_rules! sql_store {
             async fn delete_message(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
                 const OP: &str = "delete_message";
                 let mut tx = self.begin_write(OP).await?;
-                let Some(row) = sqlx::query(MESSAGE_CONVERSATION)
+                let Some(row) = sqlx::query(DELETE_MESSAGE)
                     .bind(tenant.as_str())
                     .bind(id)
                     .fetch_optional(&mut *tx)
@@ -953,22 +957,20 @@ macro_rules! sql_store {
                     return Ok(false);
                 };
                 let conversation_id: String = Self::col(&row, "messages", "conversation_id")?;
-                // The foreign key cascades too; deleting explicitly does not rely on it.
-                sqlx::query(DELETE_ATTACHMENTS)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err(OP))?;
-                sqlx::query(DELETE_MESSAGE)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err(OP))?;
-                sqlx::query(REFRESH_CONVERSATION)
-                    .bind(&conversation_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err(OP))?;
+                for statement in [DELETE_ATTACHMENTS] {
+                    sqlx::query(statement)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                }
+                for statement in [COUNT_DOWN_CONVERSATION, REFRESH_CONVERSATION_DATE] {
+                    sqlx::query(statement)
+                        .bind(&conversation_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                }
                 sqlx::query(DELETE_EMPTY_CONVERSATION)
                     .bind(&conversation_id)
                     .execute(&mut *tx)
