@@ -120,7 +120,9 @@ impl Settings {
         }
         figment = figment.merge(
             Env::prefixed("HELPR_")
-                .filter(|k| k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("data_dir"))
+                .filter(|k| {
+                    k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("data_dir")
+                })
                 .split("__"),
         );
         figment.extract().map_err(|e| {
@@ -170,9 +172,7 @@ impl Settings {
             }
             KmsBackend::Vault => {
                 let cfg = self.kms.vault.clone().ok_or_else(|| {
-                    ConfigError::Invalid(
-                        "kms.backend is vault but [kms.vault] is missing".into(),
-                    )
+                    ConfigError::Invalid("kms.backend is vault but [kms.vault] is missing".into())
                 })?;
                 Ok(Arc::new(VaultKms::new(cfg)?))
             }
@@ -188,6 +188,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

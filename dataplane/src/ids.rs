@@ -5,7 +5,9 @@ use std::fmt;
 /// Why an identifier was refused. Carries no part of the refused value.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum IdError {
-    #[error("tenant id must be 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit")]
+    #[error(
+        "tenant id must be 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
+    )]
     InvalidTenantId,
 }
 
@@ -62,7 +64,17 @@ mod tests {
         for ok in ["a", "acme", "acme-corp-2", &"a".repeat(63)] {
             assert!(TenantId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Acme", "a_b", "a/b", "../x", "a b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Acme",
+            "a_b",
+            "a/b",
+            "../x",
+            "a b",
+            &"a".repeat(64),
+        ] {
             assert_eq!(TenantId::new(bad), Err(IdError::InvalidTenantId), "{bad}");
         }
     }

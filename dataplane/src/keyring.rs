@@ -74,7 +74,9 @@ pub enum KeyringError {
     },
     #[error("tenant {0} ran out of key versions")]
     VersionOverflow(TenantId),
-    #[error("stored wrapped key of tenant {tenant} {version} changed during kek rotation; run it again")]
+    #[error(
+        "stored wrapped key of tenant {tenant} {version} changed during kek rotation; run it again"
+    )]
     RewrapRace {
         tenant: TenantId,
         version: DekVersion,
@@ -201,7 +203,8 @@ impl Keyring {
             }
         }
         if self.store.current_key_version(tenant).await?.is_none() {
-            self.create_version(tenant, &key, "tenant.provision").await?;
+            self.create_version(tenant, &key, "tenant.provision")
+                .await?;
         }
         Ok(())
     }
@@ -402,7 +405,10 @@ impl Keyring {
             }
             Err(e) => return Err(e.into()),
         }
-        self.cache_insert((tenant.clone(), version), Arc::new(SealingKey::new(version, &dek)));
+        self.cache_insert(
+            (tenant.clone(), version),
+            Arc::new(SealingKey::new(version, &dek)),
+        );
         self.audit(tenant, action, "tenant_key", &version.to_string())
             .await?;
         tracing::info!(tenant = %tenant, version = %version, action, "dek version created");
@@ -607,4 +613,3 @@ impl Keyring {
         Ok(Arc::new(SealingKey::new(version, &dek)))
     }
 }
-

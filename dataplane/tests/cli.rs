@@ -1,4 +1,5 @@
 //! The `helpr-dataplane` binary on the embedded default (SQLite + local KMS).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -50,26 +51,42 @@ fn tenant_creation_and_key_rotations_show_in_keys_status() {
     let rotated = ok(d, &["keys", "rotate-dek", "--tenant", "demo"]);
     assert!(rotated.contains("dek v2"), "{rotated}");
     let rotated = ok(d, &["keys", "rotate-kek", "--tenant", "demo"]);
-    assert!(rotated.contains("version 2, 2 wrapped dek(s) rewrapped"), "{rotated}");
+    assert!(
+        rotated.contains("version 2, 2 wrapped dek(s) rewrapped"),
+        "{rotated}"
+    );
 
     let v = status(d);
     assert_eq!(v.len(), 2);
-    assert_eq!((v[0]["retired"].clone(), v[0]["current"].clone()), (true.into(), false.into()));
-    assert_eq!((v[1]["retired"].clone(), v[1]["current"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (v[0]["retired"].clone(), v[0]["current"].clone()),
+        (true.into(), false.into())
+    );
+    assert_eq!(
+        (v[1]["retired"].clone(), v[1]["current"].clone()),
+        (false.into(), true.into())
+    );
     assert!(v.iter().all(|x| x["kek_version"] == 2));
 
     let table = ok(d, &["keys", "status", "--tenant", "demo"]);
     assert!(table.starts_with("VERSION"), "{table}");
 
     // Status never shows key material: no wrapped key, no base64 blob.
-    let all = format!("{}{}", table, ok(d, &["keys", "status", "--tenant", "demo", "--json"]));
+    let all = format!(
+        "{}{}",
+        table,
+        ok(d, &["keys", "status", "--tenant", "demo", "--json"])
+    );
     assert!(!all.contains("local:v"), "{all}");
     assert!(!all.contains("wrapped"), "{all}");
 
     // The database and key files live under the data dir, keys private.
     assert!(d.join("helpr.db").exists());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(d.join("kms/demo/kek-v1")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(d.join("kms/demo/kek-v1"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -92,7 +109,10 @@ fn unknown_tenant_and_bad_input_fail_with_clear_errors() {
 
     let config = d.join("bad.toml");
     std::fs::write(&config, "[keyring]\nseal_bund = 1\n").unwrap();
-    let out = cli(d, &["--config", config.to_str().unwrap(), "tenants", "list"]);
+    let out = cli(
+        d,
+        &["--config", config.to_str().unwrap(), "tenants", "list"],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("seal_bund"));
 
@@ -144,7 +164,11 @@ fn settings_come_from_environment_variables() {
         .env("HELPR_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(" 77 "));
     assert!(d.join("helpr.db").exists());
 }

@@ -1,4 +1,7 @@
 //! Builders for test data: tenants, inboxes and sealed messages, through the real keyring.
+//!
+//! Test setup that fails has nothing to recover: these builders panic with a message.
+#![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,9 +10,7 @@ use helpr_dataplane::crypto::{Dek, SealContext};
 use helpr_dataplane::ids::{TenantId, new_record_id};
 use helpr_dataplane::keyring::{Keyring, KeyringConfig};
 use helpr_dataplane::kms::{DekContext, KeyRef, Kms, KmsError, WrappedDek};
-use helpr_dataplane::store::{
-    MessageFields, NewAttachment, NewInbox, NewMessage, Store, now_ms,
-};
+use helpr_dataplane::store::{MessageFields, NewAttachment, NewInbox, NewMessage, Store, now_ms};
 
 /// Plaintext of one message: the eight sealed message fields, in [`MessageFields`] order,
 /// and attachments as (name, content type, content id, bytes).
@@ -209,11 +210,7 @@ impl<K: Kms> Kms for CountingKms<K> {
         self.generates.fetch_add(1, Ordering::SeqCst);
         self.inner.generate_dek(ctx).await
     }
-    async fn unwrap_dek(
-        &self,
-        ctx: DekContext<'_>,
-        wrapped: &WrappedDek,
-    ) -> Result<Dek, KmsError> {
+    async fn unwrap_dek(&self, ctx: DekContext<'_>, wrapped: &WrappedDek) -> Result<Dek, KmsError> {
         self.unwraps.fetch_add(1, Ordering::SeqCst);
         // Widen the window in which concurrent callers could race past the cache.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -2,7 +2,7 @@
 //! PostgreSQL databases, and cleans both up afterwards.
 #![forbid(unsafe_code)]
 
+pub mod fixtures;
 pub mod openbao;
 pub mod postgres;
 pub mod scan;
-pub mod fixtures;

@@ -1,5 +1,6 @@
 //! The `helpr-dataplane` binary configured by environment variables for production
 //! backends: OpenBao transit and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,11 +41,23 @@ async fn keys_commands_work_against_openbao_and_postgres_from_environment_settin
     let bao = OpenBao::start().await.unwrap();
     let db = TestDatabase::create().await.unwrap();
     let out = run(&bao, &db, &["tenants", "create", "--id", "acme"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&bao, &db, &["keys", "rotate-kek", "--tenant", "acme"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&bao, &db, &["keys", "status", "--tenant", "acme", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0]["kek_version"], 2);

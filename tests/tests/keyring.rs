@@ -1,5 +1,6 @@
 //! The keyring against real components: OpenBao transit and PostgreSQL, and the embedded
 //! default (local KMS and SQLite).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::sync::Arc;
 
@@ -20,7 +21,10 @@ fn tenant(id: &str) -> TenantId {
 }
 
 fn vault(bao: &OpenBao) -> VaultKms {
-    let mut cfg = VaultConfig::new(bao.address.clone(), VaultAuth::token(bao.root_token.clone()));
+    let mut cfg = VaultConfig::new(
+        bao.address.clone(),
+        VaultAuth::token(bao.root_token.clone()),
+    );
     cfg.request_timeout = std::time::Duration::from_secs(2);
     VaultKms::new(cfg).unwrap()
 }
@@ -56,14 +60,22 @@ async fn embedded(dir: &std::path::Path) -> (Arc<dyn Kms>, Arc<dyn Store>, sqlx:
 async fn concurrent_misses_for_one_version_make_one_openbao_call() {
     let r = real().await;
     let acme = tenant("acme");
-    let writer = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let writer = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     writer.provision_tenant(&acme, "Acme").await.unwrap();
     let ctx = SealContext::new("acme", "rec-1", "message.subject");
     let sealed = writer.seal(&ctx, b"quarterly numbers").await.unwrap();
 
     // A fresh keyring has an empty cache: 64 concurrent opens must cause one unwrap.
     let counting = Arc::new(CountingKms::new(vault(&r.bao)));
-    let reader = Arc::new(Keyring::new(counting.clone(), r.store.clone(), KeyringConfig::default()));
+    let reader = Arc::new(Keyring::new(
+        counting.clone(),
+        r.store.clone(),
+        KeyringConfig::default(),
+    ));
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let reader = reader.clone();
@@ -77,7 +89,11 @@ async fn concurrent_misses_for_one_version_make_one_openbao_call() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), b"quarterly numbers");
     }
-    assert_eq!(counting.unwraps(), 1, "one KMS call for 64 concurrent misses");
+    assert_eq!(
+        counting.unwraps(),
+        1,
+        "one KMS call for 64 concurrent misses"
+    );
     // Later opens hit the cache.
     reader.open(&ctx, &sealed).await.unwrap();
     assert_eq!(counting.unwraps(), 1);
@@ -88,7 +104,11 @@ async fn concurrent_misses_for_one_version_make_one_openbao_call() {
 async fn dek_rotation_seals_with_the_new_version_and_leaves_old_rows_byte_identical() {
     let r = real().await;
     let acme = tenant("acme");
-    let keyring = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let keyring = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     keyring.provision_tenant(&acme, "Acme").await.unwrap();
     let inbox = fixtures::create_inbox(&*r.store, &acme, "support@acme.example").await;
     let mut old_ids = Vec::new();
@@ -107,24 +127,50 @@ async fn dek_rotation_seals_with_the_new_version_and_leaves_old_rows_byte_identi
         r.store.insert_message(&msg).await.unwrap();
     }
     let before = scan::dump_all_bytes_postgres(&r.pool).await.unwrap();
-    let messages_before: Vec<_> = before.iter().filter(|c| c.0 == "messages" || c.0 == "attachments").cloned().collect();
+    let messages_before: Vec<_> = before
+        .iter()
+        .filter(|c| c.0 == "messages" || c.0 == "attachments")
+        .cloned()
+        .collect();
 
     let v2 = keyring.rotate_dek(&acme).await.unwrap();
     assert_eq!(v2.get(), 2);
-    let msg = fixtures::seal_message(&keyring, &acme, &inbox, "new", "t2", &PlainMessage::marked("new")).await;
+    let msg = fixtures::seal_message(
+        &keyring,
+        &acme,
+        &inbox,
+        "new",
+        "t2",
+        &PlainMessage::marked("new"),
+    )
+    .await;
     assert_eq!(msg.fields.subject.key_version().unwrap(), v2);
     assert_eq!(msg.attachments[0].data.key_version().unwrap(), v2);
 
     let after = scan::dump_all_bytes_postgres(&r.pool).await.unwrap();
-    let messages_after: Vec<_> = after.iter().filter(|c| c.0 == "messages" || c.0 == "attachments").cloned().collect();
-    assert_eq!(messages_before, messages_after, "rotation re-encrypted nothing");
+    let messages_after: Vec<_> = after
+        .iter()
+        .filter(|c| c.0 == "messages" || c.0 == "attachments")
+        .cloned()
+        .collect();
+    assert_eq!(
+        messages_before, messages_after,
+        "rotation re-encrypted nothing"
+    );
 
     // Everything sealed before still opens, through a fresh keyring (cold cache).
-    let fresh = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let fresh = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     for (i, id) in old_ids.iter().enumerate() {
         let stored = r.store.get_message(&acme, id).await.unwrap().unwrap();
         let plain = fixtures::open_message(&fresh, &stored).await;
-        assert_eq!(plain.fields[0], PlainMessage::marked(&format!("old{i}")).fields[0]);
+        assert_eq!(
+            plain.fields[0],
+            PlainMessage::marked(&format!("old{i}")).fields[0]
+        );
     }
     let status = keyring.status(&acme).await.unwrap();
     assert_eq!(status.len(), 2);
@@ -138,7 +184,11 @@ async fn kek_rotation_rewraps_every_dek_and_data_opens_after_min_decryption_vers
     let r = real().await;
     let acme = tenant("acme");
     let kms = vault(&r.bao);
-    let keyring = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let keyring = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     keyring.provision_tenant(&acme, "Acme").await.unwrap();
     let c1 = SealContext::new("acme", "r1", "message.subject");
     let c2 = SealContext::new("acme", "r2", "message.subject");
@@ -150,13 +200,24 @@ async fn kek_rotation_rewraps_every_dek_and_data_opens_after_min_decryption_vers
     assert_eq!(rotation.kek_version, 2);
     assert_eq!(rotation.rewrapped, 2);
     for v in r.store.list_key_versions(&acme).await.unwrap() {
-        assert!(v.wrapped_dek.starts_with("vault:v2:"), "rewrapped under kek v2");
+        assert!(
+            v.wrapped_dek.starts_with("vault:v2:"),
+            "rewrapped under kek v2"
+        );
     }
-    let key = KeyRef::new(r.store.list_key_versions(&acme).await.unwrap()[0].kms_key_ref.clone());
+    let key = KeyRef::new(
+        r.store.list_key_versions(&acme).await.unwrap()[0]
+            .kms_key_ref
+            .clone(),
+    );
     kms.set_min_decryption_version(&key, 2).await.unwrap();
     assert_eq!(kms.key_info(&key).await.unwrap().min_decryption_version, 2);
 
-    let fresh = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let fresh = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     assert_eq!(fresh.open(&c1, &s1).await.unwrap(), b"under dek v1");
     assert_eq!(fresh.open(&c2, &s2).await.unwrap(), b"under dek v2");
     let status = fresh.status(&acme).await.unwrap();
@@ -180,9 +241,15 @@ async fn a_dek_at_its_seal_bound_is_retired_and_the_next_version_is_created() {
     for i in 0..12 {
         let record = format!("r{i}");
         let ctx = SealContext::new("acme", &record, "message.subject");
-        sealed.push((record.clone(), keyring.seal(&ctx, record.as_bytes()).await.unwrap()));
+        sealed.push((
+            record.clone(),
+            keyring.seal(&ctx, record.as_bytes()).await.unwrap(),
+        ));
     }
-    let versions: Vec<u32> = sealed.iter().map(|(_, s)| s.key_version().unwrap().get()).collect();
+    let versions: Vec<u32> = sealed
+        .iter()
+        .map(|(_, s)| s.key_version().unwrap().get())
+        .collect();
     assert_eq!(versions, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
     let status = keyring.status(&acme).await.unwrap();
     assert_eq!(status.len(), 3);
@@ -199,7 +266,12 @@ async fn a_dek_at_its_seal_bound_is_retired_and_the_next_version_is_created() {
         other.seal(&ctx, b"x").await.unwrap();
     }
     for v in store.list_key_versions(&acme).await.unwrap() {
-        assert!(v.seal_count <= 5, "{} sealed {} times", v.version, v.seal_count);
+        assert!(
+            v.seal_count <= 5,
+            "{} sealed {} times",
+            v.version,
+            v.seal_count
+        );
     }
     for (record, s) in &sealed {
         let ctx = SealContext::new("acme", record, "message.subject");
@@ -222,7 +294,12 @@ async fn seal_many_reserves_across_versions_and_counts_every_seal() {
     let records: Vec<String> = (0..25).map(|i| format!("r{i}")).collect();
     let items: Vec<_> = records
         .iter()
-        .map(|r| (SealContext::new("acme", r, "message.text_body"), r.as_bytes()))
+        .map(|r| {
+            (
+                SealContext::new("acme", r, "message.text_body"),
+                r.as_bytes(),
+            )
+        })
         .collect();
     let sealed = keyring.seal_many(&acme, &items).await.unwrap();
     assert_eq!(sealed.len(), 25);
@@ -242,7 +319,11 @@ async fn seal_many_reserves_across_versions_and_counts_every_seal() {
 async fn kms_outage_is_retryable_and_writes_nothing() {
     let mut r = real().await;
     let acme = tenant("acme");
-    let keyring = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let keyring = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     keyring.provision_tenant(&acme, "Acme").await.unwrap();
     let ctx = SealContext::new("acme", "r1", "message.subject");
     let sealed = keyring.seal(&ctx, b"before the outage").await.unwrap();
@@ -250,14 +331,21 @@ async fn kms_outage_is_retryable_and_writes_nothing() {
 
     r.bao.stop();
     let globex = tenant("globex");
-    let err = keyring.provision_tenant(&globex, "Globex").await.unwrap_err();
+    let err = keyring
+        .provision_tenant(&globex, "Globex")
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(matches!(err, KeyringError::Kms(_)), "{err}");
     let err = keyring.rotate_dek(&acme).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     let err = keyring.rotate_kek(&acme).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    let cold = Keyring::new(Arc::new(vault(&r.bao)), r.store.clone(), KeyringConfig::default());
+    let cold = Keyring::new(
+        Arc::new(vault(&r.bao)),
+        r.store.clone(),
+        KeyringConfig::default(),
+    );
     let err = cold.open(&ctx, &sealed).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
 
@@ -265,7 +353,10 @@ async fn kms_outage_is_retryable_and_writes_nothing() {
     assert_eq!(before, after, "nothing was written during the outage");
     assert!(r.store.get_tenant(&globex).await.unwrap().is_none());
     // The warm keyring keeps working from its cache.
-    assert_eq!(keyring.open(&ctx, &sealed).await.unwrap(), b"before the outage");
+    assert_eq!(
+        keyring.open(&ctx, &sealed).await.unwrap(),
+        b"before the outage"
+    );
     drop(r.db);
 }
 
@@ -279,7 +370,10 @@ async fn database_outage_is_retryable() {
         .unwrap();
     let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool));
     let keyring = Keyring::new(kms, store, KeyringConfig::default());
-    let err = keyring.provision_tenant(&tenant("acme"), "Acme").await.unwrap_err();
+    let err = keyring
+        .provision_tenant(&tenant("acme"), "Acme")
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err}");
     let err = keyring
         .seal(&SealContext::new("acme", "r", "message.subject"), b"x")
@@ -292,7 +386,9 @@ async fn database_outage_is_retryable() {
 async fn cache_is_bounded_and_expires_so_evicted_keys_are_unwrapped_again() {
     let dir = tempfile::tempdir().unwrap();
     let (kms, store, _pool) = embedded(dir.path()).await;
-    let counting = Arc::new(CountingKms::new(LocalKms::open(dir.path().join("kms")).unwrap()));
+    let counting = Arc::new(CountingKms::new(
+        LocalKms::open(dir.path().join("kms")).unwrap(),
+    ));
     let setup = Keyring::new(kms, store.clone(), KeyringConfig::default());
     let mut sealed = Vec::new();
     for t in ["t1", "t2", "t3"] {
@@ -345,7 +441,10 @@ async fn unknown_tenant_and_unprovisioned_tenant_get_clear_errors() {
         .unwrap_err();
     assert!(matches!(err, KeyringError::NoKey(_)), "{err}");
     let err = keyring
-        .seal(&SealContext::new("Not A Tenant", "r", "message.subject"), b"x")
+        .seal(
+            &SealContext::new("Not A Tenant", "r", "message.subject"),
+            b"x",
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, KeyringError::InvalidId(_)), "{err}");

@@ -59,11 +59,7 @@ impl Backend {
         anyhow::ensure!(path.exists(), "sqlite_url does not point at {path:?}");
         Ok(Self {
             store: Arc::new(store),
-            raw: Raw::Sqlite {
-                pool,
-                path,
-                dir,
-            },
+            raw: Raw::Sqlite { pool, path, dir },
         })
     }
 
@@ -157,7 +153,8 @@ fn message(
     attachments: usize,
 ) -> NewMessage {
     let id = new_record_id();
-    let [s, f, t, c, r, tb, hb, sn] = MessageFields::FIELD_NAMES.map(|n| sealed(key, tenant, &id, n));
+    let [s, f, t, c, r, tb, hb, sn] =
+        MessageFields::FIELD_NAMES.map(|n| sealed(key, tenant, &id, n));
     let attachments = (0..attachments)
         .map(|i| {
             let aid = new_record_id();
@@ -306,7 +303,10 @@ mod cases {
             })
             .await;
         assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
-        assert_eq!(s.get_tenant(&tid("acme")).await?.unwrap().display_name, "Acme");
+        assert_eq!(
+            s.get_tenant(&tid("acme")).await?.unwrap().display_name,
+            "Acme"
+        );
         Ok(())
     }
 
@@ -340,8 +340,10 @@ mod cases {
 
         // Conflict writes nothing, not even the retirement of older versions.
         let u = tenant(s, "umbrella").await;
-        s.insert_key_version(&key_record(&u, 2, "vault:v1:u2")).await?;
-        s.insert_key_version(&key_record(&u, 1, "vault:v1:u1")).await?;
+        s.insert_key_version(&key_record(&u, 2, "vault:v1:u2"))
+            .await?;
+        s.insert_key_version(&key_record(&u, 1, "vault:v1:u1"))
+            .await?;
         let before = s.list_key_versions(&u).await?;
         assert!(before.iter().all(|k| !k.retired));
         let dup = s
@@ -354,8 +356,14 @@ mod cases {
         let missing = s
             .insert_key_version(&key_record(&tid("nobody"), 1, "vault:v1:x"))
             .await;
-        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
-        assert_eq!(s.get_key_version(&t, DekVersion::new(9).unwrap()).await?, None);
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
+        assert_eq!(
+            s.get_key_version(&t, DekVersion::new(9).unwrap()).await?,
+            None
+        );
 
         // Values that do not fit the column are refused, not wrapped.
         let mut huge = key_record(&t, 3, "vault:v1:huge");
@@ -369,25 +377,46 @@ mod cases {
         let s = b.store();
         let t = tenant(s, "acme").await;
         let v1 = DekVersion::FIRST;
-        s.insert_key_version(&key_record(&t, 1, "vault:v1:k")).await?;
+        s.insert_key_version(&key_record(&t, 1, "vault:v1:k"))
+            .await?;
 
-        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Granted(10));
-        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Granted(10));
-        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Granted(5));
+        assert_eq!(
+            s.reserve_seals(&t, v1, 10, 25).await?,
+            SealReservation::Granted(10)
+        );
+        assert_eq!(
+            s.reserve_seals(&t, v1, 10, 25).await?,
+            SealReservation::Granted(10)
+        );
+        assert_eq!(
+            s.reserve_seals(&t, v1, 10, 25).await?,
+            SealReservation::Granted(5)
+        );
         let k = s.get_key_version(&t, v1).await?.unwrap();
         assert_eq!((k.seal_count, k.retired), (25, false));
 
-        assert_eq!(s.reserve_seals(&t, v1, 10, 25).await?, SealReservation::Exhausted);
+        assert_eq!(
+            s.reserve_seals(&t, v1, 10, 25).await?,
+            SealReservation::Exhausted
+        );
         let k = s.get_key_version(&t, v1).await?.unwrap();
         assert_eq!((k.seal_count, k.retired), (25, true));
         assert_eq!(s.current_key_version(&t).await?, None);
-        assert_eq!(s.reserve_seals(&t, v1, 1, 1000).await?, SealReservation::Exhausted);
+        assert_eq!(
+            s.reserve_seals(&t, v1, 1, 1000).await?,
+            SealReservation::Exhausted
+        );
 
         // A version retired by rotation grants nothing.
-        s.insert_key_version(&key_record(&t, 2, "vault:v1:k2")).await?;
-        s.insert_key_version(&key_record(&t, 3, "vault:v1:k3")).await?;
+        s.insert_key_version(&key_record(&t, 2, "vault:v1:k2"))
+            .await?;
+        s.insert_key_version(&key_record(&t, 3, "vault:v1:k3"))
+            .await?;
         let v2 = DekVersion::new(2).unwrap();
-        assert_eq!(s.reserve_seals(&t, v2, 1, 1000).await?, SealReservation::Exhausted);
+        assert_eq!(
+            s.reserve_seals(&t, v2, 1, 1000).await?,
+            SealReservation::Exhausted
+        );
         let v3 = DekVersion::new(3).unwrap();
         // A bound above i64::MAX is fine (clamped).
         assert_eq!(
@@ -395,8 +424,13 @@ mod cases {
             SealReservation::Granted(5)
         );
 
-        let missing = s.reserve_seals(&t, DekVersion::new(9).unwrap(), 1, 10).await;
-        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+        let missing = s
+            .reserve_seals(&t, DekVersion::new(9).unwrap(), 1, 10)
+            .await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
         Ok(())
     }
 
@@ -439,14 +473,33 @@ mod cases {
         let s = b.store();
         let t = tenant(s, "acme").await;
         let v1 = DekVersion::FIRST;
-        s.insert_key_version(&key_record(&t, 1, "vault:v1:old")).await?;
+        s.insert_key_version(&key_record(&t, 1, "vault:v1:old"))
+            .await?;
 
-        assert!(!s.replace_wrapped_dek(&t, v1, "vault:v1:wrong", "vault:v2:new").await?);
-        assert_eq!(s.get_key_version(&t, v1).await?.unwrap().wrapped_dek, "vault:v1:old");
-        assert!(s.replace_wrapped_dek(&t, v1, "vault:v1:old", "vault:v2:new").await?);
-        assert_eq!(s.get_key_version(&t, v1).await?.unwrap().wrapped_dek, "vault:v2:new");
-        assert!(!s.replace_wrapped_dek(&t, v1, "vault:v1:old", "vault:v2:other").await?);
-        assert_eq!(s.get_key_version(&t, v1).await?.unwrap().wrapped_dek, "vault:v2:new");
+        assert!(
+            !s.replace_wrapped_dek(&t, v1, "vault:v1:wrong", "vault:v2:new")
+                .await?
+        );
+        assert_eq!(
+            s.get_key_version(&t, v1).await?.unwrap().wrapped_dek,
+            "vault:v1:old"
+        );
+        assert!(
+            s.replace_wrapped_dek(&t, v1, "vault:v1:old", "vault:v2:new")
+                .await?
+        );
+        assert_eq!(
+            s.get_key_version(&t, v1).await?.unwrap().wrapped_dek,
+            "vault:v2:new"
+        );
+        assert!(
+            !s.replace_wrapped_dek(&t, v1, "vault:v1:old", "vault:v2:other")
+                .await?
+        );
+        assert_eq!(
+            s.get_key_version(&t, v1).await?.unwrap().wrapped_dek,
+            "vault:v2:new"
+        );
         let v9 = DekVersion::new(9).unwrap();
         assert!(!s.replace_wrapped_dek(&t, v9, "vault:v2:new", "x").await?);
         Ok(())
@@ -506,7 +559,10 @@ mod cases {
                 connected_at_ms: 0,
             })
             .await;
-        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
         assert_eq!(s.list_inboxes(&t).await?.len(), 2);
         Ok(())
     }
@@ -539,10 +595,10 @@ mod cases {
         assert!(got.has_attachments);
         assert!(got.created_at_ms >= before && got.created_at_ms <= now_ms());
         assert_eq!(got.fields, m.fields);
-        for (name, (a, b)) in MessageFields::FIELD_NAMES.iter().zip(
-            sealed_values(&m)
-                .into_iter()
-                .zip([
+        for (name, (a, b)) in
+            MessageFields::FIELD_NAMES
+                .iter()
+                .zip(sealed_values(&m).into_iter().zip([
                     &got.fields.subject,
                     &got.fields.from_addr,
                     &got.fields.to_addrs,
@@ -551,8 +607,8 @@ mod cases {
                     &got.fields.text_body,
                     &got.fields.html_body,
                     &got.fields.snippet,
-                ]),
-        ) {
+                ]))
+        {
             assert_eq!(a.as_bytes(), b.as_bytes(), "{name}");
         }
         let mut expected = m.attachments.clone();
@@ -630,11 +686,17 @@ mod cases {
                 message_id: m.id.clone()
             }
         );
-        assert_eq!(s.insert_message(&m).await?, InsertOutcome::AlreadyStored {
-            message_id: m.id.clone()
-        });
+        assert_eq!(
+            s.insert_message(&m).await?,
+            InsertOutcome::AlreadyStored {
+                message_id: m.id.clone()
+            }
+        );
         assert_eq!(s.get_message(&t, &again.id).await?, None);
-        assert_eq!(s.list_message_ids(&t, &inbox_id, 10).await?, vec![m.id.clone()]);
+        assert_eq!(
+            s.list_message_ids(&t, &inbox_id, 10).await?,
+            vec![m.id.clone()]
+        );
 
         let cells = b.dump().await?;
         assert_eq!(count(&cells, "messages", "id"), 1);
@@ -708,13 +770,15 @@ mod cases {
 
         let cells = b.dump().await?;
         assert_eq!(count(&cells, "conversations", "id"), 3);
-        assert_eq!(values(&cells, "conversations", "message_count"), vec![
-            "1", "1", "2"
-        ]);
+        assert_eq!(
+            values(&cells, "conversations", "message_count"),
+            vec!["1", "1", "2"]
+        );
         // last_message_at_ms is the newest message of the thread, not the last inserted.
-        assert_eq!(values(&cells, "conversations", "last_message_at_ms"), vec![
-            "2000", "2000", "3000"
-        ]);
+        assert_eq!(
+            values(&cells, "conversations", "last_message_at_ms"),
+            vec!["2000", "2000", "3000"]
+        );
         Ok(())
     }
 
@@ -785,19 +849,42 @@ mod cases {
         assert_eq!(kept.conversation_id, conv_a);
         assert_eq!(kept.attachments.len(), 1);
 
+        // Of concurrent deletes of one message, exactly one removes it.
+        let m4 = message(&k, &t, &inbox_id, "gm-del-4", "th-del-a", 500, 1);
+        s.insert_message(&m4).await?;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let store = Arc::clone(&b.store);
+            let (t, id) = (t.clone(), m4.id.clone());
+            tasks.push(tokio::spawn(
+                async move { store.delete_message(&t, &id).await },
+            ));
+        }
+        let mut removed = 0;
+        for task in tasks {
+            removed += usize::from(task.await??);
+        }
+        assert_eq!(removed, 1);
+
         // The last message of a conversation takes it along.
         assert!(s.delete_message(&t, &m3.id).await?);
-        assert_eq!(s.list_message_ids(&t, &inbox_id, 10).await?, vec![m2.id.clone()]);
+        assert_eq!(
+            s.list_message_ids(&t, &inbox_id, 10).await?,
+            vec![m2.id.clone()]
+        );
 
         let cells = b.dump().await?;
         assert_eq!(count(&cells, "messages", "id"), 1);
         assert_eq!(count(&cells, "attachments", "id"), 1);
         assert_eq!(values(&cells, "conversations", "id"), vec![conv_a.clone()]);
         assert_eq!(values(&cells, "conversations", "message_count"), vec!["1"]);
-        assert_eq!(values(&cells, "conversations", "last_message_at_ms"), vec!["2000"]);
+        assert_eq!(
+            values(&cells, "conversations", "last_message_at_ms"),
+            vec!["2000"]
+        );
 
         let mut needles: Vec<Vec<u8>> = Vec::new();
-        for m in [&m1, &m3] {
+        for m in [&m1, &m3, &m4] {
             for v in sealed_values(m) {
                 needles.push(v.as_bytes().to_vec());
                 // The ciphertext alone, in case a header were stored apart.
@@ -822,7 +909,7 @@ mod cases {
         // SQLite: not in the files either (secure_delete overwrites freed space).
         if let Some(raw) = b.raw_files().await? {
             assert!(scan::contains_bytes(&raw, m2.fields.subject.as_bytes()));
-            for (i, m) in [&m1, &m3].into_iter().enumerate() {
+            for (i, m) in [&m1, &m3, &m4].into_iter().enumerate() {
                 for v in sealed_values(m) {
                     assert!(
                         !scan::contains_bytes(&raw, &v.as_bytes()[17..]),
@@ -865,9 +952,10 @@ mod cases {
         let results: Vec<Result<(), StoreError>> = vec![
             down.list_tenants().await.map(drop),
             down.get_tenant(&t).await.map(drop),
-            down.reserve_seals(&t, DekVersion::FIRST, 1, 10).await.map(drop),
-            down
-                .insert_message(&message(&key(), &t, "i", "g", "th", 1, 0))
+            down.reserve_seals(&t, DekVersion::FIRST, 1, 10)
+                .await
+                .map(drop),
+            down.insert_message(&message(&key(), &t, "i", "g", "th", 1, 0))
                 .await
                 .map(drop),
             down.delete_message(&t, "m").await.map(drop),
@@ -933,3 +1021,26 @@ conformance!(
     audit_events,
     unavailable_database,
 );
+
+#[tokio::test]
+async fn sqlite_connection_settings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The file does not exist yet: connect creates it.
+    let store = SqliteStore::connect(&sqlite_url(dir.path())).await?;
+    let mut conn = store.pool().acquire().await?;
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    assert_eq!(journal.to_lowercase(), "wal");
+    for (pragma, want) in [
+        ("foreign_keys", 1i64),
+        ("secure_delete", 1),
+        ("busy_timeout", 5000),
+    ] {
+        let got: i64 = sqlx::query_scalar(&format!("PRAGMA {pragma}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        assert_eq!(got, want, "{pragma}");
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! Zero plaintext at rest: 1,000 messages whose every field carries a unique canary are
 //! stored through the real keyring; then no canary may appear in any column of any table
 //! (both backends), nor in the SQLite database file or its -wal and -shm files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,8 +40,7 @@ fn needles() -> Vec<Vec<u8>> {
 async fn store_canaries(keyring: &Keyring, store: &dyn Store) -> Vec<(String, PlainMessage)> {
     let acme = TenantId::new("acme").unwrap();
     keyring.provision_tenant(&acme, "Acme").await.unwrap();
-    let inbox =
-        fixtures::create_inbox(store, &acme, &format!("support@{CONTROL}.example")).await;
+    let inbox = fixtures::create_inbox(store, &acme, &format!("support@{CONTROL}.example")).await;
     let mut stored = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
         let plain = PlainMessage::marked(&canary(i));
@@ -61,7 +61,11 @@ async fn store_canaries(keyring: &Keyring, store: &dyn Store) -> Vec<(String, Pl
 }
 
 /// The canaries really went in: a sample of messages opens back to them.
-async fn assert_round_trip(keyring: &Keyring, store: &dyn Store, stored: &[(String, PlainMessage)]) {
+async fn assert_round_trip(
+    keyring: &Keyring,
+    store: &dyn Store,
+    stored: &[(String, PlainMessage)],
+) {
     let acme = TenantId::new("acme").unwrap();
     for (id, plain) in stored.iter().step_by(97) {
         let msg = store.get_message(&acme, id).await.unwrap().unwrap();
@@ -74,11 +78,19 @@ async fn assert_round_trip(keyring: &Keyring, store: &dyn Store, stored: &[(Stri
 
 fn assert_no_canary_in_cells(cells: &[Cell]) {
     assert!(
-        cells.iter().any(|(_, _, b)| contains_bytes(b, CONTROL.as_bytes())),
+        cells
+            .iter()
+            .any(|(_, _, b)| contains_bytes(b, CONTROL.as_bytes())),
         "control value not found: the scan does not read the tables"
     );
     let tables: std::collections::BTreeSet<&str> = cells.iter().map(|c| c.0.as_str()).collect();
-    for t in ["messages", "attachments", "tenant_keys", "inboxes", "conversations"] {
+    for t in [
+        "messages",
+        "attachments",
+        "tenant_keys",
+        "inboxes",
+        "conversations",
+    ] {
         assert!(tables.contains(t), "table {t} was not scanned: {tables:?}");
     }
     let sealed_bytes: usize = cells
@@ -86,7 +98,10 @@ fn assert_no_canary_in_cells(cells: &[Cell]) {
         .filter(|c| c.0 == "messages" || c.0 == "attachments")
         .map(|c| c.2.len())
         .sum();
-    assert!(sealed_bytes > MESSAGES * 300, "the messages are in the scanned cells");
+    assert!(
+        sealed_bytes > MESSAGES * 300,
+        "the messages are in the scanned cells"
+    );
     for needle in needles() {
         let hits: Vec<_> = cells
             .iter()
@@ -113,7 +128,10 @@ fn assert_no_canary_in_files(dir: &Path) -> usize {
             assert!(!contains_bytes(&bytes, &needle), "canary found in {name}");
         }
     }
-    assert!(control_seen, "control value not found in the database files");
+    assert!(
+        control_seen,
+        "control value not found in the database files"
+    );
     scanned
 }
 

@@ -53,7 +53,9 @@ pub enum CryptoError {
     Malformed(&'static str),
     #[error("sealed value uses unknown format {0:#04x}")]
     UnknownFormat(u8),
-    #[error("sealed value failed authentication (wrong key, record, field, tenant or version, or tampered bytes)")]
+    #[error(
+        "sealed value failed authentication (wrong key, record, field, tenant or version, or tampered bytes)"
+    )]
     Authentication,
     #[error("key material has the wrong length (expected 32 bytes)")]
     KeyLength,
@@ -203,7 +205,12 @@ pub fn open(
     }
     let bytes = sealed.as_bytes();
     let aad = ctx.associated_data(version, bytes[0]);
-    open_detached(key.cipher(), &bytes[5..HEADER_LEN], &aad, &bytes[HEADER_LEN..])
+    open_detached(
+        key.cipher(),
+        &bytes[5..HEADER_LEN],
+        &aad,
+        &bytes[HEADER_LEN..],
+    )
 }
 
 /// AES-256-GCM decryption of `ciphertext || tag` with a 12-byte nonce: the primitive

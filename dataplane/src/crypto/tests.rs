@@ -10,7 +10,11 @@ fn key(version: u32) -> SealingKey {
 }
 
 fn ctx() -> SealContext<'static> {
-    SealContext::new("acme", "0b6f2a6e-6c39-4c4e-9d0e-9a1c1d7b2f10", "message.subject")
+    SealContext::new(
+        "acme",
+        "0b6f2a6e-6c39-4c4e-9d0e-9a1c1d7b2f10",
+        "message.subject",
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -107,7 +111,10 @@ fn flipping_any_byte_of_nonce_ciphertext_or_tag_fails_with_an_error() {
             let mut tampered = bytes.clone();
             tampered[i] ^= bit;
             let result = SealedField::from_bytes(tampered).and_then(|s| open(&k, &ctx(), &s));
-            assert!(result.is_err(), "byte {i} flipped with {bit:#x} still opened");
+            assert!(
+                result.is_err(),
+                "byte {i} flipped with {bit:#x} still opened"
+            );
         }
     }
     // Truncations fail too, never panic.

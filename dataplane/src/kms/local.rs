@@ -131,7 +131,10 @@ impl LocalKms {
     }
 
     fn wrap(&self, ctx: DekContext<'_>, dek: &Dek) -> Result<WrappedDek, KmsError> {
-        let kek_version = *self.kek_versions(ctx.key)?.last().ok_or_else(|| not_found(ctx.key))?;
+        let kek_version = *self
+            .kek_versions(ctx.key)?
+            .last()
+            .ok_or_else(|| not_found(ctx.key))?;
         let kek = self.read_kek(ctx.key, kek_version)?;
         let nonce = crypto::random_nonce().map_err(|_| config_err("rng failed".into()))?;
         let aad = wrap_aad(ctx.tenant, ctx.version, kek_version);
@@ -160,9 +163,8 @@ impl LocalKms {
         let kek = self.read_kek(ctx.key, kek_version)?;
         let aad = wrap_aad(ctx.tenant, ctx.version, kek_version);
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        let plain = Zeroizing::new(
-            crypto::open_detached(&kek, nonce, &aad, sealed).map_err(|_| failed())?,
-        );
+        let plain =
+            Zeroizing::new(crypto::open_detached(&kek, nonce, &aad, sealed).map_err(|_| failed())?);
         Dek::from_slice(&plain).map_err(|_| failed())
     }
 }
@@ -191,11 +193,7 @@ impl Kms for LocalKms {
         Ok((dek, wrapped))
     }
 
-    async fn unwrap_dek(
-        &self,
-        ctx: DekContext<'_>,
-        wrapped: &WrappedDek,
-    ) -> Result<Dek, KmsError> {
+    async fn unwrap_dek(&self, ctx: DekContext<'_>, wrapped: &WrappedDek) -> Result<Dek, KmsError> {
         self.unwrap(ctx, wrapped)
     }
 
@@ -209,7 +207,10 @@ impl Kms for LocalKms {
     }
 
     async fn rotate_kek(&self, key: &KeyRef) -> Result<u32, KmsError> {
-        let latest = *self.kek_versions(key)?.last().ok_or_else(|| not_found(key))?;
+        let latest = *self
+            .kek_versions(key)?
+            .last()
+            .ok_or_else(|| not_found(key))?;
         let next = latest + 1;
         self.write_kek(key, next)?;
         Ok(next)
@@ -311,20 +312,30 @@ mod tests {
         let acme = tenant("acme");
         let key = kms.create_tenant_key(&acme).await.unwrap();
         let v1 = DekVersion::FIRST;
-        let ctx = DekContext { tenant: &acme, key: &key, version: v1 };
+        let ctx = DekContext {
+            tenant: &acme,
+            key: &key,
+            version: v1,
+        };
         let (dek, wrapped) = kms.generate_dek(ctx).await.unwrap();
         assert!(wrapped.as_str().starts_with("local:v1:"));
         let back = kms.unwrap_dek(ctx, &wrapped).await.unwrap();
         assert_eq!(back.expose_bytes(), dek.expose_bytes());
 
-        let v2 = DekContext { version: v1.next().unwrap(), ..ctx };
+        let v2 = DekContext {
+            version: v1.next().unwrap(),
+            ..ctx
+        };
         assert!(matches!(
             kms.unwrap_dek(v2, &wrapped).await,
             Err(KmsError::UnwrapFailed { .. })
         ));
         // Same key files, other tenant id in the associated data.
         let other = tenant("acme2");
-        let spoofed = DekContext { tenant: &other, ..ctx };
+        let spoofed = DekContext {
+            tenant: &other,
+            ..ctx
+        };
         assert!(matches!(
             kms.unwrap_dek(spoofed, &wrapped).await,
             Err(KmsError::UnwrapFailed { .. })
@@ -332,8 +343,16 @@ mod tests {
         let mut tampered = wrapped.as_str().to_string();
         tampered.pop();
         tampered.push('A');
-        assert!(kms.unwrap_dek(ctx, &WrappedDek::new(tampered)).await.is_err());
-        assert!(kms.unwrap_dek(ctx, &WrappedDek::new("local:v1:%%%")).await.is_err());
+        assert!(
+            kms.unwrap_dek(ctx, &WrappedDek::new(tampered))
+                .await
+                .is_err()
+        );
+        assert!(
+            kms.unwrap_dek(ctx, &WrappedDek::new("local:v1:%%%"))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -343,8 +362,14 @@ mod tests {
         let kms = LocalKms::open(&root).unwrap();
         kms.create_tenant_key(&tenant("acme")).await.unwrap();
         let file = root.join("acme").join("kek-v1");
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         assert_eq!(fs::read(&file).unwrap().len(), 32);
     }
 
@@ -372,14 +397,25 @@ mod tests {
         let kms = LocalKms::open(dir.path().join("kms")).unwrap();
         let acme = tenant("acme");
         let key = kms.create_tenant_key(&acme).await.unwrap();
-        assert_eq!(kms.create_tenant_key(&acme).await.unwrap(), key, "idempotent");
-        let ctx = DekContext { tenant: &acme, key: &key, version: DekVersion::FIRST };
+        assert_eq!(
+            kms.create_tenant_key(&acme).await.unwrap(),
+            key,
+            "idempotent"
+        );
+        let ctx = DekContext {
+            tenant: &acme,
+            key: &key,
+            version: DekVersion::FIRST,
+        };
         let (dek, wrapped) = kms.generate_dek(ctx).await.unwrap();
         assert_eq!(kms.rotate_kek(&key).await.unwrap(), 2);
         let rewrapped = kms.rewrap_dek(ctx, &wrapped).await.unwrap();
         assert_eq!(rewrapped.kek_version(), Some(2));
         assert_eq!(
-            kms.unwrap_dek(ctx, &rewrapped).await.unwrap().expose_bytes(),
+            kms.unwrap_dek(ctx, &rewrapped)
+                .await
+                .unwrap()
+                .expose_bytes(),
             dek.expose_bytes()
         );
         kms.destroy_tenant_key(&key).await.unwrap();

@@ -115,8 +115,7 @@ pub trait Kms: Send + Sync + 'static {
     async fn generate_dek(&self, ctx: DekContext<'_>) -> Result<(Dek, WrappedDek), KmsError>;
 
     /// Unwraps a stored DEK.
-    async fn unwrap_dek(&self, ctx: DekContext<'_>, wrapped: &WrappedDek)
-    -> Result<Dek, KmsError>;
+    async fn unwrap_dek(&self, ctx: DekContext<'_>, wrapped: &WrappedDek) -> Result<Dek, KmsError>;
 
     /// Re-encrypts a wrapped DEK under the newest KEK version without exposing it.
     async fn rewrap_dek(

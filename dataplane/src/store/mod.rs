@@ -357,8 +357,7 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError>
     } else {
         Err(StoreError::Database {
             op: "connect",
-            message: "database url must start with postgres://, postgresql:// or sqlite:"
-                .into(),
+            message: "database url must start with postgres://, postgresql:// or sqlite:".into(),
         })
     }
 }

@@ -21,9 +21,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditEvent, InboxRecord, InsertOutcome, KeyVersionRecord, MessageFields, NewInbox,
-    NewMessage, NewTenant, SealReservation, Store, StoreError, StoredAttachment, StoredMessage,
-    TenantRecord, now_ms,
+    AuditEvent, InboxRecord, InsertOutcome, KeyVersionRecord, MessageFields, NewInbox, NewMessage,
+    NewTenant, SealReservation, Store, StoreError, StoredAttachment, StoredMessage, TenantRecord,
+    now_ms,
 };
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
@@ -183,7 +183,10 @@ fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
     let Some(code) = db.code() else {
         return false;
     };
-    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
         // Class 08: connection exception; 57P01-03: shutdown / cannot connect now;
         // 53300: too many connections; 40001 / 40P01: serialization failure / deadlock.
         code.starts_with("08")
@@ -458,11 +461,7 @@ macro_rules! sql_store {
                     version: to_version(T, Self::col(row, T, "version")?)?,
                     wrapped_dek: Self::col(row, T, "wrapped_dek")?,
                     kms_key_ref: Self::col(row, T, "kms_key_ref")?,
-                    seal_count: to_u64(
-                        T,
-                        Self::col(row, T, "seal_count")?,
-                        "negative seal count",
-                    )?,
+                    seal_count: to_u64(T, Self::col(row, T, "seal_count")?, "negative seal count")?,
                     retired: Self::col(row, T, "retired")?,
                     created_at_ms: Self::col(row, T, "created_at_ms")?,
                 })
@@ -684,7 +683,8 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_err(OP))?
                         .ok_or(StoreError::NotFound("key version"))?;
-                    let count = to_u64(T, Self::col(&row, T, "seal_count")?, "negative seal count")?;
+                    let count =
+                        to_u64(T, Self::col(&row, T, "seal_count")?, "negative seal count")?;
                     let retired: bool = Self::col(&row, T, "retired")?;
                     if retired {
                         return Ok(SealReservation::Exhausted);
@@ -773,7 +773,10 @@ macro_rules! sql_store {
                 row.as_ref().map(Self::inbox_from_row).transpose()
             }
 
-            async fn list_inboxes(&self, tenant: &TenantId) -> Result<Vec<InboxRecord>, StoreError> {
+            async fn list_inboxes(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<InboxRecord>, StoreError> {
                 let rows = sqlx::query(LIST_INBOXES)
                     .bind(tenant.as_str())
                     .fetch_all(&self.pool)
@@ -784,7 +787,10 @@ macro_rules! sql_store {
 
             // --- messages --------------------------------------------------------------
 
-            async fn insert_message(&self, message: &NewMessage) -> Result<InsertOutcome, StoreError> {
+            async fn insert_message(
+                &self,
+                message: &NewMessage,
+            ) -> Result<InsertOutcome, StoreError> {
                 const OP: &str = "insert_message";
                 let gmail_history_id = message
                     .gmail_history_id
@@ -944,7 +950,11 @@ macro_rules! sql_store {
                     .collect()
             }
 
-            async fn delete_message(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+            async fn delete_message(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+            ) -> Result<bool, StoreError> {
                 const OP: &str = "delete_message";
                 let mut tx = self.begin_write(OP).await?;
                 let Some(row) = sqlx::query(DELETE_MESSAGE)
@@ -957,13 +967,11 @@ macro_rules! sql_store {
                     return Ok(false);
                 };
                 let conversation_id: String = Self::col(&row, "messages", "conversation_id")?;
-                for statement in [DELETE_ATTACHMENTS] {
-                    sqlx::query(statement)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err(OP))?;
-                }
+                sqlx::query(DELETE_ATTACHMENTS)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
                 for statement in [COUNT_DOWN_CONVERSATION, REFRESH_CONVERSATION_DATE] {
                     sqlx::query(statement)
                         .bind(&conversation_id)
