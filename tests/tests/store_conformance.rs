@@ -1044,3 +1044,13 @@ async fn sqlite_connection_settings() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn sqlite_in_memory_via_connect() -> anyhow::Result<()> {
+    let store = helpr_dataplane::store::connect("sqlite::memory:").await?;
+    assert_eq!(store.backend(), "sqlite");
+    let t = tenant(store.as_ref(), "acme").await;
+    assert_eq!(store.list_tenants().await?.len(), 1);
+    assert_eq!(store.get_tenant(&t).await?.map(|r| r.id), Some(t));
+    Ok(())
+}
