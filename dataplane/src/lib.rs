@@ -7,11 +7,15 @@
 //! | [`keyring`] | per-tenant DEK versions: caching, rotation, seal accounting |
 //! | [`store`] | the database of record (PostgreSQL and SQLite) |
 //! | [`config`] | settings from a file and `HELPR_*` environment variables |
+//! | [`ingest`] | push verification, Gmail sync, parse / sanitize / quote-strip pipeline |
+//! | [`metrics`] | counters in the Prometheus text format |
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod crypto;
 pub mod ids;
+pub mod ingest;
 pub mod keyring;
 pub mod kms;
+pub mod metrics;
 pub mod store;

@@ -1,0 +1,9 @@
+//! The way in for mail: Pub/Sub push verification, Gmail history sync, and the pipeline
+//! that turns a raw message into sealed fields (parse → sanitize → strip quotes → seal).
+//!
+//! Every stage is a function with its own counters ([`crate::metrics`]).
+
+pub mod jwt;
+pub mod parse;
+pub mod quote;
+pub mod sanitize;
