@@ -11,8 +11,9 @@ use std::time::Duration;
 use helpr_dataplane::crypto::{Dek, DekVersion, SealContext, SealedField, SealingKey, seal};
 use helpr_dataplane::ids::{TenantId, new_record_id};
 use helpr_dataplane::store::{
-    AuditEvent, InsertOutcome, KeyVersionRecord, MessageFields, NewAttachment, NewInbox,
-    NewMessage, NewTenant, PgStore, SealReservation, SqliteStore, Store, StoreError, now_ms,
+    AuditEvent, EnqueueOutcome, InboxStatus, InsertOutcome, KeyVersionRecord, MessageFields,
+    NewAttachment, NewInbox, NewMessage, NewSyncJob, NewTenant, PgStore, SealReservation,
+    SqliteStore, Store, StoreError, now_ms,
 };
 use helpr_tests::postgres::{TestDatabase, sqlite_url};
 use helpr_tests::scan::{self, Cell};
@@ -272,6 +273,181 @@ fn values(cells: &[Cell], table: &str, column: &str) -> Vec<String> {
 
 mod cases {
     use super::*;
+
+    pub async fn sync_jobs_enqueue_replay_duplicate_and_claim(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let acme = tenant(s, "acme").await;
+        let globex = tenant(s, "globex").await;
+        let inbox_id = inbox(s, &acme, "Support@Acme.example").await;
+        let other = inbox(s, &globex, "help@globex.example").await;
+
+        let found = s.find_inboxes_by_address("support@acme.EXAMPLE").await?;
+        assert_eq!(found.len(), 1, "address lookup ignores case");
+        assert_eq!(found[0].id, inbox_id);
+        assert!(s.find_inboxes_by_address("nobody@acme.example").await?.is_empty());
+
+        let job = |pubsub: Option<&str>, history: u64| NewSyncJob {
+            id: new_record_id(),
+            tenant_id: acme.clone(),
+            inbox_id: inbox_id.clone(),
+            pubsub_message_id: pubsub.map(str::to_owned),
+            history_id: history,
+        };
+        assert_eq!(s.enqueue_sync_job(&job(Some("m1"), 100)).await?, EnqueueOutcome::Enqueued);
+        assert_eq!(s.enqueue_sync_job(&job(Some("m1"), 101)).await?, EnqueueOutcome::Duplicate);
+        assert_eq!(s.enqueue_sync_job(&job(Some("m2"), 102)).await?, EnqueueOutcome::Enqueued);
+        // Another tenant cannot enqueue for this inbox.
+        let mut foreign = job(Some("m9"), 500);
+        foreign.tenant_id = globex.clone();
+        assert!(matches!(s.enqueue_sync_job(&foreign).await, Err(StoreError::NotFound(_))));
+
+        // Concurrent redeliveries of one Pub/Sub message record one job.
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let store = b.store.clone();
+                let j = job(Some("m3"), 103);
+                tokio::spawn(async move { store.enqueue_sync_job(&j).await })
+            })
+            .collect();
+        let mut enqueued = 0;
+        for t in tasks {
+            if t.await?? == EnqueueOutcome::Enqueued {
+                enqueued += 1;
+            }
+        }
+        assert_eq!(enqueued, 1);
+
+        // Claims: each job once, across concurrent claimers.
+        let now = now_ms();
+        let claimers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = b.store.clone();
+                let acme = acme.clone();
+                tokio::spawn(async move { store.claim_sync_jobs(&acme, 2, now, 60_000).await })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for c in claimers {
+            claimed.extend(c.await??);
+        }
+        let mut ids: Vec<_> = claimed.iter().map(|j| j.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "three jobs, each claimed once");
+        assert_eq!(claimed.len(), 3);
+        assert!(claimed.iter().all(|j| j.attempts == 1 && j.inbox_id == inbox_id));
+        assert!(s.claim_sync_jobs(&globex, 10, now, 60_000).await?.is_empty());
+        assert!(s.claim_sync_jobs(&acme, 10, now, 60_000).await?.is_empty(), "leased");
+
+        // An expired lease is claimed again (a worker died).
+        let reclaimed = s.claim_sync_jobs(&acme, 10, now + 61_000, 60_000).await?;
+        assert_eq!(reclaimed.len(), 3);
+        assert!(reclaimed.iter().all(|j| j.attempts == 2));
+
+        // Retry later, complete, fail.
+        let (first, rest) = ids.split_first().unwrap();
+        s.retry_sync_jobs(std::slice::from_ref(first), now + 5_000, "kms_unavailable").await?;
+        assert!(s.claim_sync_jobs(&acme, 10, now + 4_000, 60_000).await?.is_empty(), "not due");
+        let again = s.claim_sync_jobs(&acme, 10, now + 5_000, 60_000).await?;
+        assert_eq!(again.len(), 1);
+        assert_eq!(&again[0].id, first);
+        s.complete_sync_jobs(&[first.clone()]).await?;
+        s.fail_sync_jobs(rest, "needs_reconnect").await?;
+        assert!(s.claim_sync_jobs(&acme, 10, now + 10_000_000, 60_000).await?.is_empty());
+        let cells = b.dump().await?;
+        let mut states = values(&cells, "sync_jobs", "state");
+        states.dedup();
+        assert_eq!(states, vec!["done", "failed"]);
+        let _ = other;
+        Ok(())
+    }
+
+    pub async fn synced_messages_advance_the_high_water_mark_atomically(
+        b: &Backend,
+    ) -> anyhow::Result<()> {
+        let s = b.store();
+        let acme = tenant(s, "acme").await;
+        let inbox_id = inbox(s, &acme, "support@acme.example").await;
+        let k = key();
+        let m1 = message(&k, &acme, &inbox_id, "g1", "t1", 1_000, 1);
+        let m2 = message(&k, &acme, &inbox_id, "g2", "t1", 2_000, 0);
+        let outcomes = s
+            .store_synced_messages(&acme, &inbox_id, &[m1.clone(), m2.clone()], Some(500))
+            .await?;
+        assert!(outcomes.iter().all(|o| matches!(o, InsertOutcome::Inserted { .. })));
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(500));
+        assert_eq!(s.latest_message_date(&inbox_id).await?, Some(2_000));
+        let mut stored = s
+            .stored_gmail_ids(&inbox_id, &["g1".into(), "g2".into(), "g3".into()])
+            .await?;
+        stored.sort();
+        assert_eq!(stored, vec!["g1", "g2"]);
+
+        // Replays are skipped and the mark never moves backwards.
+        let m3 = message(&k, &acme, &inbox_id, "g3", "t2", 3_000, 0);
+        let outcomes = s
+            .store_synced_messages(&acme, &inbox_id, &[m1.clone(), m3], Some(400))
+            .await?;
+        assert!(matches!(outcomes[0], InsertOutcome::AlreadyStored { .. }));
+        assert!(matches!(outcomes[1], InsertOutcome::Inserted { .. }));
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(500));
+        s.store_synced_messages(&acme, &inbox_id, &[], Some(900)).await?;
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(900));
+        // A job at or below the mark is a replay.
+        let replay = NewSyncJob {
+            id: new_record_id(),
+            tenant_id: acme.clone(),
+            inbox_id: inbox_id.clone(),
+            pubsub_message_id: Some("late".into()),
+            history_id: 900,
+        };
+        assert_eq!(s.enqueue_sync_job(&replay).await?, EnqueueOutcome::Replay);
+
+        // A batch that fails writes nothing: neither messages nor the mark.
+        let before = b.dump().await?;
+        let good = message(&k, &acme, &inbox_id, "g4", "t3", 4_000, 0);
+        let mut bad = message(&k, &acme, &inbox_id, "g5", "t3", 5_000, 0);
+        bad.id = good.id.clone(); // same record id: the second insert violates the key
+        let err = s
+            .store_synced_messages(&acme, &inbox_id, &[good, bad], Some(2_000))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(b.dump().await?, before, "a failed batch leaves nothing behind");
+        // Messages of another inbox are refused.
+        let elsewhere = inbox(s, &acme, "sales@acme.example").await;
+        let stray = message(&k, &acme, &elsewhere, "g6", "t4", 6_000, 0);
+        assert!(s
+            .store_synced_messages(&acme, &inbox_id, &[stray], None)
+            .await
+            .is_err());
+        Ok(())
+    }
+
+    pub async fn inbox_status_and_refresh_token_compare_and_swap(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let acme = tenant(s, "acme").await;
+        let inbox_id = inbox(s, &acme, "support@acme.example").await;
+        let t1 = fake_sealed(1, b"token one");
+        let t2 = fake_sealed(1, b"token two");
+        let t3 = fake_sealed(1, b"token three");
+        s.set_refresh_token(&inbox_id, &t1).await?;
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().refresh_token, Some(t1.clone()));
+        assert!(s.replace_refresh_token(&inbox_id, &t1, &t2).await?);
+        assert!(!s.replace_refresh_token(&inbox_id, &t1, &t3).await?, "stale old value");
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().refresh_token, Some(t2));
+        s.set_inbox_status(&inbox_id, InboxStatus::NeedsReconnect).await?;
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().status, "needs_reconnect");
+        assert!(matches!(
+            s.set_inbox_status("missing", InboxStatus::Connected).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.set_refresh_token("missing", &t1).await,
+            Err(StoreError::NotFound(_))
+        ));
+        Ok(())
+    }
 
     pub async fn tenants(b: &Backend) -> anyhow::Result<()> {
         let s = b.store();
@@ -1020,6 +1196,9 @@ conformance!(
     delete_message_leaves_no_trace,
     audit_events,
     unavailable_database,
+    sync_jobs_enqueue_replay_duplicate_and_claim,
+    synced_messages_advance_the_high_water_mark_atomically,
+    inbox_status_and_refresh_token_compare_and_swap,
 );
 
 #[tokio::test]

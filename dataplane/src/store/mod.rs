@@ -249,7 +249,63 @@ pub struct AuditEvent {
     pub at_ms: UnixMillis,
 }
 
-/// The database of record.
+/// A sync job to record for an inbox (from a push notification).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSyncJob {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub inbox_id: String,
+    /// The Pub/Sub `messageId`: a redelivery maps to the same job.
+    pub pubsub_message_id: Option<String>,
+    /// The notification's Gmail `historyId`.
+    pub history_id: u64,
+}
+
+/// Outcome of [`Store::enqueue_sync_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// The job is durably recorded.
+    Enqueued,
+    /// The history id is not above the inbox's high-water mark: nothing to do.
+    Replay,
+    /// A job with the same Pub/Sub message id exists.
+    Duplicate,
+}
+
+/// A claimed sync job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncJob {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub inbox_id: String,
+    pub history_id: u64,
+    /// Claims so far, this one included.
+    pub attempts: u32,
+}
+
+/// Connection state of an inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxStatus {
+    Connected,
+    /// Google refused the refresh token (`invalid_grant`): a person must reconnect.
+    NeedsReconnect,
+    Disconnected,
+}
+
+impl InboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxStatus::Connected => "connected",
+            InboxStatus::NeedsReconnect => "needs_reconnect",
+            InboxStatus::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Sealed field name of an inbox's Google refresh token (record id = inbox id).
+pub const REFRESH_TOKEN_FIELD: &str = "inbox.refresh_token";
+
+/// Database of record.
 ///
 /// Every method is atomic: it either applies all of its writes or none of them.
 #[async_trait]
@@ -336,7 +392,76 @@ pub trait Store: Send + Sync + 'static {
     /// Returns whether a message was removed.
     async fn delete_message(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
 
-    // --- audit -------------------------------------------------------------------------
+    // --- push and sync ---------------------------------------------------------------
+
+    /// Every inbox, of any tenant, with this Gmail address (push notifications name only
+    /// the address).
+    async fn find_inboxes_by_address(&self, address: &str)
+    -> Result<Vec<InboxRecord>, StoreError>;
+    /// Durably records a sync job unless it is a replay (history id not above the inbox's
+    /// high-water mark) or a duplicate (same Pub/Sub message id). [`StoreError::NotFound`]
+    /// if the inbox does not exist for the tenant.
+    async fn enqueue_sync_job(&self, job: &NewSyncJob) -> Result<EnqueueOutcome, StoreError>;
+    /// Claims up to `limit` jobs of the tenant that are due (pending and available, or
+    /// running under an expired lease), marking them running at `now_ms`. Concurrent
+    /// workers never claim the same job (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite:
+    /// one writer at a time).
+    async fn claim_sync_jobs(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+        now_ms: UnixMillis,
+        lease_ms: i64,
+    ) -> Result<Vec<SyncJob>, StoreError>;
+    /// Marks jobs done.
+    async fn complete_sync_jobs(&self, ids: &[String]) -> Result<(), StoreError>;
+    /// Returns jobs to pending, due at `available_at_ms`, recording a short error kind
+    /// (a fixed word such as `kms_unavailable`, never content).
+    async fn retry_sync_jobs(
+        &self,
+        ids: &[String],
+        available_at_ms: UnixMillis,
+        error_kind: &str,
+    ) -> Result<(), StoreError>;
+    /// Marks jobs failed for good (e.g. the inbox needs reconnecting).
+    async fn fail_sync_jobs(&self, ids: &[String], error_kind: &str) -> Result<(), StoreError>;
+    /// Stores synced messages and advances the inbox's high-water mark to
+    /// `max(stored, history_id)` in one transaction. Messages already stored (same inbox
+    /// and Gmail id) are skipped. [`StoreError::Conflict`] if a concurrent writer stored
+    /// one of them meanwhile: nothing is written then, and a retry skips it.
+    async fn store_synced_messages(
+        &self,
+        tenant: &TenantId,
+        inbox_id: &str,
+        messages: &[NewMessage],
+        history_id: Option<u64>,
+    ) -> Result<Vec<InsertOutcome>, StoreError>;
+    /// Which of these Gmail message ids are already stored for the inbox.
+    async fn stored_gmail_ids(
+        &self,
+        inbox_id: &str,
+        gmail_ids: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+    /// Newest `internal_date_ms` of the inbox's stored messages.
+    async fn latest_message_date(&self, inbox_id: &str) -> Result<Option<UnixMillis>, StoreError>;
+    async fn set_inbox_status(&self, inbox_id: &str, status: InboxStatus)
+    -> Result<(), StoreError>;
+    /// Stores a sealed refresh token (connecting or reconnecting the inbox).
+    async fn set_refresh_token(
+        &self,
+        inbox_id: &str,
+        token: &SealedField,
+    ) -> Result<(), StoreError>;
+    /// Replaces the sealed refresh token if it still equals `old` (compare-and-swap, so
+    /// there is never a moment with none stored); returns whether it was replaced.
+    async fn replace_refresh_token(
+        &self,
+        inbox_id: &str,
+        old: &SealedField,
+        new: &SealedField,
+    ) -> Result<bool, StoreError>;
+
+    // --- audit -----------------------------------------------------------------------
 
     async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// A tenant's audit events, oldest first.

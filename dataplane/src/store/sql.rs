@@ -21,9 +21,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditEvent, InboxRecord, InsertOutcome, KeyVersionRecord, MessageFields, NewInbox, NewMessage,
-    NewTenant, SealReservation, Store, StoreError, StoredAttachment, StoredMessage, TenantRecord,
-    now_ms,
+    AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, InsertOutcome, KeyVersionRecord,
+    MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store,
+    StoreError, StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
@@ -296,6 +296,13 @@ fn version_param(version: DekVersion) -> i64 {
     i64::from(version.get())
 }
 
+/// Result of inserting one message inside a caller's transaction.
+enum TxInsert {
+    Done(InsertOutcome),
+    /// A unique violation: a concurrent writer stored the message (or took the id) first.
+    Raced,
+}
+
 /// Upper bound on compare-and-swap retries in [`Store::reserve_seals`]. Every failed round
 /// means another reservation succeeded, so this is only reached under absurd contention.
 const MAX_CAS_ROUNDS: usize = 10_000;
@@ -397,6 +404,44 @@ const REFRESH_CONVERSATION_DATE: &str = "UPDATE conversations SET last_message_a
 const DELETE_EMPTY_CONVERSATION: &str =
     "DELETE FROM conversations WHERE id = $1 AND message_count = 0";
 
+const FIND_INBOXES_BY_ADDRESS: &str = concat!(
+    inbox_select!(),
+    " WHERE lower(address) = lower($1) ORDER BY created_at_ms, id"
+);
+const INBOX_MARK: &str = "SELECT tenant_id, history_id FROM inboxes WHERE id = $1";
+const FIND_JOB_BY_PUBSUB_ID: &str =
+    "SELECT id FROM sync_jobs WHERE inbox_id = $1 AND pubsub_message_id = $2";
+const INSERT_JOB: &str = "INSERT INTO sync_jobs \
+     (id, tenant_id, inbox_id, pubsub_message_id, history_id, state, attempts, \
+      available_at_ms, claimed_at_ms, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, NULL, $6)";
+macro_rules! claim_select {
+    () => {
+        "SELECT id, tenant_id, inbox_id, history_id, attempts FROM sync_jobs \
+         WHERE tenant_id = $1 \
+         AND ((state = 'pending' AND available_at_ms <= $2) \
+              OR (state = 'running' AND claimed_at_ms <= $3)) \
+         ORDER BY available_at_ms, created_at_ms LIMIT $4"
+    };
+}
+const MARK_JOB_RUNNING: &str = "UPDATE sync_jobs SET state = 'running', claimed_at_ms = $2, \
+     attempts = attempts + 1 WHERE id = $1";
+const MARK_JOB_DONE: &str =
+    "UPDATE sync_jobs SET state = 'done', claimed_at_ms = NULL WHERE id = $1";
+const MARK_JOB_PENDING: &str = "UPDATE sync_jobs SET state = 'pending', claimed_at_ms = NULL, \
+     available_at_ms = $2, last_error_kind = $3 WHERE id = $1";
+const MARK_JOB_FAILED: &str = "UPDATE sync_jobs SET state = 'failed', claimed_at_ms = NULL, \
+     last_error_kind = $2 WHERE id = $1";
+const ADVANCE_HISTORY: &str = "UPDATE inboxes SET history_id = CASE \
+       WHEN history_id IS NULL OR history_id < $2 THEN $2 ELSE history_id END \
+     WHERE id = $1 AND tenant_id = $3";
+const LATEST_MESSAGE_DATE: &str =
+    "SELECT MAX(internal_date_ms) AS latest FROM messages WHERE inbox_id = $1";
+const SET_INBOX_STATUS: &str = "UPDATE inboxes SET status = $2 WHERE id = $1";
+const SET_REFRESH_TOKEN: &str = "UPDATE inboxes SET refresh_token = $2 WHERE id = $1";
+const CAS_REFRESH_TOKEN: &str =
+    "UPDATE inboxes SET refresh_token = $2 WHERE id = $1 AND refresh_token = $3";
+
 const INSERT_AUDIT: &str = "INSERT INTO audit_events \
      (tenant_id, at_ms, actor, action, target_kind, target_id) \
      VALUES ($1, $2, $3, $4, $5, $6)";
@@ -411,6 +456,9 @@ const LIST_AUDIT: &str = "SELECT tenant_id, at_ms, actor, action, target_kind, t
 ///   lock up front (`BEGIN IMMEDIATE`), so that a transaction that reads and then writes
 ///   waits for the lock (busy timeout) instead of failing to upgrade.
 /// * `read_begin`: statement opening a transaction that reads a consistent snapshot.
+/// * `lock_rows`: suffix that locks the selected rows and skips rows locked by others
+///   (PostgreSQL `FOR UPDATE SKIP LOCKED`; empty for SQLite, whose `BEGIN IMMEDIATE`
+///   already admits one writer at a time).
 macro_rules! sql_store {
     (
         store = $store:ident,
@@ -418,7 +466,8 @@ macro_rules! sql_store {
         row = $row:ty,
         backend = $backend:literal,
         write_begin = $write_begin:literal,
-        read_begin = $read_begin:literal $(,)?
+        read_begin = $read_begin:literal,
+        lock_rows = $lock_rows:literal $(,)?
     ) => {
         impl $store {
             async fn begin_write(
@@ -556,6 +605,133 @@ macro_rules! sql_store {
                     .map_err(db_err(op))?;
                 row.map(|r| Self::col::<String>(&r, "messages", "id"))
                     .transpose()
+            }
+
+            /// Inserts one message inside `tx`; see [`Store::insert_message`]. A unique
+            /// violation (a concurrent writer won) is [`TxInsert::Raced`]: the transaction
+            /// is then unusable on PostgreSQL and must be rolled back.
+            async fn insert_in_tx(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                message: &NewMessage,
+                op: &'static str,
+            ) -> Result<TxInsert, StoreError> {
+                let gmail_history_id = message
+                    .gmail_history_id
+                    .map(|h| to_i64(op, h, "history id"))
+                    .transpose()?;
+                let size_bytes = to_i64(op, message.size_bytes, "message size")?;
+                let attachment_sizes = message
+                    .attachments
+                    .iter()
+                    .map(|a| to_i64(op, a.size_bytes, "attachment size"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let created_at_ms = now_ms();
+
+                let owner = sqlx::query(INBOX_TENANT)
+                    .bind(&message.inbox_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                let owner: Option<String> = owner
+                    .map(|r| Self::col(&r, "inboxes", "tenant_id"))
+                    .transpose()?;
+                if owner.as_deref() != Some(message.tenant_id.as_str()) {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+
+                if let Some(message_id) = Self::find_message_by_gmail_id(
+                    &mut **tx,
+                    op,
+                    &message.inbox_id,
+                    &message.gmail_message_id,
+                )
+                .await?
+                {
+                    return Ok(TxInsert::Done(InsertOutcome::AlreadyStored { message_id }));
+                }
+
+                let row = sqlx::query(UPSERT_CONVERSATION)
+                    .bind(crate::ids::new_record_id())
+                    .bind(message.tenant_id.as_str())
+                    .bind(&message.inbox_id)
+                    .bind(&message.gmail_thread_id)
+                    .bind(message.internal_date_ms)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(constraint_err(op, "conversation", "inbox"))?;
+                let conversation_id: String = Self::col(&row, "conversations", "id")?;
+
+                let f = &message.fields;
+                let inserted = sqlx::query(INSERT_MESSAGE)
+                    .bind(&message.id)
+                    .bind(message.tenant_id.as_str())
+                    .bind(&message.inbox_id)
+                    .bind(&conversation_id)
+                    .bind(&message.gmail_message_id)
+                    .bind(&message.gmail_thread_id)
+                    .bind(gmail_history_id)
+                    .bind(message.internal_date_ms)
+                    .bind(size_bytes)
+                    .bind(!message.attachments.is_empty())
+                    .bind(f.subject.as_bytes())
+                    .bind(f.from_addr.as_bytes())
+                    .bind(f.to_addrs.as_bytes())
+                    .bind(f.cc_addrs.as_bytes())
+                    .bind(f.reply_to.as_bytes())
+                    .bind(f.text_body.as_bytes())
+                    .bind(f.html_body.as_bytes())
+                    .bind(f.snippet.as_bytes())
+                    .bind(created_at_ms)
+                    .execute(&mut **tx)
+                    .await;
+                if let Err(e) = inserted {
+                    if is_unique_violation(&e) {
+                        return Ok(TxInsert::Raced);
+                    }
+                    return Err(constraint_err(op, "message", "inbox")(e));
+                }
+
+                for (attachment, size) in message.attachments.iter().zip(attachment_sizes) {
+                    sqlx::query(INSERT_ATTACHMENT)
+                        .bind(&attachment.id)
+                        .bind(message.tenant_id.as_str())
+                        .bind(&message.id)
+                        .bind(i64::from(attachment.ordinal))
+                        .bind(attachment.name.as_bytes())
+                        .bind(attachment.content_type.as_bytes())
+                        .bind(attachment.content_id.as_bytes())
+                        .bind(attachment.data.as_bytes())
+                        .bind(size)
+                        .bind(attachment.inline)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(constraint_err(op, "attachment", "message"))?;
+                }
+                Ok(TxInsert::Done(InsertOutcome::Inserted { conversation_id }))
+            }
+
+            /// Runs `sql` for each job id in one transaction, binding the id, then
+            /// `available_at_ms` and `error_kind` when given (in that order).
+            async fn update_jobs(
+                &self,
+                op: &'static str,
+                ids: &[String],
+                sql: &'static str,
+                available_at_ms: Option<UnixMillis>,
+                error_kind: Option<&str>,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write(op).await?;
+                for id in ids {
+                    let mut query = sqlx::query(sql).bind(id);
+                    if let Some(at) = available_at_ms {
+                        query = query.bind(at);
+                    }
+                    if let Some(kind) = error_kind {
+                        query = query.bind(kind);
+                    }
+                    query.execute(&mut *tx).await.map_err(db_err(op))?;
+                }
+                tx.commit().await.map_err(db_err(op))
             }
         }
 
@@ -792,116 +968,30 @@ macro_rules! sql_store {
                 message: &NewMessage,
             ) -> Result<InsertOutcome, StoreError> {
                 const OP: &str = "insert_message";
-                let gmail_history_id = message
-                    .gmail_history_id
-                    .map(|h| to_i64(OP, h, "history id"))
-                    .transpose()?;
-                let size_bytes = to_i64(OP, message.size_bytes, "message size")?;
-                let attachment_sizes = message
-                    .attachments
-                    .iter()
-                    .map(|a| to_i64(OP, a.size_bytes, "attachment size"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let created_at_ms = now_ms();
-
                 let mut tx = self.begin_write(OP).await?;
-
-                let owner = sqlx::query(INBOX_TENANT)
-                    .bind(&message.inbox_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err(OP))?;
-                let owner: Option<String> = owner
-                    .map(|r| Self::col(&r, "inboxes", "tenant_id"))
-                    .transpose()?;
-                if owner.as_deref() != Some(message.tenant_id.as_str()) {
-                    return Err(StoreError::NotFound("inbox"));
-                }
-
-                if let Some(message_id) = Self::find_message_by_gmail_id(
-                    &mut *tx,
-                    OP,
-                    &message.inbox_id,
-                    &message.gmail_message_id,
-                )
-                .await?
-                {
-                    return Ok(InsertOutcome::AlreadyStored { message_id });
-                }
-
-                let row = sqlx::query(UPSERT_CONVERSATION)
-                    .bind(crate::ids::new_record_id())
-                    .bind(message.tenant_id.as_str())
-                    .bind(&message.inbox_id)
-                    .bind(&message.gmail_thread_id)
-                    .bind(message.internal_date_ms)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(constraint_err(OP, "conversation", "inbox"))?;
-                let conversation_id: String = Self::col(&row, "conversations", "id")?;
-
-                let f = &message.fields;
-                let inserted = sqlx::query(INSERT_MESSAGE)
-                    .bind(&message.id)
-                    .bind(message.tenant_id.as_str())
-                    .bind(&message.inbox_id)
-                    .bind(&conversation_id)
-                    .bind(&message.gmail_message_id)
-                    .bind(&message.gmail_thread_id)
-                    .bind(gmail_history_id)
-                    .bind(message.internal_date_ms)
-                    .bind(size_bytes)
-                    .bind(!message.attachments.is_empty())
-                    .bind(f.subject.as_bytes())
-                    .bind(f.from_addr.as_bytes())
-                    .bind(f.to_addrs.as_bytes())
-                    .bind(f.cc_addrs.as_bytes())
-                    .bind(f.reply_to.as_bytes())
-                    .bind(f.text_body.as_bytes())
-                    .bind(f.html_body.as_bytes())
-                    .bind(f.snippet.as_bytes())
-                    .bind(created_at_ms)
-                    .execute(&mut *tx)
-                    .await;
-                if let Err(e) = inserted {
-                    if !is_unique_violation(&e) {
-                        return Err(constraint_err(OP, "message", "inbox")(e));
+                match Self::insert_in_tx(&mut tx, message, OP).await? {
+                    TxInsert::Done(outcome @ InsertOutcome::Inserted { .. }) => {
+                        tx.commit().await.map_err(db_err(OP))?;
+                        Ok(outcome)
                     }
-                    // A concurrent insert of the same Gmail message committed first (or
-                    // the record id is taken). Tell the two apart outside this transaction.
-                    let _ = tx.rollback().await;
-                    return match Self::find_message_by_gmail_id(
-                        &self.pool,
-                        OP,
-                        &message.inbox_id,
-                        &message.gmail_message_id,
-                    )
-                    .await?
-                    {
-                        Some(message_id) => Ok(InsertOutcome::AlreadyStored { message_id }),
-                        None => Err(StoreError::Conflict("message")),
-                    };
+                    TxInsert::Done(outcome) => Ok(outcome),
+                    TxInsert::Raced => {
+                        // A concurrent insert of the same Gmail message committed first (or
+                        // the record id is taken). Tell the two apart outside the transaction.
+                        let _ = tx.rollback().await;
+                        match Self::find_message_by_gmail_id(
+                            &self.pool,
+                            OP,
+                            &message.inbox_id,
+                            &message.gmail_message_id,
+                        )
+                        .await?
+                        {
+                            Some(message_id) => Ok(InsertOutcome::AlreadyStored { message_id }),
+                            None => Err(StoreError::Conflict("message")),
+                        }
+                    }
                 }
-
-                for (attachment, size) in message.attachments.iter().zip(attachment_sizes) {
-                    sqlx::query(INSERT_ATTACHMENT)
-                        .bind(&attachment.id)
-                        .bind(message.tenant_id.as_str())
-                        .bind(&message.id)
-                        .bind(i64::from(attachment.ordinal))
-                        .bind(attachment.name.as_bytes())
-                        .bind(attachment.content_type.as_bytes())
-                        .bind(attachment.content_id.as_bytes())
-                        .bind(attachment.data.as_bytes())
-                        .bind(size)
-                        .bind(attachment.inline)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(constraint_err(OP, "attachment", "message"))?;
-                }
-
-                tx.commit().await.map_err(db_err(OP))?;
-                Ok(InsertOutcome::Inserted { conversation_id })
             }
 
             async fn get_message(
@@ -988,6 +1078,277 @@ macro_rules! sql_store {
                 Ok(true)
             }
 
+
+            // --- push and sync ---------------------------------------------------------
+
+            async fn find_inboxes_by_address(
+                &self,
+                address: &str,
+            ) -> Result<Vec<InboxRecord>, StoreError> {
+                let rows = sqlx::query(FIND_INBOXES_BY_ADDRESS)
+                    .bind(address)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("find_inboxes_by_address"))?;
+                rows.iter().map(Self::inbox_from_row).collect()
+            }
+
+            async fn enqueue_sync_job(
+                &self,
+                job: &NewSyncJob,
+            ) -> Result<EnqueueOutcome, StoreError> {
+                const OP: &str = "enqueue_sync_job";
+                const T: &str = "inboxes";
+                let history_id = to_i64(OP, job.history_id, "history id")?;
+                let mut tx = self.begin_write(OP).await?;
+                let row = sqlx::query(INBOX_MARK)
+                    .bind(&job.inbox_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .ok_or(StoreError::NotFound("inbox"))?;
+                let owner: String = Self::col(&row, T, "tenant_id")?;
+                if owner != job.tenant_id.as_str() {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+                let mark = to_opt_u64(T, Self::col(&row, T, "history_id")?, "negative history id")?;
+                if mark.is_some_and(|m| job.history_id <= m) {
+                    return Ok(EnqueueOutcome::Replay);
+                }
+                if let Some(pubsub_id) = &job.pubsub_message_id {
+                    let seen = sqlx::query(FIND_JOB_BY_PUBSUB_ID)
+                        .bind(&job.inbox_id)
+                        .bind(pubsub_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                    if seen.is_some() {
+                        return Ok(EnqueueOutcome::Duplicate);
+                    }
+                }
+                let inserted = sqlx::query(INSERT_JOB)
+                    .bind(&job.id)
+                    .bind(job.tenant_id.as_str())
+                    .bind(&job.inbox_id)
+                    .bind(job.pubsub_message_id.as_deref())
+                    .bind(history_id)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await;
+                match inserted {
+                    Ok(_) => {
+                        tx.commit().await.map_err(db_err(OP))?;
+                        Ok(EnqueueOutcome::Enqueued)
+                    }
+                    // A concurrent delivery of the same Pub/Sub message won.
+                    Err(e) if is_unique_violation(&e) => Ok(EnqueueOutcome::Duplicate),
+                    Err(e) => Err(constraint_err(OP, "sync job", "inbox")(e)),
+                }
+            }
+
+            async fn claim_sync_jobs(
+                &self,
+                tenant: &TenantId,
+                limit: u32,
+                now_ms: UnixMillis,
+                lease_ms: i64,
+            ) -> Result<Vec<SyncJob>, StoreError> {
+                const OP: &str = "claim_sync_jobs";
+                const T: &str = "sync_jobs";
+                let mut tx = self.begin_write(OP).await?;
+                let rows = sqlx::query(concat!(claim_select!(), $lock_rows))
+                    .bind(tenant.as_str())
+                    .bind(now_ms)
+                    .bind(now_ms.saturating_sub(lease_ms))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                let mut jobs = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: String = Self::col(row, T, "id")?;
+                    sqlx::query(MARK_JOB_RUNNING)
+                        .bind(&id)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                    let attempts = to_u32(T, Self::col(row, T, "attempts")?, "attempts out of range")?;
+                    jobs.push(SyncJob {
+                        id,
+                        tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                        inbox_id: Self::col(row, T, "inbox_id")?,
+                        history_id: to_u64(T, Self::col(row, T, "history_id")?, "negative history id")?,
+                        attempts: attempts.saturating_add(1),
+                    });
+                }
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(jobs)
+            }
+
+            async fn complete_sync_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
+                self.update_jobs("complete_sync_jobs", ids, MARK_JOB_DONE, None, None)
+                    .await
+            }
+
+            async fn retry_sync_jobs(
+                &self,
+                ids: &[String],
+                available_at_ms: UnixMillis,
+                error_kind: &str,
+            ) -> Result<(), StoreError> {
+                self.update_jobs(
+                    "retry_sync_jobs",
+                    ids,
+                    MARK_JOB_PENDING,
+                    Some(available_at_ms),
+                    Some(error_kind),
+                )
+                .await
+            }
+
+            async fn fail_sync_jobs(&self, ids: &[String], error_kind: &str) -> Result<(), StoreError> {
+                self.update_jobs("fail_sync_jobs", ids, MARK_JOB_FAILED, None, Some(error_kind))
+                    .await
+            }
+
+            async fn store_synced_messages(
+                &self,
+                tenant: &TenantId,
+                inbox_id: &str,
+                messages: &[NewMessage],
+                history_id: Option<u64>,
+            ) -> Result<Vec<InsertOutcome>, StoreError> {
+                const OP: &str = "store_synced_messages";
+                let history_id = history_id.map(|h| to_i64(OP, h, "history id")).transpose()?;
+                if messages
+                    .iter()
+                    .any(|m| m.inbox_id != inbox_id || &m.tenant_id != tenant)
+                {
+                    return Err(StoreError::Database {
+                        op: OP,
+                        message: "every message of a batch must belong to the batch's inbox"
+                            .into(),
+                    });
+                }
+                let mut tx = self.begin_write(OP).await?;
+                let mut outcomes = Vec::with_capacity(messages.len());
+                for message in messages {
+                    match Self::insert_in_tx(&mut tx, message, OP).await? {
+                        TxInsert::Done(outcome) => outcomes.push(outcome),
+                        TxInsert::Raced => {
+                            let _ = tx.rollback().await;
+                            return Err(StoreError::Conflict("message"));
+                        }
+                    }
+                }
+                if let Some(history_id) = history_id {
+                    let done = sqlx::query(ADVANCE_HISTORY)
+                        .bind(inbox_id)
+                        .bind(history_id)
+                        .bind(tenant.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound("inbox"));
+                    }
+                }
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(outcomes)
+            }
+
+            async fn stored_gmail_ids(
+                &self,
+                inbox_id: &str,
+                gmail_ids: &[String],
+            ) -> Result<Vec<String>, StoreError> {
+                let mut found = Vec::new();
+                for chunk in gmail_ids.chunks(500) {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT gmail_message_id FROM messages WHERE inbox_id = ",
+                    );
+                    query.push_bind(inbox_id);
+                    query.push(" AND gmail_message_id IN (");
+                    let mut list = query.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id);
+                    }
+                    query.push(")");
+                    let rows = query
+                        .build()
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err("stored_gmail_ids"))?;
+                    for row in &rows {
+                        found.push(Self::col::<String>(row, "messages", "gmail_message_id")?);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn latest_message_date(
+                &self,
+                inbox_id: &str,
+            ) -> Result<Option<UnixMillis>, StoreError> {
+                let row = sqlx::query(LATEST_MESSAGE_DATE)
+                    .bind(inbox_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err("latest_message_date"))?;
+                Self::col(&row, "messages", "latest")
+            }
+
+            async fn set_inbox_status(
+                &self,
+                inbox_id: &str,
+                status: InboxStatus,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(SET_INBOX_STATUS)
+                    .bind(inbox_id)
+                    .bind(status.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("set_inbox_status"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+                Ok(())
+            }
+
+            async fn set_refresh_token(
+                &self,
+                inbox_id: &str,
+                token: &SealedField,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(SET_REFRESH_TOKEN)
+                    .bind(inbox_id)
+                    .bind(token.as_bytes())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("set_refresh_token"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+                Ok(())
+            }
+
+            async fn replace_refresh_token(
+                &self,
+                inbox_id: &str,
+                old: &SealedField,
+                new: &SealedField,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(CAS_REFRESH_TOKEN)
+                    .bind(inbox_id)
+                    .bind(new.as_bytes())
+                    .bind(old.as_bytes())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("replace_refresh_token"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
             // --- audit -----------------------------------------------------------------
 
             async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -1040,6 +1401,7 @@ sql_store! {
     backend = "postgres",
     write_begin = "BEGIN",
     read_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    lock_rows = " FOR UPDATE SKIP LOCKED",
 }
 
 sql_store! {
@@ -1049,4 +1411,5 @@ sql_store! {
     backend = "sqlite",
     write_begin = "BEGIN IMMEDIATE",
     read_begin = "BEGIN",
+    lock_rows = "",
 }
