@@ -6,3 +6,4 @@ pub mod fixtures;
 pub mod openbao;
 pub mod postgres;
 pub mod scan;
+pub mod google;
