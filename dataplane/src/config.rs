@@ -18,6 +18,20 @@
 //! [keyring]
 //! cache_ttl_secs = 900
 //! seal_bound = 2147483648
+//!
+//! [push]
+//! audience = "https://helpr.example/v1/push/gmail"
+//! service_account = "gmail-push@my-project.iam.gserviceaccount.com"
+//!
+//! [gmail]
+//! api_base_url = "https://gmail.googleapis.com"
+//!
+//! [google]
+//! token_url = "https://oauth2.googleapis.com/token"
+//! client_id = "1234.apps.googleusercontent.com"   # secret: HELPR_GOOGLE__CLIENT_SECRET
+//!
+//! [sync]
+//! poll_interval_secs = 300
 //! ```
 //!
 //! `HELPR_DATABASE__URL`, `HELPR_KMS__BACKEND`, `HELPR_KMS__VAULT__ADDRESS`,
@@ -29,6 +43,10 @@ use std::sync::Arc;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
+use crate::ingest::gmail::GmailConfig;
+use crate::ingest::jwt::PushAuthConfig;
+use crate::ingest::oauth::GoogleConfig;
+use crate::ingest::sync::SyncConfig;
 use crate::keyring::{Keyring, KeyringConfig};
 use crate::kms::local::LocalKms;
 use crate::kms::vault::{VaultConfig, VaultKms};
@@ -44,6 +62,14 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub kms: KmsSettings,
     pub keyring: KeyringConfig,
+    /// Pub/Sub push authentication (`push.audience`, `push.service_account`, `push.jwks_url`).
+    pub push: PushAuthConfig,
+    /// Gmail API client (`gmail.api_base_url`, retries).
+    pub gmail: GmailConfig,
+    /// Google OAuth client (`google.token_url`, `google.client_id`, `google.client_secret`).
+    pub google: GoogleConfig,
+    /// Sync worker (`sync.poll_interval_secs`, batching, retries).
+    pub sync: SyncConfig,
 }
 
 impl Default for Settings {
@@ -53,6 +79,10 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             kms: KmsSettings::default(),
             keyring: KeyringConfig::default(),
+            push: PushAuthConfig::default(),
+            gmail: GmailConfig::default(),
+            google: GoogleConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 }

@@ -38,6 +38,50 @@ enum Command {
     /// Inspect and rotate a tenant's encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Add and list shared inboxes.
+    #[command(subcommand)]
+    Inboxes(InboxesCommand),
+    /// Serve the Gmail push endpoint (POST /v1/push/gmail), /healthz and /metrics.
+    Ingest {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run the sync worker of one tenant until SIGINT or SIGTERM.
+    Sync {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Sync what is due once and exit instead of running continuously.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run parse, quote stripping and sanitizing on one message and print, as JSON,
+    /// exactly what would be stored (before sealing). Stores nothing.
+    Inspect {
+        /// An RFC 822 message (.eml).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InboxesCommand {
+    /// Add a shared inbox to a tenant, optionally with its Google refresh token.
+    Add {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The Gmail address of the shared inbox.
+        #[arg(long)]
+        address: String,
+        /// File holding the inbox's Google OAuth refresh token ('-' for standard input).
+        /// The token is sealed before it is stored.
+        #[arg(long, value_name = "FILE")]
+        refresh_token_file: Option<PathBuf>,
+    },
+    /// List a tenant's inboxes.
+    List {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +192,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let version = keyring.rotate_dek(&tenant.tenant).await?;
             println!("tenant {}: new writes now use dek {version}", tenant.tenant);
         }
+        Command::Inboxes(InboxesCommand::Add {
+            tenant,
+            address,
+            refresh_token_file,
+        }) => {
+            add_inbox(
+                &settings,
+                &tenant.tenant,
+                &address,
+                refresh_token_file.as_deref(),
+            )
+            .await?;
+        }
+        Command::Inboxes(InboxesCommand::List { tenant }) => {
+            let store = settings.open_store().await?;
+            for i in store.list_inboxes(&tenant.tenant).await? {
+                println!(
+                    "{}\t{}\t{}\thistory={}",
+                    i.id,
+                    i.address,
+                    i.status,
+                    i.history_id
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        Command::Ingest { listen } => run_ingest(&settings, listen).await?,
+        Command::Sync { tenant, once } => run_sync(&settings, &tenant.tenant, once).await?,
+        Command::Inspect { file } => {
+            let raw = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {}", file.display(), e.kind()))?;
+            let processed = helpr_dataplane::ingest::pipeline::process(&raw)
+                .map_err(|e| anyhow::anyhow!("{} is not a message: {e}", file.display()))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&processed.inspect_report())?
+            );
+        }
         Command::Keys(KeysCommand::RotateKek { tenant }) => {
             let keyring = settings.open_keyring().await?;
             let done = keyring.rotate_kek(&tenant.tenant).await?;
@@ -157,6 +240,155 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn add_inbox(
+    settings: &Settings,
+    tenant: &TenantId,
+    address: &str,
+    refresh_token_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use helpr_dataplane::crypto::SealContext;
+    use helpr_dataplane::store::{NewInbox, REFRESH_TOKEN_FIELD, now_ms};
+    let address = address.trim();
+    anyhow::ensure!(
+        address.len() <= 320
+            && address
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.')),
+        "--address must be an email address"
+    );
+    let token = match refresh_token_file {
+        None => None,
+        Some(path) => {
+            let raw = if path.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), e.kind()))?
+            };
+            let token = zeroize::Zeroizing::new(raw.trim().to_string());
+            anyhow::ensure!(!token.is_empty(), "the refresh token file is empty");
+            Some(token)
+        }
+    };
+    let keyring = settings.open_keyring().await?;
+    let store = keyring.store().clone();
+    anyhow::ensure!(
+        store.get_tenant(tenant).await?.is_some(),
+        "tenant {tenant} does not exist; create it with `tenants create --id {tenant}`"
+    );
+    let id = helpr_dataplane::ids::new_record_id();
+    // Seal first: a KMS outage then leaves no inbox without its token.
+    let sealed = match &token {
+        Some(t) => Some(
+            keyring
+                .seal(
+                    &SealContext::new(tenant.as_str(), &id, REFRESH_TOKEN_FIELD),
+                    t.as_bytes(),
+                )
+                .await?,
+        ),
+        None => None,
+    };
+    store
+        .create_inbox(&NewInbox {
+            id: id.clone(),
+            tenant_id: tenant.clone(),
+            address: address.to_string(),
+            connected_at_ms: now_ms(),
+        })
+        .await?;
+    if let Some(sealed) = sealed {
+        store.set_refresh_token(&id, &sealed).await?;
+    }
+    println!("inbox {id} added to tenant {tenant}");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_ingest(settings: &Settings, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use helpr_dataplane::ingest::jwt::Verifier;
+    use helpr_dataplane::ingest::push::{PushState, router};
+    use helpr_dataplane::ingest::sink::StorePushSink;
+    anyhow::ensure!(
+        !settings.push.audience.is_empty() && !settings.push.service_account.is_empty(),
+        "push.audience and push.service_account must be set (HELPR_PUSH__AUDIENCE, HELPR_PUSH__SERVICE_ACCOUNT)"
+    );
+    let store = settings.open_store().await?;
+    let verifier = std::sync::Arc::new(Verifier::new(settings.push.clone())?);
+    let app = router(PushState {
+        verifier,
+        sink: std::sync::Arc::new(StorePushSink::new(store)),
+    })
+    .route("/healthz", axum::routing::get(|| async { "ok" }))
+    .route(
+        "/metrics",
+        axum::routing::get(|| async { helpr_dataplane::metrics::render() }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(listen = %listener.local_addr()?, "push endpoint listening on /v1/push/gmail");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn run_sync(settings: &Settings, tenant: &TenantId, once: bool) -> anyhow::Result<()> {
+    use helpr_dataplane::ingest::gmail::GmailClient;
+    use helpr_dataplane::ingest::oauth::TokenSource;
+    use helpr_dataplane::ingest::sync::SyncWorker;
+    let keyring = std::sync::Arc::new(settings.open_keyring().await?);
+    let store = keyring.store().clone();
+    anyhow::ensure!(
+        store.get_tenant(tenant).await?.is_some(),
+        "tenant {tenant} does not exist"
+    );
+    let worker = std::sync::Arc::new(SyncWorker::new(
+        tenant.clone(),
+        store,
+        keyring,
+        GmailClient::new(settings.gmail.clone())?,
+        TokenSource::new(&settings.google)?,
+        settings.sync.clone(),
+    ));
+    if once {
+        let jobs = worker.run_once().await?;
+        let polled = worker.poll_due().await;
+        println!("synced {jobs} inbox(es) with jobs and {polled} by poll");
+        return Ok(());
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(worker.run(rx));
+    shutdown_signal().await;
+    let _ = tx.send(true);
+    let _ = handle.await;
     Ok(())
 }
 

@@ -52,16 +52,16 @@ fn register(c: &'static Counter) {
 
 /// Every counter that has counted at least once, in the Prometheus text format.
 pub fn render() -> String {
-    let mut all: Vec<&'static Counter> = REGISTRY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut all: Vec<&'static Counter> = REGISTRY.lock().unwrap_or_else(|p| p.into_inner()).clone();
     all.sort_by_key(|c| (c.name, c.labels));
     let mut out = String::new();
     let mut last = "";
     for c in all {
         if c.name != last {
-            out.push_str(&format!("# HELP {} {}\n# TYPE {} counter\n", c.name, c.help, c.name));
+            out.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} counter\n",
+                c.name, c.help, c.name
+            ));
             last = c.name;
         }
         if c.labels.is_empty() {

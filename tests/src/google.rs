@@ -53,6 +53,7 @@ struct DoubleState {
     requests: Vec<String>,
     revoked: Vec<String>,
     page_size: usize,
+    latency_ms: u64,
 }
 
 /// The running double.
@@ -169,6 +170,16 @@ impl GoogleDouble {
         s.access_tokens.clear();
     }
 
+    /// Revokes one refresh token: refreshing with it now gets `invalid_grant`.
+    pub fn revoke_refresh_token(&self, token: &str) {
+        lock(&self.state).refresh_tokens.remove(token);
+    }
+
+    /// Delay of every Gmail message fetch, to widen windows in crash tests.
+    pub fn set_fetch_latency_ms(&self, ms: u64) {
+        lock(&self.state).latency_ms = ms;
+    }
+
     /// Invalidates issued access tokens (they expired): Gmail answers 401 until a refresh.
     pub fn expire_access_tokens(&self) {
         lock(&self.state).access_tokens.clear();
@@ -180,7 +191,13 @@ impl GoogleDouble {
     }
 
     /// The next `times` requests whose path starts with `path_prefix` answer `status`.
-    pub fn fail_next(&self, path_prefix: &str, status: u16, retry_after: Option<u64>, times: usize) {
+    pub fn fail_next(
+        &self,
+        path_prefix: &str,
+        status: u16,
+        retry_after: Option<u64>,
+        times: usize,
+    ) {
         let mut s = lock(&self.state);
         let queue = s.faults.entry(path_prefix.to_string()).or_default();
         for _ in 0..times {
@@ -278,9 +295,10 @@ fn intercept(state: &Shared, uri: &Uri) -> Option<Response> {
     let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut response = (status, "injected fault").into_response();
     if let Some(secs) = fault.retry_after {
-        response
-            .headers_mut()
-            .insert("retry-after", secs.to_string().parse().expect("header value"));
+        response.headers_mut().insert(
+            "retry-after",
+            secs.to_string().parse().expect("header value"),
+        );
     }
     Some(response)
 }
@@ -312,7 +330,11 @@ async fn jwks(State(state): State<Shared>, uri: Uri) -> Response {
     let (n, e) = (components.n, components.e);
     let body = json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": KID,
         "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e)}]});
-    ([("cache-control", "public, max-age=3600")], axum::Json(body)).into_response()
+    (
+        [("cache-control", "public, max-age=3600")],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 async fn token(State(state): State<Shared>, uri: Uri, body: String) -> Response {
@@ -353,7 +375,11 @@ async fn token(State(state): State<Shared>, uri: Uri, body: String) -> Response 
     axum::Json(answer).into_response()
 }
 
-async fn revoke(State(state): State<Shared>, uri: Uri, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn revoke(
+    State(state): State<Shared>,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = intercept(&state, &uri) {
         return r;
     }
@@ -363,7 +389,11 @@ async fn revoke(State(state): State<Shared>, uri: Uri, Query(q): Query<HashMap<S
             s.revoked.push(t.clone());
             StatusCode::OK.into_response()
         }
-        _ => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_token"}))).into_response(),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_token"})),
+        )
+            .into_response(),
     }
 }
 
@@ -470,6 +500,10 @@ async fn message(
     if q.get("format").map(String::as_str) != Some("raw") {
         return gmail_error(400, "the data plane must ask for format=raw");
     }
+    let latency = lock(&state).latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
     let s = lock(&state);
     let Some(m) = s.mail.iter().find(|m| m.id == id) else {
         return gmail_error(404, "Requested entity was not found.");
@@ -490,8 +524,10 @@ async fn profile(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> R
         return gmail_error(401, "Invalid Credentials");
     }
     let s = lock(&state);
-    axum::Json(json!({"emailAddress": s.email, "historyId": s.history_id.to_string(),
-        "messagesTotal": s.mail.len(), "threadsTotal": s.mail.len()}))
+    axum::Json(
+        json!({"emailAddress": s.email, "historyId": s.history_id.to_string(),
+        "messagesTotal": s.mail.len(), "threadsTotal": s.mail.len()}),
+    )
     .into_response()
 }
 

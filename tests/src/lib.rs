@@ -2,8 +2,9 @@
 //! PostgreSQL databases, and cleans both up afterwards.
 #![forbid(unsafe_code)]
 
+pub mod chromium;
 pub mod fixtures;
+pub mod google;
 pub mod openbao;
 pub mod postgres;
 pub mod scan;
-pub mod google;

@@ -284,7 +284,11 @@ mod cases {
         let found = s.find_inboxes_by_address("support@acme.EXAMPLE").await?;
         assert_eq!(found.len(), 1, "address lookup ignores case");
         assert_eq!(found[0].id, inbox_id);
-        assert!(s.find_inboxes_by_address("nobody@acme.example").await?.is_empty());
+        assert!(
+            s.find_inboxes_by_address("nobody@acme.example")
+                .await?
+                .is_empty()
+        );
 
         let job = |pubsub: Option<&str>, history: u64| NewSyncJob {
             id: new_record_id(),
@@ -293,13 +297,25 @@ mod cases {
             pubsub_message_id: pubsub.map(str::to_owned),
             history_id: history,
         };
-        assert_eq!(s.enqueue_sync_job(&job(Some("m1"), 100)).await?, EnqueueOutcome::Enqueued);
-        assert_eq!(s.enqueue_sync_job(&job(Some("m1"), 101)).await?, EnqueueOutcome::Duplicate);
-        assert_eq!(s.enqueue_sync_job(&job(Some("m2"), 102)).await?, EnqueueOutcome::Enqueued);
+        assert_eq!(
+            s.enqueue_sync_job(&job(Some("m1"), 100)).await?,
+            EnqueueOutcome::Enqueued
+        );
+        assert_eq!(
+            s.enqueue_sync_job(&job(Some("m1"), 101)).await?,
+            EnqueueOutcome::Duplicate
+        );
+        assert_eq!(
+            s.enqueue_sync_job(&job(Some("m2"), 102)).await?,
+            EnqueueOutcome::Enqueued
+        );
         // Another tenant cannot enqueue for this inbox.
         let mut foreign = job(Some("m9"), 500);
         foreign.tenant_id = globex.clone();
-        assert!(matches!(s.enqueue_sync_job(&foreign).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.enqueue_sync_job(&foreign).await,
+            Err(StoreError::NotFound(_))
+        ));
 
         // Concurrent redeliveries of one Pub/Sub message record one job.
         let tasks: Vec<_> = (0..6)
@@ -335,9 +351,20 @@ mod cases {
         ids.dedup();
         assert_eq!(ids.len(), 3, "three jobs, each claimed once");
         assert_eq!(claimed.len(), 3);
-        assert!(claimed.iter().all(|j| j.attempts == 1 && j.inbox_id == inbox_id));
-        assert!(s.claim_sync_jobs(&globex, 10, now, 60_000).await?.is_empty());
-        assert!(s.claim_sync_jobs(&acme, 10, now, 60_000).await?.is_empty(), "leased");
+        assert!(
+            claimed
+                .iter()
+                .all(|j| j.attempts == 1 && j.inbox_id == inbox_id)
+        );
+        assert!(
+            s.claim_sync_jobs(&globex, 10, now, 60_000)
+                .await?
+                .is_empty()
+        );
+        assert!(
+            s.claim_sync_jobs(&acme, 10, now, 60_000).await?.is_empty(),
+            "leased"
+        );
 
         // An expired lease is claimed again (a worker died).
         let reclaimed = s.claim_sync_jobs(&acme, 10, now + 61_000, 60_000).await?;
@@ -346,14 +373,24 @@ mod cases {
 
         // Retry later, complete, fail.
         let (first, rest) = ids.split_first().unwrap();
-        s.retry_sync_jobs(std::slice::from_ref(first), now + 5_000, "kms_unavailable").await?;
-        assert!(s.claim_sync_jobs(&acme, 10, now + 4_000, 60_000).await?.is_empty(), "not due");
+        s.retry_sync_jobs(std::slice::from_ref(first), now + 5_000, "kms_unavailable")
+            .await?;
+        assert!(
+            s.claim_sync_jobs(&acme, 10, now + 4_000, 60_000)
+                .await?
+                .is_empty(),
+            "not due"
+        );
         let again = s.claim_sync_jobs(&acme, 10, now + 5_000, 60_000).await?;
         assert_eq!(again.len(), 1);
         assert_eq!(&again[0].id, first);
-        s.complete_sync_jobs(&[first.clone()]).await?;
+        s.complete_sync_jobs(std::slice::from_ref(first)).await?;
         s.fail_sync_jobs(rest, "needs_reconnect").await?;
-        assert!(s.claim_sync_jobs(&acme, 10, now + 10_000_000, 60_000).await?.is_empty());
+        assert!(
+            s.claim_sync_jobs(&acme, 10, now + 10_000_000, 60_000)
+                .await?
+                .is_empty()
+        );
         let cells = b.dump().await?;
         let mut states = values(&cells, "sync_jobs", "state");
         states.dedup();
@@ -374,7 +411,11 @@ mod cases {
         let outcomes = s
             .store_synced_messages(&acme, &inbox_id, &[m1.clone(), m2.clone()], Some(500))
             .await?;
-        assert!(outcomes.iter().all(|o| matches!(o, InsertOutcome::Inserted { .. })));
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, InsertOutcome::Inserted { .. }))
+        );
         assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(500));
         assert_eq!(s.latest_message_date(&inbox_id).await?, Some(2_000));
         let mut stored = s
@@ -391,7 +432,8 @@ mod cases {
         assert!(matches!(outcomes[0], InsertOutcome::AlreadyStored { .. }));
         assert!(matches!(outcomes[1], InsertOutcome::Inserted { .. }));
         assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(500));
-        s.store_synced_messages(&acme, &inbox_id, &[], Some(900)).await?;
+        s.store_synced_messages(&acme, &inbox_id, &[], Some(900))
+            .await?;
         assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(900));
         // A job at or below the mark is a replay.
         let replay = NewSyncJob {
@@ -413,18 +455,25 @@ mod cases {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
-        assert_eq!(b.dump().await?, before, "a failed batch leaves nothing behind");
+        assert_eq!(
+            b.dump().await?,
+            before,
+            "a failed batch leaves nothing behind"
+        );
         // Messages of another inbox are refused.
         let elsewhere = inbox(s, &acme, "sales@acme.example").await;
         let stray = message(&k, &acme, &elsewhere, "g6", "t4", 6_000, 0);
-        assert!(s
-            .store_synced_messages(&acme, &inbox_id, &[stray], None)
-            .await
-            .is_err());
+        assert!(
+            s.store_synced_messages(&acme, &inbox_id, &[stray], None)
+                .await
+                .is_err()
+        );
         Ok(())
     }
 
-    pub async fn inbox_status_and_refresh_token_compare_and_swap(b: &Backend) -> anyhow::Result<()> {
+    pub async fn inbox_status_and_refresh_token_compare_and_swap(
+        b: &Backend,
+    ) -> anyhow::Result<()> {
         let s = b.store();
         let acme = tenant(s, "acme").await;
         let inbox_id = inbox(s, &acme, "support@acme.example").await;
@@ -432,12 +481,25 @@ mod cases {
         let t2 = fake_sealed(1, b"token two");
         let t3 = fake_sealed(1, b"token three");
         s.set_refresh_token(&inbox_id, &t1).await?;
-        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().refresh_token, Some(t1.clone()));
+        assert_eq!(
+            s.get_inbox(&inbox_id).await?.unwrap().refresh_token,
+            Some(t1.clone())
+        );
         assert!(s.replace_refresh_token(&inbox_id, &t1, &t2).await?);
-        assert!(!s.replace_refresh_token(&inbox_id, &t1, &t3).await?, "stale old value");
-        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().refresh_token, Some(t2));
-        s.set_inbox_status(&inbox_id, InboxStatus::NeedsReconnect).await?;
-        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().status, "needs_reconnect");
+        assert!(
+            !s.replace_refresh_token(&inbox_id, &t1, &t3).await?,
+            "stale old value"
+        );
+        assert_eq!(
+            s.get_inbox(&inbox_id).await?.unwrap().refresh_token,
+            Some(t2)
+        );
+        s.set_inbox_status(&inbox_id, InboxStatus::NeedsReconnect)
+            .await?;
+        assert_eq!(
+            s.get_inbox(&inbox_id).await?.unwrap().status,
+            "needs_reconnect"
+        );
         assert!(matches!(
             s.set_inbox_status("missing", InboxStatus::Connected).await,
             Err(StoreError::NotFound(_))

@@ -12,8 +12,11 @@ use zeroize::Zeroizing;
 
 use crate::metrics::Counter;
 
-static GMAIL_REQUESTS: Counter =
-    Counter::new("helpr_gmail_requests_total", "", "Requests sent to the Gmail API");
+static GMAIL_REQUESTS: Counter = Counter::new(
+    "helpr_gmail_requests_total",
+    "",
+    "Requests sent to the Gmail API",
+);
 static GMAIL_RETRIES: Counter = Counter::new(
     "helpr_gmail_retries_total",
     "",
@@ -326,7 +329,9 @@ impl GmailClient {
     /// One message in RFC 822 form.
     pub async fn get_raw(&self, token: &AccessToken, id: &str) -> Result<RawMessage, GmailError> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(GmailError::Protocol("gmail message id is not alphanumeric".into()));
+            return Err(GmailError::Protocol(
+                "gmail message id is not alphanumeric".into(),
+            ));
         }
         let path = format!("/gmail/v1/users/me/messages/{id}");
         let r: RawResponse = self
@@ -345,7 +350,10 @@ impl GmailClient {
             id: r.id,
             thread_id: r.thread_id,
             label_ids: r.label_ids,
-            history_id: r.history_id.map(|h| parse_id("historyId", &h)).transpose()?,
+            history_id: r
+                .history_id
+                .map(|h| parse_id("historyId", &h))
+                .transpose()?,
             internal_date_ms,
             raw,
         })
@@ -397,7 +405,11 @@ impl GmailClient {
                 }
                 Err(e) => {
                     if attempt >= self.cfg.max_attempts.max(1) {
-                        let kind = if e.is_timeout() { "timeout" } else { "connection failed" };
+                        let kind = if e.is_timeout() {
+                            "timeout"
+                        } else {
+                            "connection failed"
+                        };
                         return Err(GmailError::Unavailable(format!(
                             "{kind} after {attempt} attempts"
                         )));
@@ -422,7 +434,11 @@ impl GmailClient {
 
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -456,7 +472,11 @@ fn httpdate_to_unix(s: &str) -> Option<u64> {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y / 400;
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + day - 1;
@@ -485,7 +505,10 @@ mod tests {
 
     #[test]
     fn http_dates_parse_to_unix_seconds() {
-        assert_eq!(httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(
+            httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
         assert_eq!(httpdate_to_unix("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(httpdate_to_unix("yesterday"), None);
     }

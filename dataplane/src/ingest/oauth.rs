@@ -98,7 +98,8 @@ pub struct Refreshed {
     pub new_refresh_token: Option<Zeroizing<String>>,
 }
 
-type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+type Client =
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// Exchanges refresh tokens for access tokens.
 pub struct TokenSource {
@@ -150,7 +151,10 @@ impl TokenSource {
             Err(RequestTokenError::ServerResponse(e)) => {
                 REFRESH_FAILED.inc();
                 // The error code is a fixed word from the OAuth spec, not a secret.
-                Err(OAuthError::Protocol(format!("token endpoint answered {}", e.error())))
+                Err(OAuthError::Protocol(format!(
+                    "token endpoint answered {}",
+                    e.error()
+                )))
             }
             Err(RequestTokenError::Request(_)) => {
                 REFRESH_FAILED.inc();

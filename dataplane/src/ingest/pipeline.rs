@@ -339,7 +339,17 @@ Content-Type: text/html; charset=utf-8\r\n\
         assert_eq!(p.blocked_remote_images, 1);
         assert_eq!(p.snippet, "Thanks, that works.");
         let json = serde_json::to_value(p.inspect_report()).unwrap();
-        for key in ["subject", "from", "to", "cc", "text", "html", "attachments", "quote_stripped", "blocked_remote_images"] {
+        for key in [
+            "subject",
+            "from",
+            "to",
+            "cc",
+            "text",
+            "html",
+            "attachments",
+            "quote_stripped",
+            "blocked_remote_images",
+        ] {
             assert!(json.get(key).is_some(), "{key}");
         }
     }
@@ -348,7 +358,11 @@ Content-Type: text/html; charset=utf-8\r\n\
     fn html_only_messages_get_a_text_body_from_the_sanitized_html() {
         let raw = b"From: a@example.com\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n<p>Hello <b>there</b></p><script>evil()</script>";
         let p = process(raw).unwrap();
-        assert!(p.text.contains("Hello there") || p.text.contains("Hello"), "{}", p.text);
+        assert!(
+            p.text.contains("Hello there") || p.text.contains("Hello"),
+            "{}",
+            p.text
+        );
         assert!(!p.text.contains("evil"));
     }
 

@@ -265,7 +265,7 @@ impl SyncWorker {
         };
         let limiter = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
         let mut set = JoinSet::new();
-        for inbox_id in due.iter().cloned() {
+        for inbox_id in due.clone() {
             let me = self.clone();
             let limiter = limiter.clone();
             set.spawn(async move {
@@ -306,8 +306,11 @@ impl SyncWorker {
                     self.cfg.retry_initial_secs.saturating_mul(1000),
                     self.cfg.retry_max_secs.saturating_mul(1000),
                 )
-                .max(Duration::from_millis(self.cfg.retry_initial_secs.saturating_mul(500)));
-                let at = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                .max(Duration::from_millis(
+                    self.cfg.retry_initial_secs.saturating_mul(500),
+                ));
+                let at =
+                    now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                 tracing::warn!(tenant = %self.tenant, inbox = %inbox_id, kind = e.kind(), error = %e, retry_in_ms = delay.as_millis() as u64, "inbox sync failed; will retry");
                 self.store.retry_sync_jobs(&ids, at, e.kind()).await
             }
@@ -368,7 +371,9 @@ impl SyncWorker {
                 // Read the mark first: anything that arrives meanwhile comes through history.
                 let mark = self.gmail.current_history_id(&token).await?;
                 let found = self.gmail.list_messages_after(&token, since).await?;
-                let mut report = self.store_new(&inbox, &token, found, mark, Some(since)).await?;
+                let mut report = self
+                    .store_new(&inbox, &token, found, mark, Some(since))
+                    .await?;
                 report.recovered_stale_history = true;
                 Ok(report)
             }
@@ -511,8 +516,7 @@ impl SyncWorker {
             .ok_or(SyncError::NoRefreshToken)?;
         let ctx = SealContext::new(self.tenant.as_str(), &inbox.id, REFRESH_TOKEN_FIELD);
         let plain = Zeroizing::new(self.keyring.open(&ctx, &sealed).await?);
-        let refresh_token = std::str::from_utf8(&plain)
-            .map_err(|_| SyncError::NoRefreshToken)?;
+        let refresh_token = std::str::from_utf8(&plain).map_err(|_| SyncError::NoRefreshToken)?;
         let refreshed = match self.oauth.refresh(refresh_token).await {
             Ok(r) => r,
             Err(OAuthError::InvalidGrant) => {

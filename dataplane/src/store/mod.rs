@@ -396,8 +396,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every inbox, of any tenant, with this Gmail address (push notifications name only
     /// the address).
-    async fn find_inboxes_by_address(&self, address: &str)
-    -> Result<Vec<InboxRecord>, StoreError>;
+    async fn find_inboxes_by_address(&self, address: &str) -> Result<Vec<InboxRecord>, StoreError>;
     /// Durably records a sync job unless it is a replay (history id not above the inbox's
     /// high-water mark) or a duplicate (same Pub/Sub message id). [`StoreError::NotFound`]
     /// if the inbox does not exist for the tenant.

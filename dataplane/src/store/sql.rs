@@ -22,8 +22,8 @@ use sqlx::sqlite::{
 
 use super::{
     AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, InsertOutcome, KeyVersionRecord,
-    MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store,
-    StoreError, StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
+    MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store, StoreError,
+    StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
@@ -1078,7 +1078,6 @@ macro_rules! sql_store {
                 Ok(true)
             }
 
-
             // --- push and sync ---------------------------------------------------------
 
             async fn find_inboxes_by_address(
@@ -1173,12 +1172,17 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err(OP))?;
-                    let attempts = to_u32(T, Self::col(row, T, "attempts")?, "attempts out of range")?;
+                    let attempts =
+                        to_u32(T, Self::col(row, T, "attempts")?, "attempts out of range")?;
                     jobs.push(SyncJob {
                         id,
                         tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
                         inbox_id: Self::col(row, T, "inbox_id")?,
-                        history_id: to_u64(T, Self::col(row, T, "history_id")?, "negative history id")?,
+                        history_id: to_u64(
+                            T,
+                            Self::col(row, T, "history_id")?,
+                            "negative history id",
+                        )?,
                         attempts: attempts.saturating_add(1),
                     });
                 }
@@ -1207,9 +1211,19 @@ macro_rules! sql_store {
                 .await
             }
 
-            async fn fail_sync_jobs(&self, ids: &[String], error_kind: &str) -> Result<(), StoreError> {
-                self.update_jobs("fail_sync_jobs", ids, MARK_JOB_FAILED, None, Some(error_kind))
-                    .await
+            async fn fail_sync_jobs(
+                &self,
+                ids: &[String],
+                error_kind: &str,
+            ) -> Result<(), StoreError> {
+                self.update_jobs(
+                    "fail_sync_jobs",
+                    ids,
+                    MARK_JOB_FAILED,
+                    None,
+                    Some(error_kind),
+                )
+                .await
             }
 
             async fn store_synced_messages(
@@ -1220,15 +1234,16 @@ macro_rules! sql_store {
                 history_id: Option<u64>,
             ) -> Result<Vec<InsertOutcome>, StoreError> {
                 const OP: &str = "store_synced_messages";
-                let history_id = history_id.map(|h| to_i64(OP, h, "history id")).transpose()?;
+                let history_id = history_id
+                    .map(|h| to_i64(OP, h, "history id"))
+                    .transpose()?;
                 if messages
                     .iter()
                     .any(|m| m.inbox_id != inbox_id || &m.tenant_id != tenant)
                 {
                     return Err(StoreError::Database {
                         op: OP,
-                        message: "every message of a batch must belong to the batch's inbox"
-                            .into(),
+                        message: "every message of a batch must belong to the batch's inbox".into(),
                     });
                 }
                 let mut tx = self.begin_write(OP).await?;
