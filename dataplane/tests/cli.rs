@@ -147,6 +147,12 @@ fn every_command_has_help() {
         vec!["keys", "status", "--help"],
         vec!["keys", "rotate-dek", "--help"],
         vec!["keys", "rotate-kek", "--help"],
+        vec!["inboxes", "--help"],
+        vec!["inboxes", "add", "--help"],
+        vec!["inboxes", "list", "--help"],
+        vec!["ingest", "--help"],
+        vec!["sync", "--help"],
+        vec!["inspect", "--help"],
     ] {
         let out = ok(dir.path(), &args);
         assert!(out.contains("Usage:"), "{args:?}: {out}");
@@ -171,4 +177,85 @@ fn settings_come_from_environment_variables() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(" 77 "));
     assert!(d.join("helpr.db").exists());
+}
+
+#[test]
+fn inspect_prints_exactly_what_would_be_stored_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let eml = dir.path().join("reply.eml");
+    std::fs::write(
+        &eml,
+        "From: Ann <ann@example.org>\r\nTo: support@acme.example\r\nCc: Bob <bob@example.org>\r\n\
+Subject: Re: order\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\nContent-Type: text/plain\r\n\r\n\
+Thanks!\r\n\r\nOn Mon, Nov 30, 2026 at 9:00 AM Support <support@acme.example> wrote:\r\n> old text\r\n\
+--a\r\nContent-Type: text/html\r\n\r\n<p onclick=\"x()\">Thanks!</p><img src=\"http://t.example/p.gif\">\
+<script>alert(1)</script><div class=\"gmail_quote\"><blockquote class=\"gmail_quote\">old text</blockquote></div>\r\n\
+--a--\r\n--m\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\n\r\n%PDF-1.4\r\n--m--\r\n",
+    )
+    .unwrap();
+    let out = ok(&d, &["inspect", eml.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["subject"], "Re: order");
+    assert_eq!(v["from"], "Ann <ann@example.org>");
+    assert_eq!(v["to"], "support@acme.example");
+    assert_eq!(v["cc"], "Bob <bob@example.org>");
+    assert!(v["text"].as_str().unwrap().contains("Thanks!"));
+    assert!(!v["text"].as_str().unwrap().contains("old text"));
+    let html = v["html"].as_str().unwrap();
+    assert!(html.contains("Thanks!") && !html.contains("old text"), "{html}");
+    assert!(!html.contains("<script") && !html.contains("onclick"), "{html}");
+    assert_eq!(v["blocked_remote_images"], 1);
+    assert!(v["quote_stripped"]["text_bytes"].as_u64().unwrap() > 0);
+    assert!(v["quote_stripped"]["html_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["attachments"][0]["name"], "a.pdf");
+    assert_eq!(v["attachments"][0]["content_type"], "application/pdf");
+    assert!(v["attachments"][0]["size"].as_u64().unwrap() >= 8);
+    assert!(!d.exists(), "inspect stores nothing");
+
+    let empty = dir.path().join("empty.eml");
+    std::fs::write(&empty, "").unwrap();
+    let out = cli(&d, &["inspect", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a message"));
+}
+
+#[test]
+fn inboxes_are_added_with_a_sealed_refresh_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    ok(&d, &["tenants", "create", "--id", "demo"]);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "1//refresh-token-canary-77\n").unwrap();
+    let added = ok(
+        &d,
+        &[
+            "inboxes", "add", "--tenant", "demo", "--address", "support@demo.example",
+            "--refresh-token-file", token.to_str().unwrap(),
+        ],
+    );
+    assert!(added.contains("added to tenant demo"), "{added}");
+    let list = ok(&d, &["inboxes", "list", "--tenant", "demo"]);
+    assert!(list.contains("support@demo.example\tconnected"), "{list}");
+    for name in ["helpr.db", "helpr.db-wal"] {
+        if let Ok(bytes) = std::fs::read(d.join(name)) {
+            assert!(!bytes.windows(12).any(|w| w == b"refresh-toke"), "token in {name}");
+        }
+    }
+
+    let out = cli(&d, &["inboxes", "add", "--tenant", "ghost", "--address", "a@b.example"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenant ghost does not exist"));
+    let out = cli(&d, &["inboxes", "add", "--tenant", "demo", "--address", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be an email address"));
+}
+
+#[test]
+fn ingest_refuses_to_start_without_push_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(dir.path(), &["ingest", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("push.audience and push.service_account"));
 }
