@@ -5,7 +5,7 @@
 //! our own rules for what ammonia cannot express:
 //!
 //! - Only the elements and attributes listed here survive; everything else is dropped, and
-//!   the contents of scripts, styles, embedded documents, forms controls, SVG and MathML are
+//!   the contents of scripts, styles, embedded documents, form controls, SVG and MathML are
 //!   dropped with them. Comments are stripped.
 //! - URLs (`href`, `src`, `srcset`, `background`) must parse as absolute `http`, `https`,
 //!   `mailto` (links only) or `cid` (images only) URLs; they are written back in their
@@ -79,13 +79,15 @@ pub fn sanitize_html(html: &str) -> SanitizedHtml {
         Some(marker) => {
             let (out, pass) = run_pass(html, Pass::marking(marker));
             match rename_marked(out, &pass.marker, pass.marks) {
-                Some(out) => (out, pass),
+                Some(out) => {
+                    HTML_SANITIZED.inc();
+                    (out, pass)
+                }
                 None => strict_pass(html),
             }
         }
         None => strict_pass(html),
     };
-    HTML_SANITIZED.inc();
     if pass.blocked > 0 {
         REMOTE_IMAGES_BLOCKED.add(pass.blocked as u64);
     }
@@ -114,158 +116,40 @@ fn run_pass(html: &str, pass: Pass) -> (String, Pass) {
 
 /// Elements kept (without their disallowed attributes). Anything else is unwrapped: its
 /// children are sanitized and kept, the element itself is dropped.
+#[rustfmt::skip]
 const TAGS: &[&str] = &[
-    "a",
-    "abbr",
-    "acronym",
-    "address",
-    "article",
-    "aside",
-    "b",
-    "bdi",
-    "bdo",
-    "big",
-    "blockquote",
-    "br",
-    "caption",
-    "center",
-    "cite",
-    "code",
-    "col",
-    "colgroup",
-    "dd",
-    "del",
-    "dfn",
-    "div",
-    "dl",
-    "dt",
-    "em",
-    "figcaption",
-    "figure",
-    "font",
-    "footer",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "header",
-    "hr",
-    "i",
-    "img",
-    "ins",
-    "kbd",
-    "li",
-    "main",
-    "mark",
-    "nav",
-    "ol",
-    "p",
-    "pre",
-    "q",
-    "rp",
-    "rt",
-    "ruby",
-    "s",
-    "samp",
-    "section",
-    "small",
-    "span",
-    "strike",
-    "strong",
-    "sub",
-    "sup",
-    "table",
-    "tbody",
-    "td",
-    "tfoot",
-    "th",
-    "thead",
-    "time",
-    "tr",
-    "tt",
-    "u",
-    "ul",
-    "var",
-    "wbr",
+    "a", "abbr", "acronym", "address", "article", "aside", "b", "bdi", "bdo", "big",
+    "blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup", "dd", "del",
+    "dfn", "div", "dl", "dt", "em", "figcaption", "figure", "font", "footer", "h1", "h2", "h3",
+    "h4", "h5", "h6", "header", "hr", "i", "img", "ins", "kbd", "li", "main", "mark", "nav",
+    "ol", "p", "pre", "q", "rp", "rt", "ruby", "s", "samp", "section", "small", "span",
+    "strike", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "time",
+    "tr", "tt", "u", "ul", "var", "wbr",
 ];
 
 /// Elements dropped together with everything inside them: code, styles, embedded documents,
 /// form controls, media and foreign (SVG/MathML) content have no text worth keeping.
+#[rustfmt::skip]
 const DROPPED_WITH_CONTENT: &[&str] = &[
-    "applet",
-    "audio",
-    "canvas",
-    "datalist",
-    "embed",
-    "frame",
-    "frameset",
-    "head",
-    "iframe",
-    "math",
-    "noembed",
-    "noframes",
-    "noscript",
-    "object",
-    "plaintext",
-    "script",
-    "select",
-    "style",
-    "svg",
-    "template",
-    "textarea",
-    "title",
-    "video",
-    "xmp",
+    "applet", "audio", "canvas", "datalist", "embed", "frame", "frameset", "head", "iframe",
+    "math", "noembed", "noframes", "noscript", "object", "plaintext", "script", "select",
+    "style", "svg", "template", "textarea", "title", "video", "xmp",
 ];
 
 /// Attributes kept on every allowed element.
+#[rustfmt::skip]
 const GENERIC_ATTRIBUTES: &[&str] = &[
     "align", "bgcolor", "dir", "height", "lang", "style", "title", "valign", "width",
 ];
 
 /// Attributes kept on one element.
+#[rustfmt::skip]
 const TAG_ATTRIBUTES: &[(&str, &[&str])] = &[
     ("a", &["href", "hreflang"]),
-    (
-        "img",
-        &["alt", "border", "hspace", "src", "srcset", "vspace"],
-    ),
-    (
-        "table",
-        &[
-            "background",
-            "border",
-            "cellpadding",
-            "cellspacing",
-            "frame",
-            "rules",
-            "summary",
-        ],
-    ),
-    (
-        "td",
-        &[
-            "abbr",
-            "background",
-            "colspan",
-            "nowrap",
-            "rowspan",
-            "scope",
-        ],
-    ),
-    (
-        "th",
-        &[
-            "abbr",
-            "background",
-            "colspan",
-            "nowrap",
-            "rowspan",
-            "scope",
-        ],
-    ),
+    ("img", &["alt", "border", "hspace", "src", "srcset", "vspace"]),
+    ("table", &["background", "border", "cellpadding", "cellspacing", "frame", "rules", "summary"]),
+    ("td", &["abbr", "background", "colspan", "nowrap", "rowspan", "scope"]),
+    ("th", &["abbr", "background", "colspan", "nowrap", "rowspan", "scope"]),
     ("font", &["color", "face", "size"]),
     ("hr", &["color", "noshade", "size"]),
     ("col", &["span"]),
@@ -339,8 +223,16 @@ impl Pass {
         attribute: &str,
         value: &'u str,
     ) -> Option<Cow<'u, str>> {
+        // Ammonia also calls the filter on elements it is about to drop (their attributes
+        // are never written); skip them so that they do not count.
+        if !TAGS.contains(&element) {
+            return None;
+        }
         match attribute {
             "style" => self.filter_style(value),
+            "href" if element != "a" => None,
+            "src" | "srcset" if element != "img" => None,
+            "background" if !matches!(element, "table" | "td" | "th") => None,
             "href" => match classify_url(value) {
                 UrlKind::Remote(url) | UrlKind::Mailto(url) => Some(Cow::Owned(url)),
                 UrlKind::Cid(_) | UrlKind::Other => None,
@@ -364,10 +256,7 @@ impl Pass {
             }
             // Every other attribute reaching the filter is on the allow list and carries
             // no URL; `target` and `rel` are the values ammonia sets on links.
-            _ => {
-                let _ = element;
-                Some(Cow::Borrowed(value))
-            }
+            _ => Some(Cow::Borrowed(value)),
         }
     }
 
@@ -420,6 +309,13 @@ fn rename_marked(mut html: String, marker: &str, expected: usize) -> Option<Stri
             found += count;
             html = html.replace(&from, &format!(" data-helpr-remote-{attribute}=\""));
         }
+    }
+    // A style with nothing left but blocked images becomes just the data attribute.
+    let from = format!(" style=\"{marker}!");
+    let count = html.matches(&from).count();
+    if count > 0 {
+        found += count;
+        html = html.replace(&from, " data-helpr-remote-css=\"");
     }
     // Inside a style value: close it and open the data attribute (the serializer escaped
     // every `"` of the value, so the only quotes are the attribute's own).
@@ -484,98 +380,26 @@ fn remote_srcset_urls(srcset: &str) -> Vec<String> {
 /// email layouts use. Nothing that positions content over the viewer (`position`,
 /// `z-index`), generates content (`content`) or takes only URLs (`cursor`, `filter`,
 /// `list-style-image`, `border-image`, `mask`, `behavior`, `-moz-binding`).
+#[rustfmt::skip]
 const STYLE_PROPERTIES: &[&str] = &[
-    "-ms-text-size-adjust",
-    "-webkit-text-size-adjust",
-    "background",
-    "background-color",
-    "background-image",
-    "background-position",
-    "background-repeat",
-    "background-size",
-    "border",
-    "border-bottom",
-    "border-bottom-color",
-    "border-bottom-left-radius",
-    "border-bottom-right-radius",
-    "border-bottom-style",
-    "border-bottom-width",
-    "border-collapse",
-    "border-color",
-    "border-left",
-    "border-left-color",
-    "border-left-style",
-    "border-left-width",
-    "border-radius",
-    "border-right",
-    "border-right-color",
-    "border-right-style",
-    "border-right-width",
-    "border-spacing",
-    "border-style",
-    "border-top",
-    "border-top-color",
-    "border-top-left-radius",
-    "border-top-right-radius",
-    "border-top-style",
-    "border-top-width",
-    "border-width",
-    "box-shadow",
-    "box-sizing",
-    "caption-side",
-    "clear",
-    "color",
-    "direction",
-    "display",
-    "empty-cells",
-    "float",
-    "font",
-    "font-family",
-    "font-size",
-    "font-style",
-    "font-variant",
-    "font-weight",
-    "height",
-    "letter-spacing",
-    "line-height",
-    "list-style",
-    "list-style-position",
-    "list-style-type",
-    "margin",
-    "margin-bottom",
-    "margin-left",
-    "margin-right",
-    "margin-top",
-    "max-height",
-    "max-width",
-    "min-height",
-    "min-width",
-    "opacity",
-    "overflow",
-    "overflow-wrap",
-    "overflow-x",
-    "overflow-y",
-    "padding",
-    "padding-bottom",
-    "padding-left",
-    "padding-right",
-    "padding-top",
-    "table-layout",
-    "text-align",
-    "text-decoration",
-    "text-decoration-color",
-    "text-decoration-line",
-    "text-decoration-style",
-    "text-indent",
-    "text-overflow",
-    "text-shadow",
-    "text-transform",
-    "vertical-align",
-    "visibility",
-    "white-space",
-    "width",
-    "word-break",
-    "word-spacing",
+    "-ms-text-size-adjust", "-webkit-text-size-adjust", "background", "background-color",
+    "background-image", "background-position", "background-repeat", "background-size", "border",
+    "border-bottom", "border-bottom-color", "border-bottom-left-radius",
+    "border-bottom-right-radius", "border-bottom-style", "border-bottom-width",
+    "border-collapse", "border-color", "border-left", "border-left-color", "border-left-style",
+    "border-left-width", "border-radius", "border-right", "border-right-color",
+    "border-right-style", "border-right-width", "border-spacing", "border-style", "border-top",
+    "border-top-color", "border-top-left-radius", "border-top-right-radius", "border-top-style",
+    "border-top-width", "border-width", "box-shadow", "box-sizing", "caption-side", "clear",
+    "color", "direction", "display", "empty-cells", "float", "font", "font-family", "font-size",
+    "font-style", "font-variant", "font-weight", "height", "letter-spacing", "line-height",
+    "list-style", "list-style-position", "list-style-type", "margin", "margin-bottom",
+    "margin-left", "margin-right", "margin-top", "max-height", "max-width", "min-height",
+    "min-width", "opacity", "overflow", "overflow-wrap", "overflow-x", "overflow-y", "padding",
+    "padding-bottom", "padding-left", "padding-right", "padding-top", "table-layout",
+    "text-align", "text-decoration", "text-decoration-color", "text-decoration-line",
+    "text-decoration-style", "text-indent", "text-overflow", "text-shadow", "text-transform",
+    "vertical-align", "visibility", "white-space", "width", "word-break", "word-spacing",
     "word-wrap",
 ];
 
@@ -583,16 +407,10 @@ const STYLE_PROPERTIES: &[&str] = &[
 const IMAGE_PROPERTIES: &[&str] = &["background", "background-image"];
 
 /// CSS functions kept in values; none of them loads anything.
+#[rustfmt::skip]
 const STYLE_FUNCTIONS: &[&str] = &[
-    "calc",
-    "hsl",
-    "hsla",
-    "linear-gradient",
-    "radial-gradient",
-    "repeating-linear-gradient",
-    "repeating-radial-gradient",
-    "rgb",
-    "rgba",
+    "calc", "hsl", "hsla", "linear-gradient", "radial-gradient", "repeating-linear-gradient",
+    "repeating-radial-gradient", "rgb", "rgba",
 ];
 
 /// Functions whose argument is a URL (loaded by the browser).
@@ -600,17 +418,10 @@ const URL_FUNCTIONS: &[&str] = &["url", "src"];
 
 /// Checked on the re-serialized declaration as a last line of defence: none of these can
 /// appear in an allowed value.
+#[rustfmt::skip]
 const STYLE_FORBIDDEN: &[&str] = &[
-    "url(",
-    "src(",
-    "expression",
-    "javascript",
-    "vbscript",
-    "@import",
-    "behavior",
-    "binding",
-    "image-set",
-    "\\",
+    "url(", "src(", "expression", "javascript", "vbscript", "@import", "behavior", "binding",
+    "image-set", "\\",
 ];
 
 #[derive(Debug, Default)]
@@ -1091,6 +902,38 @@ mod tests {
         );
         assert_eq!(rename_marked(html, marker, 0), None);
         assert_eq!(rename_marked(format!("<p>{marker}</p>"), marker, 0), None);
+    }
+
+    #[test]
+    fn strict_pass_drops_blocked_urls_without_data_attributes() {
+        let (out, pass) = run_pass(
+            r#"<img src="https://t.example/a.png"><table background="https://t.example/b.png"><tr><td style="color:red;background:url(https://t.example/c.png)">x</td></tr></table>"#,
+            Pass::default(),
+        );
+        assert_eq!(
+            out,
+            r#"<img><table><tbody><tr><td style="color:red">x</td></tr></tbody></table>"#
+        );
+        assert_eq!(pass.blocked, 3);
+        assert_eq!(pass.marks, 0);
+    }
+
+    #[test]
+    fn dropped_elements_do_not_count_as_blocked_images() {
+        let result = sanitize_html(
+            r#"<iframe src="https://t.example/f"></iframe><picture><source srcset="https://t.example/s.png"></picture><video poster="https://t.example/p.png"></video><svg><image href="https://t.example/i.png" style="background:url(https://t.example/j.png)"></image></svg>"#,
+        );
+        assert_eq!(result.html, "");
+        assert_eq!(result.blocked_remote_images, 0);
+    }
+
+    #[test]
+    fn a_style_left_with_only_blocked_images_becomes_the_data_attribute() {
+        let result = sanitize_html(r#"<p style="background:url(https://t.example/a.png)">t</p>"#);
+        assert_eq!(
+            result.html,
+            r#"<p data-helpr-remote-css="https://t.example/a.png">t</p>"#
+        );
     }
 
     #[test]
