@@ -294,6 +294,135 @@ impl ProcessedMessage {
     }
 }
 
+/// Writes batches of sealed messages in the background, so that the next batch is fetched,
+/// processed and sealed while the previous one is being committed. Batches are committed
+/// one after another, in submission order (each advances the history mark).
+pub struct PipelinedWriter {
+    store: std::sync::Arc<dyn crate::store::Store>,
+    tenant: TenantId,
+    inbox_id: String,
+    in_flight: Option<
+        tokio::task::JoinHandle<Result<Vec<crate::store::InsertOutcome>, crate::store::StoreError>>,
+    >,
+}
+
+impl PipelinedWriter {
+    pub fn new(
+        store: std::sync::Arc<dyn crate::store::Store>,
+        tenant: TenantId,
+        inbox_id: String,
+    ) -> Self {
+        Self {
+            store,
+            tenant,
+            inbox_id,
+            in_flight: None,
+        }
+    }
+
+    /// Waits for the previous batch (returning its outcomes) and starts writing this one.
+    pub async fn submit(
+        &mut self,
+        batch: Vec<NewMessage>,
+        history_id: Option<u64>,
+    ) -> Result<Vec<crate::store::InsertOutcome>, crate::store::StoreError> {
+        let previous = self.wait().await?;
+        let store = self.store.clone();
+        let tenant = self.tenant.clone();
+        let inbox_id = self.inbox_id.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            store
+                .store_synced_messages(&tenant, &inbox_id, &batch, history_id)
+                .await
+        }));
+        Ok(previous)
+    }
+
+    /// Waits for the batch being written; its outcomes.
+    pub async fn wait(
+        &mut self,
+    ) -> Result<Vec<crate::store::InsertOutcome>, crate::store::StoreError> {
+        match self.in_flight.take() {
+            None => Ok(Vec::new()),
+            Some(handle) => handle.await.map_err(|_| {
+                crate::store::StoreError::Unavailable("batch writer task failed".into())
+            })?,
+        }
+    }
+}
+
+/// A raw message to process and seal, with where it came from.
+pub struct RawInput {
+    pub gmail_message_id: String,
+    pub gmail_thread_id: String,
+    pub gmail_history_id: Option<u64>,
+    pub internal_date_ms: i64,
+    pub raw: Vec<u8>,
+}
+
+/// Processes (on the blocking pool, up to `parallelism` at a time) and seals many messages
+/// of one inbox. Results keep the input order; a message that cannot be parsed yields its
+/// parse error and does not stop the others.
+pub async fn process_and_seal_many(
+    keyring: &std::sync::Arc<Keyring>,
+    tenant: &TenantId,
+    inbox_id: &str,
+    inputs: Vec<RawInput>,
+    parallelism: usize,
+) -> Result<Vec<Result<NewMessage, ParseError>>, KeyringError> {
+    let limiter = std::sync::Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let count = inputs.len();
+    for (index, input) in inputs.into_iter().enumerate() {
+        let limiter = limiter.clone();
+        let keyring = keyring.clone();
+        let tenant = tenant.clone();
+        let inbox_id = inbox_id.to_string();
+        tasks.spawn(async move {
+            let _permit = limiter.acquire_owned().await;
+            let raw_size = input.raw.len() as u64;
+            let raw = input.raw;
+            let processed = tokio::task::spawn_blocking(move || process(&raw))
+                .await
+                .map_err(|_| {
+                    KeyringError::Crypto(crate::crypto::CryptoError::Malformed(
+                        "pipeline task failed",
+                    ))
+                })?;
+            let processed = match processed {
+                Ok(p) => p,
+                Err(e) => return Ok((index, Err(e))),
+            };
+            let origin = GmailOrigin {
+                tenant: &tenant,
+                inbox_id: &inbox_id,
+                gmail_message_id: &input.gmail_message_id,
+                gmail_thread_id: &input.gmail_thread_id,
+                gmail_history_id: input.gmail_history_id,
+                internal_date_ms: input.internal_date_ms,
+                raw_size,
+            };
+            let sealed = seal_message(&keyring, &origin, &processed).await?;
+            Ok::<_, KeyringError>((index, Ok(sealed)))
+        });
+    }
+    let mut out: Vec<Option<Result<NewMessage, ParseError>>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined.map_err(|_| {
+            KeyringError::Crypto(crate::crypto::CryptoError::Malformed(
+                "pipeline task failed",
+            ))
+        })??;
+        if let Some(slot) = out.get_mut(index) {
+            *slot = Some(result);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(ParseError::Internal)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

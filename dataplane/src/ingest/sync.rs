@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::gmail::{AccessToken, AddedMessage, GmailClient, GmailError};
 use super::oauth::{OAuthError, TokenSource};
-use super::pipeline::{self, GmailOrigin};
+use super::pipeline::{self, PipelinedWriter, RawInput};
 use crate::crypto::SealContext;
 use crate::ids::TenantId;
 use crate::keyring::{Keyring, KeyringError};
@@ -136,6 +136,21 @@ impl SyncError {
                 | SyncError::NoRefreshToken
                 | SyncError::WrongTenant
         )
+    }
+}
+
+fn tally(report: &mut InboxSyncReport, outcomes: Vec<InsertOutcome>) {
+    for outcome in outcomes {
+        match outcome {
+            InsertOutcome::Inserted { .. } => {
+                report.stored += 1;
+                STORED.inc();
+            }
+            InsertOutcome::AlreadyStored { .. } => {
+                report.already_stored += 1;
+                ALREADY_STORED.inc();
+            }
+        }
     }
 }
 
@@ -422,17 +437,32 @@ impl SyncWorker {
                 .await?;
             return Ok(report);
         }
+        let mut writer =
+            PipelinedWriter::new(self.store.clone(), self.tenant.clone(), inbox.id.clone());
         for (i, chunk) in chunks.iter().enumerate() {
-            let mut batch = Vec::with_capacity(chunk.len());
-            for m in chunk.iter() {
-                let raw = match self.gmail.get_raw(token, &m.id).await {
-                    Ok(raw) => raw,
-                    Err(GmailError::MessageGone) => {
-                        report.gone += 1;
-                        continue;
-                    }
+            // Fetch the batch concurrently (I/O), then process and seal it on the blocking
+            // pool while the previous batch is being committed.
+            let mut fetches = JoinSet::new();
+            for (index, m) in chunk.iter().enumerate() {
+                let gmail = self.gmail.clone();
+                let token = token.clone();
+                let id = m.id.clone();
+                fetches.spawn(async move { (index, gmail.get_raw(&token, &id).await) });
+            }
+            let mut fetched = Vec::with_capacity(chunk.len());
+            while let Some(joined) = fetches.join_next().await {
+                let (index, result) = joined.map_err(|_| {
+                    SyncError::Gmail(GmailError::Protocol("fetch task failed".into()))
+                })?;
+                match result {
+                    Ok(raw) => fetched.push((index, raw)),
+                    Err(GmailError::MessageGone) => report.gone += 1,
                     Err(e) => return Err(e.into()),
-                };
+                }
+            }
+            fetched.sort_by_key(|(index, _)| *index);
+            let mut inputs = Vec::with_capacity(fetched.len());
+            for (index, raw) in fetched {
                 if raw.is_draft_or_sent() {
                     report.drafts_or_sent += 1;
                     FILTERED.inc();
@@ -441,38 +471,40 @@ impl SyncWorker {
                 if not_before_ms.is_some_and(|t| raw.internal_date_ms < t) {
                     continue;
                 }
-                let raw_size = raw.raw.len() as u64;
-                let bytes = raw.raw;
-                let processed = tokio::task::spawn_blocking(move || pipeline::process(&bytes))
-                    .await
-                    .map_err(|_| {
-                        SyncError::Keyring(KeyringError::Crypto(
-                            crate::crypto::CryptoError::Malformed("pipeline task failed"),
-                        ))
-                    })?;
-                let processed = match processed {
-                    Ok(p) => p,
+                let listed = &chunk[index];
+                inputs.push(RawInput {
+                    gmail_thread_id: if raw.thread_id.is_empty() {
+                        listed.thread_id.clone()
+                    } else {
+                        raw.thread_id.clone()
+                    },
+                    gmail_history_id: raw
+                        .history_id
+                        .or(Some(listed.history_id).filter(|h| *h > 0)),
+                    gmail_message_id: raw.id,
+                    internal_date_ms: raw.internal_date_ms,
+                    raw: raw.raw,
+                });
+            }
+            let ids: Vec<String> = inputs.iter().map(|r| r.gmail_message_id.clone()).collect();
+            let sealed = pipeline::process_and_seal_many(
+                &self.keyring,
+                &self.tenant,
+                &inbox.id,
+                inputs,
+                self.cfg.concurrency.max(1),
+            )
+            .await?;
+            let mut batch = Vec::with_capacity(sealed.len());
+            for (gmail_id, result) in ids.iter().zip(sealed) {
+                match result {
+                    Ok(message) => batch.push(message),
                     Err(e) => {
                         report.unparseable += 1;
                         UNPARSEABLE.inc();
-                        tracing::warn!(tenant = %self.tenant, inbox = %inbox.id, gmail_id = %raw.id, reason = e.category(), "message is not parseable; skipped");
-                        continue;
+                        tracing::warn!(tenant = %self.tenant, inbox = %inbox.id, gmail_id = %gmail_id, reason = e.category(), "message is not parseable; skipped");
                     }
-                };
-                let origin = GmailOrigin {
-                    tenant: &self.tenant,
-                    inbox_id: &inbox.id,
-                    gmail_message_id: &raw.id,
-                    gmail_thread_id: if raw.thread_id.is_empty() {
-                        &m.thread_id
-                    } else {
-                        &raw.thread_id
-                    },
-                    gmail_history_id: raw.history_id.or(Some(m.history_id).filter(|h| *h > 0)),
-                    internal_date_ms: raw.internal_date_ms,
-                    raw_size,
-                };
-                batch.push(pipeline::seal_message(&self.keyring, &origin, &processed).await?);
+                }
             }
             // Everything up to just before the next batch's first history record is done.
             let mark = match chunks.get(i + 1) {
@@ -482,23 +514,10 @@ impl SyncWorker {
                     .map(|m| m.history_id.saturating_sub(1))
                     .filter(|h| *h > 0),
             };
-            let outcomes = self
-                .store
-                .store_synced_messages(&self.tenant, &inbox.id, &batch, mark)
-                .await?;
-            for outcome in outcomes {
-                match outcome {
-                    InsertOutcome::Inserted { .. } => {
-                        report.stored += 1;
-                        STORED.inc();
-                    }
-                    InsertOutcome::AlreadyStored { .. } => {
-                        report.already_stored += 1;
-                        ALREADY_STORED.inc();
-                    }
-                }
-            }
+            let previous = writer.submit(batch, mark).await?;
+            tally(&mut report, previous);
         }
+        tally(&mut report, writer.wait().await?);
         Ok(report)
     }
 

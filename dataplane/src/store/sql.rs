@@ -10,6 +10,7 @@
 //! Unsigned 64-bit values are stored as signed `BIGINT`: values above `i64::MAX` are
 //! refused on write, and negative values read back are reported as [`StoreError::Corrupt`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -710,6 +711,204 @@ macro_rules! sql_store {
                 Ok(TxInsert::Done(InsertOutcome::Inserted { conversation_id }))
             }
 
+
+            /// Inserts a batch of messages of one inbox with a constant number of statements
+            /// (whatever the batch size): existing Gmail ids in one query, conversations in
+            /// one multi-row upsert, messages and attachments in one multi-row insert each.
+            /// `None` when a concurrent writer won a unique key (roll back and retry).
+            async fn insert_batch_in_tx(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                tenant: &TenantId,
+                inbox_id: &str,
+                messages: &[NewMessage],
+                op: &'static str,
+            ) -> Result<Option<Vec<InsertOutcome>>, StoreError> {
+                if messages.is_empty() {
+                    return Ok(Some(Vec::new()));
+                }
+                let owner = sqlx::query(INBOX_TENANT)
+                    .bind(inbox_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                let owner: Option<String> = owner
+                    .map(|r| Self::col(&r, "inboxes", "tenant_id"))
+                    .transpose()?;
+                if owner.as_deref() != Some(tenant.as_str()) {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+
+                // Already stored (by Gmail id), and duplicates inside the batch.
+                let mut known: HashMap<String, String> = HashMap::new();
+                {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT gmail_message_id, id FROM messages WHERE inbox_id = ",
+                    );
+                    q.push_bind(inbox_id);
+                    q.push(" AND gmail_message_id IN (");
+                    let mut list = q.separated(", ");
+                    for m in messages {
+                        list.push_bind(m.gmail_message_id.as_str());
+                    }
+                    q.push(")");
+                    for row in q.build().fetch_all(&mut **tx).await.map_err(db_err(op))? {
+                        known.insert(
+                            Self::col(&row, "messages", "gmail_message_id")?,
+                            Self::col(&row, "messages", "id")?,
+                        );
+                    }
+                }
+                let mut fresh: Vec<&NewMessage> = Vec::with_capacity(messages.len());
+                let mut batch_ids: HashMap<&str, &str> = HashMap::new();
+                for m in messages {
+                    if !known.contains_key(&m.gmail_message_id)
+                        && !batch_ids.contains_key(m.gmail_message_id.as_str())
+                    {
+                        batch_ids.insert(&m.gmail_message_id, &m.id);
+                        fresh.push(m);
+                    }
+                }
+
+                // One upsert row per thread: count and newest date aggregated here.
+                let mut threads: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+                for m in &fresh {
+                    let entry = threads.entry(m.gmail_thread_id.as_str()).or_insert((0, i64::MIN));
+                    entry.0 += 1;
+                    entry.1 = entry.1.max(m.internal_date_ms);
+                }
+                let mut conversation_of: HashMap<String, String> = HashMap::new();
+                if !threads.is_empty() {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO conversations (id, tenant_id, inbox_id, gmail_thread_id, \
+                         last_message_at_ms, message_count) ",
+                    );
+                    q.push_values(threads.iter(), |mut b, (thread, (count, date))| {
+                        b.push_bind(crate::ids::new_record_id())
+                            .push_bind(tenant.as_str())
+                            .push_bind(inbox_id)
+                            .push_bind(*thread)
+                            .push_bind(*date)
+                            .push_bind(*count);
+                    });
+                    q.push(
+                        " ON CONFLICT (inbox_id, gmail_thread_id) DO UPDATE SET \
+                         message_count = conversations.message_count + excluded.message_count, \
+                         last_message_at_ms = CASE \
+                           WHEN excluded.last_message_at_ms > conversations.last_message_at_ms \
+                           THEN excluded.last_message_at_ms ELSE conversations.last_message_at_ms END \
+                         RETURNING id, gmail_thread_id",
+                    );
+                    let rows = q
+                        .build()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(constraint_err(op, "conversation", "inbox"))?;
+                    for row in rows {
+                        conversation_of.insert(
+                            Self::col(&row, "conversations", "gmail_thread_id")?,
+                            Self::col(&row, "conversations", "id")?,
+                        );
+                    }
+                }
+
+                let created_at_ms = now_ms();
+                // Parameters per statement stay far below both drivers' limits.
+                for chunk in fresh.chunks(500) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for m in chunk {
+                        let conversation = conversation_of
+                            .get(&m.gmail_thread_id)
+                            .ok_or(StoreError::Corrupt { table: "conversations", reason: "upsert returned no row for a thread" })?;
+                        rows.push((
+                            *m,
+                            conversation.as_str(),
+                            m.gmail_history_id.map(|h| to_i64(op, h, "history id")).transpose()?,
+                            to_i64(op, m.size_bytes, "message size")?,
+                        ));
+                    }
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (id, tenant_id, inbox_id, conversation_id, \
+                         gmail_message_id, gmail_thread_id, gmail_history_id, internal_date_ms, \
+                         size_bytes, has_attachments, subject, from_addr, to_addrs, cc_addrs, \
+                         reply_to, text_body, html_body, snippet, created_at_ms) ",
+                    );
+                    q.push_values(rows.iter(), |mut b, (m, conversation, history, size)| {
+                        let f = &m.fields;
+                        b.push_bind(m.id.as_str())
+                            .push_bind(tenant.as_str())
+                            .push_bind(inbox_id)
+                            .push_bind(*conversation)
+                            .push_bind(m.gmail_message_id.as_str())
+                            .push_bind(m.gmail_thread_id.as_str())
+                            .push_bind(*history)
+                            .push_bind(m.internal_date_ms)
+                            .push_bind(*size)
+                            .push_bind(!m.attachments.is_empty())
+                            .push_bind(f.subject.as_bytes())
+                            .push_bind(f.from_addr.as_bytes())
+                            .push_bind(f.to_addrs.as_bytes())
+                            .push_bind(f.cc_addrs.as_bytes())
+                            .push_bind(f.reply_to.as_bytes())
+                            .push_bind(f.text_body.as_bytes())
+                            .push_bind(f.html_body.as_bytes())
+                            .push_bind(f.snippet.as_bytes())
+                            .push_bind(created_at_ms);
+                    });
+                    match q.build().execute(&mut **tx).await {
+                        Ok(_) => {}
+                        Err(e) if is_unique_violation(&e) => return Ok(None),
+                        Err(e) => return Err(constraint_err(op, "message", "inbox")(e)),
+                    }
+                }
+
+                let mut attachments = Vec::new();
+                for m in &fresh {
+                    for a in &m.attachments {
+                        attachments.push((m.id.as_str(), a, to_i64(op, a.size_bytes, "attachment size")?));
+                    }
+                }
+                for chunk in attachments.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO attachments (id, tenant_id, message_id, ordinal, name, \
+                         content_type, content_id, data, size_bytes, is_inline) ",
+                    );
+                    q.push_values(chunk.iter(), |mut b, (message_id, a, size)| {
+                        b.push_bind(a.id.as_str())
+                            .push_bind(tenant.as_str())
+                            .push_bind(*message_id)
+                            .push_bind(i64::from(a.ordinal))
+                            .push_bind(a.name.as_bytes())
+                            .push_bind(a.content_type.as_bytes())
+                            .push_bind(a.content_id.as_bytes())
+                            .push_bind(a.data.as_bytes())
+                            .push_bind(*size)
+                            .push_bind(a.inline);
+                    });
+                    match q.build().execute(&mut **tx).await {
+                        Ok(_) => {}
+                        Err(e) if is_unique_violation(&e) => return Ok(None),
+                        Err(e) => return Err(constraint_err(op, "attachment", "message")(e)),
+                    }
+                }
+
+                let outcomes = messages
+                    .iter()
+                    .map(|m| match known.get(&m.gmail_message_id) {
+                        Some(id) => Ok(InsertOutcome::AlreadyStored { message_id: id.clone() }),
+                        None => match batch_ids.get(m.gmail_message_id.as_str()) {
+                            Some(first) if *first != m.id.as_str() => {
+                                Ok(InsertOutcome::AlreadyStored { message_id: (*first).to_string() })
+                            }
+                            _ => conversation_of
+                                .get(&m.gmail_thread_id)
+                                .map(|c| InsertOutcome::Inserted { conversation_id: c.clone() })
+                                .ok_or(StoreError::Corrupt { table: "conversations", reason: "no conversation for a thread" }),
+                        },
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(outcomes))
+            }
+
             /// Runs `sql` for each job id in one transaction, binding the id, then
             /// `available_at_ms` and `error_kind` when given (in that order).
             async fn update_jobs(
@@ -1247,16 +1446,13 @@ macro_rules! sql_store {
                     });
                 }
                 let mut tx = self.begin_write(OP).await?;
-                let mut outcomes = Vec::with_capacity(messages.len());
-                for message in messages {
-                    match Self::insert_in_tx(&mut tx, message, OP).await? {
-                        TxInsert::Done(outcome) => outcomes.push(outcome),
-                        TxInsert::Raced => {
-                            let _ = tx.rollback().await;
-                            return Err(StoreError::Conflict("message"));
-                        }
+                let outcomes = match Self::insert_batch_in_tx(&mut tx, tenant, inbox_id, messages, OP).await? {
+                    Some(outcomes) => outcomes,
+                    None => {
+                        let _ = tx.rollback().await;
+                        return Err(StoreError::Conflict("message"));
                     }
-                }
+                };
                 if let Some(history_id) = history_id {
                     let done = sqlx::query(ADVANCE_HISTORY)
                         .bind(inbox_id)
