@@ -692,3 +692,34 @@ async fn a_sync_worker_killed_mid_batch_resumes_without_loss_or_duplicates() {
         Some(env.google.history_id())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_poll_syncs_connected_inboxes_without_a_notification() {
+    let env = Env::start().await;
+    env.google
+        .deliver(&eml("no push for this one", "hi"), &["INBOX"], now_ms());
+    let needs_reconnect = env
+        .add_inbox("old@acme.example", "1//rt-old", Some(1_000), now_ms())
+        .await;
+    env.store
+        .set_inbox_status(
+            &needs_reconnect,
+            helpr_dataplane::store::InboxStatus::NeedsReconnect,
+        )
+        .await
+        .unwrap();
+    let worker = env.worker();
+    assert_eq!(worker.run_once().await.unwrap(), 0, "no jobs");
+    assert_eq!(
+        worker.poll_due().await,
+        1,
+        "only the connected inbox is polled"
+    );
+    assert_eq!(env.messages(&env.inbox_id).await.len(), 1);
+    assert_eq!(
+        worker.poll_due().await,
+        0,
+        "not due again before the interval"
+    );
+    drop(env.bao);
+}
