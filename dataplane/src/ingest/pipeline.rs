@@ -464,7 +464,17 @@ Content-Type: text/html; charset=utf-8\r\n\
         assert!(!p.html.contains("invoice attached"), "{}", p.html);
         assert!(p.quote_stripped.html_bytes > 0);
         assert!(!p.html.contains("<script"));
-        assert!(!p.html.contains("src=\"https://tracker.example"));
+        assert!(
+            !p.html.contains(" src=\"https://tracker.example"),
+            "{}",
+            p.html
+        );
+        assert!(
+            p.html
+                .contains("data-helpr-remote-src=\"https://tracker.example"),
+            "{}",
+            p.html
+        );
         assert_eq!(p.blocked_remote_images, 1);
         assert_eq!(p.snippet, "Thanks, that works.");
         let json = serde_json::to_value(p.inspect_report()).unwrap();
