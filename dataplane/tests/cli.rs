@@ -204,8 +204,14 @@ Thanks!\r\n\r\nOn Mon, Nov 30, 2026 at 9:00 AM Support <support@acme.example> wr
     assert!(v["text"].as_str().unwrap().contains("Thanks!"));
     assert!(!v["text"].as_str().unwrap().contains("old text"));
     let html = v["html"].as_str().unwrap();
-    assert!(html.contains("Thanks!") && !html.contains("old text"), "{html}");
-    assert!(!html.contains("<script") && !html.contains("onclick"), "{html}");
+    assert!(
+        html.contains("Thanks!") && !html.contains("old text"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("onclick"),
+        "{html}"
+    );
     assert_eq!(v["blocked_remote_images"], 1);
     assert!(v["quote_stripped"]["text_bytes"].as_u64().unwrap() > 0);
     assert!(v["quote_stripped"]["html_bytes"].as_u64().unwrap() > 0);
@@ -231,8 +237,14 @@ fn inboxes_are_added_with_a_sealed_refresh_token() {
     let added = ok(
         &d,
         &[
-            "inboxes", "add", "--tenant", "demo", "--address", "support@demo.example",
-            "--refresh-token-file", token.to_str().unwrap(),
+            "inboxes",
+            "add",
+            "--tenant",
+            "demo",
+            "--address",
+            "support@demo.example",
+            "--refresh-token-file",
+            token.to_str().unwrap(),
         ],
     );
     assert!(added.contains("added to tenant demo"), "{added}");
@@ -240,14 +252,37 @@ fn inboxes_are_added_with_a_sealed_refresh_token() {
     assert!(list.contains("support@demo.example\tconnected"), "{list}");
     for name in ["helpr.db", "helpr.db-wal"] {
         if let Ok(bytes) = std::fs::read(d.join(name)) {
-            assert!(!bytes.windows(12).any(|w| w == b"refresh-toke"), "token in {name}");
+            assert!(
+                !bytes.windows(12).any(|w| w == b"refresh-toke"),
+                "token in {name}"
+            );
         }
     }
 
-    let out = cli(&d, &["inboxes", "add", "--tenant", "ghost", "--address", "a@b.example"]);
+    let out = cli(
+        &d,
+        &[
+            "inboxes",
+            "add",
+            "--tenant",
+            "ghost",
+            "--address",
+            "a@b.example",
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tenant ghost does not exist"));
-    let out = cli(&d, &["inboxes", "add", "--tenant", "demo", "--address", "not-an-address"]);
+    let out = cli(
+        &d,
+        &[
+            "inboxes",
+            "add",
+            "--tenant",
+            "demo",
+            "--address",
+            "not-an-address",
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be an email address"));
 }
@@ -257,5 +292,7 @@ fn ingest_refuses_to_start_without_push_settings() {
     let dir = tempfile::tempdir().unwrap();
     let out = cli(dir.path(), &["ingest", "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("push.audience and push.service_account"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("push.audience and push.service_account")
+    );
 }
