@@ -8,6 +8,7 @@
 //! | [`store`] | the database of record (PostgreSQL and SQLite) |
 //! | [`config`] | settings from a file and `HELPR_*` environment variables |
 //! | [`ingest`] | push verification, Gmail sync, parse / sanitize / quote-strip pipeline |
+//! | [`search`] | tokenizer, blind tokens (HMAC under a per-tenant index key), query language (no I/O) |
 //! | [`metrics`] | counters in the Prometheus text format |
 #![forbid(unsafe_code)]
 
@@ -18,4 +19,5 @@ pub mod ingest;
 pub mod keyring;
 pub mod kms;
 pub mod metrics;
+pub mod search;
 pub mod store;

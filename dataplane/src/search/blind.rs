@@ -1,0 +1,671 @@
+//! Blind tokens: truncated HMAC-SHA256 of normalized tokens under a per-tenant index key.
+//!
+//! # MAC input
+//!
+//! ```text
+//! "helpr/blind/v1"
+//! u32be(len(field name)) field name        (Field::name: "subject", "from", ...)
+//! u32be(len(token)) token                  (UTF-8 bytes of the normalized token)
+//! ```
+//!
+//! The domain string keeps these MACs apart from any other use of the key; the length prefixes
+//! make the (field, token) encoding unambiguous; the field name makes "ann" in `from` and "ann"
+//! in `body` different tokens, so the index cannot tell that the same word occurs in both.
+//!
+//! # Truncation to 128 bits
+//!
+//! A [`BlindToken`] is the first 16 bytes of the 32-byte tag. Tokens only need to be unique
+//! within one tenant's vocabulary: with 128 bits, a collision between any two of 2^40 distinct
+//! (field, token) pairs has probability below 2^-48, and a collision only adds a false hit that
+//! the decrypting re-check would show. Forging or inverting a token needs the key either way.
+//! Half the length halves the index's term dictionary; the string form is 22 base64url chars.
+//!
+//! # Leakage
+//!
+//! Blind tokens are deterministic: the search tier learns which messages share a token, how
+//! often each token occurs and where, but not the token (without the key). That is the price of
+//! searching without plaintext.
+//!
+//! # Keys
+//!
+//! [`IndexKey`] is 32 bytes in a [`Zeroizing`] buffer, per tenant and [versioned](IndexKeyVersion),
+//! wrapped by the KMS like a DEK. It implements neither `Debug`, `Display` nor `Clone`. The HMAC
+//! state derived from it (`ring::hmac::Key`) lives only for the duration of one call; ring does
+//! not wipe it on drop.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use zeroize::Zeroizing;
+
+use super::tokenize::normalize_tokens;
+use crate::crypto::CryptoError;
+
+/// Length of an index key in bytes.
+pub const INDEX_KEY_LEN: usize = 32;
+/// Length of a blind token in bytes (HMAC-SHA256 truncated to 128 bits).
+pub const BLIND_TOKEN_LEN: usize = 16;
+/// Length of a blind token's base64url string form.
+pub const BLIND_TOKEN_STR_LEN: usize = 22;
+/// Domain separation prefix of every blind-token MAC input.
+pub const BLIND_DOMAIN: &[u8] = b"helpr/blind/v1";
+
+/// A searchable text field of a message. [`Field::name`] is stable: it is part of every blind
+/// token, so renaming one changes every token of that field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    Subject,
+    /// Sender addresses and display names.
+    From,
+    /// Recipient addresses and display names (To and Cc).
+    To,
+    /// Body text.
+    Body,
+    /// Names of attachments.
+    AttachmentName,
+}
+
+impl Field {
+    /// Every text field, in a fixed order (the fields an unfielded query term searches).
+    pub const ALL: [Field; 5] = [
+        Field::Subject,
+        Field::From,
+        Field::To,
+        Field::Body,
+        Field::AttachmentName,
+    ];
+
+    /// The stable name, used in the MAC input and as the index field name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Field::Subject => "subject",
+            Field::From => "from",
+            Field::To => "to",
+            Field::Body => "body",
+            Field::AttachmentName => "attachment_name",
+        }
+    }
+
+    /// The field for a stable name.
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The query-language operator for this field (`from:`, ..., `filename:` as in Gmail).
+    pub const fn operator(self) -> &'static str {
+        match self {
+            Field::AttachmentName => "filename",
+            other => other.name(),
+        }
+    }
+
+    /// The field for a query operator (ASCII case-insensitive), e.g. `From` or `filename`.
+    pub fn from_operator(op: &str) -> Option<Field> {
+        Field::ALL
+            .into_iter()
+            .find(|f| f.operator().eq_ignore_ascii_case(op))
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Version of a tenant's index key: 1, 2, 3, ... (never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IndexKeyVersion(NonZeroU32);
+
+impl IndexKeyVersion {
+    /// The first version of every tenant.
+    pub const FIRST: IndexKeyVersion = IndexKeyVersion(NonZeroU32::MIN);
+
+    /// `None` for 0.
+    pub fn new(v: u32) -> Option<Self> {
+        NonZeroU32::new(v).map(Self)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The version after this one, `None` on overflow.
+    pub fn next(self) -> Option<Self> {
+        self.0.checked_add(1).map(Self)
+    }
+}
+
+impl fmt::Display for IndexKeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// A tenant's 256-bit blind-index key and its version.
+///
+/// Like [`crate::crypto::Dek`], it cannot be printed or copied by accident:
+///
+/// ```compile_fail,E0277
+/// use helpr_dataplane::search::{IndexKey, IndexKeyVersion};
+/// let key = IndexKey::generate(IndexKeyVersion::FIRST).unwrap();
+/// println!("{:?}", key);
+/// ```
+///
+/// ```compile_fail,E0599
+/// use helpr_dataplane::search::{IndexKey, IndexKeyVersion};
+/// let key = IndexKey::generate(IndexKeyVersion::FIRST).unwrap();
+/// let copy = key.clone();
+/// ```
+pub struct IndexKey {
+    version: IndexKeyVersion,
+    bytes: Zeroizing<[u8; INDEX_KEY_LEN]>,
+}
+
+impl IndexKey {
+    /// 32 fresh bytes from the operating system's CSPRNG.
+    pub fn generate(version: IndexKeyVersion) -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; INDEX_KEY_LEN]);
+        getrandom::getrandom(bytes.as_mut()).map_err(|_| CryptoError::Rng)?;
+        Ok(Self { version, bytes })
+    }
+
+    /// Takes key bytes handed back by a KMS. Fails unless there are exactly 32.
+    pub fn from_slice(version: IndexKeyVersion, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let array: [u8; INDEX_KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::KeyLength)?;
+        Ok(Self {
+            version,
+            bytes: Zeroizing::new(array),
+        })
+    }
+
+    pub fn version(&self) -> IndexKeyVersion {
+        self.version
+    }
+
+    /// The raw key bytes, for a KMS to wrap. Keep the borrow short.
+    pub fn expose_bytes(&self) -> &[u8; INDEX_KEY_LEN] {
+        &self.bytes
+    }
+
+    pub(crate) fn mac(&self) -> TokenMac {
+        TokenMac(hmac::Key::new(hmac::HMAC_SHA256, self.bytes.as_ref()))
+    }
+}
+
+/// The HMAC state of one index key, built once per text or query (not per token).
+pub(crate) struct TokenMac(hmac::Key);
+
+impl TokenMac {
+    pub(crate) fn blind(&self, field: Field, token: &str) -> BlindToken {
+        let name = field.name().as_bytes();
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(BLIND_DOMAIN);
+        ctx.update(&len_prefix(name.len()));
+        ctx.update(name);
+        ctx.update(&len_prefix(token.len()));
+        ctx.update(token.as_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; BLIND_TOKEN_LEN];
+        out.copy_from_slice(&tag.as_ref()[..BLIND_TOKEN_LEN]);
+        BlindToken(out)
+    }
+}
+
+/// u32 big-endian length. Normalized tokens are at most a few hundred bytes; a string of 4 GiB
+/// or more (never produced by the tokenizer) saturates.
+fn len_prefix(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes()
+}
+
+/// The blind token of one normalized token in one field.
+///
+/// `token` must already be normalized (an output of [`normalize_tokens`]); this function hashes
+/// exactly the bytes it is given.
+pub fn blind(key: &IndexKey, field: Field, token: &str) -> BlindToken {
+    key.mac().blind(field, token)
+}
+
+/// A truncated HMAC-SHA256 (128 bits) of a field name and a normalized token.
+///
+/// Not secret (the search tier stores it), so it prints, as its 22-character base64url form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlindToken([u8; BLIND_TOKEN_LEN]);
+
+impl BlindToken {
+    pub fn from_bytes(bytes: [u8; BLIND_TOKEN_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; BLIND_TOKEN_LEN] {
+        &self.0
+    }
+
+    /// The index form: 22 characters of unpadded base64url (`A-Z a-z 0-9 - _`).
+    pub fn to_base64url(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// 32 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        use fmt::Write as _;
+        let mut out = String::with_capacity(2 * BLIND_TOKEN_LEN);
+        for b in self.0 {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// Parses the base64url form; `None` unless it is exactly 16 bytes of unpadded base64url.
+    pub fn from_base64url(s: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(s).ok()?;
+        let array: [u8; BLIND_TOKEN_LEN] = bytes.try_into().ok()?;
+        Some(Self(array))
+    }
+}
+
+impl fmt::Display for BlindToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64url())
+    }
+}
+
+impl fmt::Debug for BlindToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlindToken({})", self.to_base64url())
+    }
+}
+
+/// How a tenant's index stores terms.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Terms are [`BlindToken`]s: the index holds no plaintext (the default).
+    #[default]
+    Blind,
+    /// Terms are the normalized tokens themselves (opt-in, allows prefix and fuzzy search).
+    Plaintext,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Blind => "blind",
+            Mode::Plaintext => "plaintext",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One index term in either mode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IndexTerm {
+    Blind(BlindToken),
+    Plain(String),
+}
+
+impl IndexTerm {
+    /// The string a backend stores: base64url for blind tokens, the token in plaintext mode.
+    pub fn to_index_string(&self) -> String {
+        match self {
+            IndexTerm::Blind(t) => t.to_base64url(),
+            IndexTerm::Plain(s) => s.clone(),
+        }
+    }
+}
+
+impl fmt::Display for IndexTerm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IndexTerm::Blind(t) => fmt::Display::fmt(t, f),
+            IndexTerm::Plain(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The terms of one field of one message, each with its position (see
+/// [`super::tokenize`] for positions: address parts share one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldTerms<T> {
+    pub field: Field,
+    pub tokens: Vec<(T, u32)>,
+}
+
+/// A field's blind tokens.
+pub type BlindedField = FieldTerms<BlindToken>;
+/// A field's normalized plaintext tokens.
+pub type PlaintextField = FieldTerms<String>;
+/// A field's terms in the tenant's mode.
+pub type IndexedField = FieldTerms<IndexTerm>;
+
+/// Normalizes `text` and blinds every token for `field`. A token that occurs many times is
+/// hashed once.
+pub fn blind_text(key: &IndexKey, field: Field, text: &str) -> BlindedField {
+    let mac = key.mac();
+    let tokens = normalize_tokens(text);
+    let mut seen: HashMap<&str, BlindToken> = HashMap::new();
+    let blinded = tokens
+        .iter()
+        .map(|t| {
+            let b = *seen
+                .entry(t.text.as_str())
+                .or_insert_with(|| mac.blind(field, &t.text));
+            (b, t.position)
+        })
+        .collect();
+    FieldTerms {
+        field,
+        tokens: blinded,
+    }
+}
+
+/// Normalizes `text`: the plaintext-mode counterpart of [`blind_text`].
+pub fn plaintext_text(field: Field, text: &str) -> PlaintextField {
+    FieldTerms {
+        field,
+        tokens: normalize_tokens(text)
+            .into_iter()
+            .map(|t| (t.text, t.position))
+            .collect(),
+    }
+}
+
+/// Turns text into index terms in one mode: blind (with the tenant's key) or plaintext.
+#[derive(Clone, Copy)]
+pub enum Indexer<'k> {
+    Blind(&'k IndexKey),
+    Plaintext,
+}
+
+impl Indexer<'_> {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Indexer::Blind(_) => Mode::Blind,
+            Indexer::Plaintext => Mode::Plaintext,
+        }
+    }
+
+    /// The version of the key terms are blinded under; `None` in plaintext mode.
+    pub fn key_version(&self) -> Option<IndexKeyVersion> {
+        match self {
+            Indexer::Blind(key) => Some(key.version()),
+            Indexer::Plaintext => None,
+        }
+    }
+
+    /// Normalizes `text` into index terms for `field`.
+    pub fn index_text(&self, field: Field, text: &str) -> IndexedField {
+        match self {
+            Indexer::Blind(key) => {
+                let b = blind_text(key, field, text);
+                FieldTerms {
+                    field,
+                    tokens: b
+                        .tokens
+                        .into_iter()
+                        .map(|(t, p)| (IndexTerm::Blind(t), p))
+                        .collect(),
+                }
+            }
+            Indexer::Plaintext => {
+                let p = plaintext_text(field, text);
+                FieldTerms {
+                    field,
+                    tokens: p
+                        .tokens
+                        .into_iter()
+                        .map(|(t, p)| (IndexTerm::Plain(t), p))
+                        .collect(),
+                }
+            }
+        }
+    }
+
+    /// The index term of one already normalized token.
+    pub fn term(&self, field: Field, token: &str) -> IndexTerm {
+        match self {
+            Indexer::Blind(key) => IndexTerm::Blind(blind(key, field, token)),
+            Indexer::Plaintext => IndexTerm::Plain(token.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> IndexKey {
+        match IndexKey::from_slice(IndexKeyVersion::FIRST, &[byte; INDEX_KEY_LEN]) {
+            Ok(k) => k,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn counting_key() -> IndexKey {
+        let bytes: Vec<u8> = (0..32).collect();
+        IndexKey::from_slice(IndexKeyVersion::FIRST, &bytes).unwrap()
+    }
+
+    #[test]
+    fn blind_token_matches_known_answer_for_the_documented_mac_input() {
+        // Computed independently: HMAC-SHA256(key = 00..1f, "helpr/blind/v1" || u32be(7) ||
+        // "subject" || u32be(5) || "hello"), first 16 bytes.
+        let k = counting_key();
+        let t = blind(&k, Field::Subject, "hello");
+        assert_eq!(t.to_hex(), "dd068afb5717282356e2b4a56350cf94");
+        assert_eq!(t.to_base64url(), "3QaK-1cXKCNW4rSlY1DPlA");
+        let t = blind(&k, Field::Body, "müller");
+        assert_eq!(t.to_hex(), "67dfee2534ab686a2f49e875490050fa");
+    }
+
+    #[test]
+    fn blind_is_deterministic() {
+        let k = key(7);
+        assert_eq!(
+            blind(&k, Field::Body, "invoice"),
+            blind(&k, Field::Body, "invoice")
+        );
+        assert_eq!(
+            blind_text(&k, Field::Body, "Invoice 42"),
+            blind_text(&k, Field::Body, "invoice 42")
+        );
+    }
+
+    #[test]
+    fn different_field_gives_different_token() {
+        let k = key(7);
+        let mut all: Vec<BlindToken> = Field::ALL
+            .into_iter()
+            .map(|f| blind(&k, f, "ann"))
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), Field::ALL.len());
+    }
+
+    #[test]
+    fn different_key_gives_different_token() {
+        assert_ne!(
+            blind(&key(1), Field::Body, "invoice"),
+            blind(&key(2), Field::Body, "invoice")
+        );
+    }
+
+    #[test]
+    fn different_token_gives_different_blind_token() {
+        let k = key(1);
+        assert_ne!(blind(&k, Field::Body, "a"), blind(&k, Field::Body, "b"));
+        assert_ne!(blind(&k, Field::Body, ""), blind(&k, Field::Body, "a"));
+    }
+
+    #[test]
+    fn blind_token_is_truncated_to_128_bits() {
+        let t = blind(&key(3), Field::Subject, "x");
+        assert_eq!(t.as_bytes().len(), 16);
+        assert_eq!(t.to_base64url().len(), BLIND_TOKEN_STR_LEN);
+        assert_eq!(t.to_hex().len(), 32);
+    }
+
+    #[test]
+    fn blind_token_string_is_base64url_and_round_trips() {
+        let t = blind(&key(3), Field::Subject, "round trip");
+        let s = t.to_base64url();
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+        assert_eq!(BlindToken::from_base64url(&s), Some(t));
+        assert_eq!(t.to_string(), s);
+        assert_eq!(format!("{t:?}"), format!("BlindToken({s})"));
+        assert_eq!(BlindToken::from_base64url("short"), None);
+        assert_eq!(BlindToken::from_base64url(&format!("{s}AA")), None);
+        assert_eq!(BlindToken::from_base64url("!!!!!!!!!!!!!!!!!!!!!!"), None);
+    }
+
+    #[test]
+    fn blind_form_never_contains_the_plaintext() {
+        let k = key(9);
+        let secret_words = ["canary", "zebra", "ann", "invoice", "müller", "a", "1"];
+        for field in Field::ALL {
+            let blinded = blind_text(&k, field, &secret_words.join(" "));
+            for (token, _) in &blinded.tokens {
+                // Single characters are too short to say anything; check the longer ones.
+                for word in secret_words.iter().filter(|w| w.len() >= 3) {
+                    let folded = crate::search::tokenize::fold(word);
+                    assert!(!token.to_base64url().to_lowercase().contains(&folded));
+                    assert!(!token.to_hex().contains(&folded));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blind_text_keeps_positions_of_the_tokenizer() {
+        let k = key(4);
+        let b = blind_text(&k, Field::From, "Ann Lee <ann@example.com>");
+        let positions: Vec<u32> = b.tokens.iter().map(|(_, p)| *p).collect();
+        let expected: Vec<u32> = normalize_tokens("Ann Lee <ann@example.com>")
+            .iter()
+            .map(|t| t.position)
+            .collect();
+        assert_eq!(positions, expected);
+        assert_eq!(b.tokens[0].0, blind(&k, Field::From, "ann"));
+        assert_eq!(b.tokens[2].0, blind(&k, Field::From, "ann@example.com"));
+        assert_eq!(b.field, Field::From);
+    }
+
+    #[test]
+    fn repeated_tokens_get_the_same_blind_token() {
+        let b = blind_text(&key(4), Field::Body, "spam eggs spam");
+        assert_eq!(b.tokens[0].0, b.tokens[2].0);
+        assert_ne!(b.tokens[0].0, b.tokens[1].0);
+        assert_eq!(b.tokens[2].1, 2);
+    }
+
+    #[test]
+    fn plaintext_mode_emits_the_normalized_tokens() {
+        let p = plaintext_text(Field::Subject, "Re: Müller's Invoice");
+        assert_eq!(
+            p.tokens,
+            [
+                ("re".to_owned(), 0),
+                ("mullers".to_owned(), 1),
+                ("invoice".to_owned(), 2)
+            ]
+        );
+        let terms = Indexer::Plaintext.index_text(Field::Subject, "Re: Invoice");
+        assert_eq!(
+            terms
+                .tokens
+                .iter()
+                .map(|(t, p)| (t.to_index_string(), *p))
+                .collect::<Vec<_>>(),
+            [("re".to_owned(), 0), ("invoice".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn indexer_blind_mode_matches_blind_text() {
+        let k = key(5);
+        let indexer = Indexer::Blind(&k);
+        assert_eq!(indexer.mode(), Mode::Blind);
+        assert_eq!(indexer.key_version(), Some(IndexKeyVersion::FIRST));
+        let terms = indexer.index_text(Field::Body, "hello world");
+        let b = blind_text(&k, Field::Body, "hello world");
+        assert_eq!(terms.tokens.len(), 2);
+        for ((term, p), (token, q)) in terms.tokens.iter().zip(&b.tokens) {
+            assert_eq!(term, &IndexTerm::Blind(*token));
+            assert_eq!(p, q);
+            assert_eq!(term.to_index_string().len(), BLIND_TOKEN_STR_LEN);
+        }
+        assert_eq!(
+            indexer.term(Field::Body, "hello"),
+            IndexTerm::Blind(blind(&k, Field::Body, "hello"))
+        );
+        assert_eq!(Indexer::Plaintext.key_version(), None);
+    }
+
+    #[test]
+    fn index_key_rejects_wrong_length() {
+        assert!(matches!(
+            IndexKey::from_slice(IndexKeyVersion::FIRST, &[0u8; 31]),
+            Err(CryptoError::KeyLength)
+        ));
+        assert!(matches!(
+            IndexKey::from_slice(IndexKeyVersion::FIRST, &[0u8; 33]),
+            Err(CryptoError::KeyLength)
+        ));
+    }
+
+    #[test]
+    fn generated_keys_differ_and_keep_their_version() {
+        let v2 = IndexKeyVersion::FIRST.next().unwrap();
+        let a = IndexKey::generate(v2).unwrap();
+        let b = IndexKey::generate(v2).unwrap();
+        assert_ne!(a.expose_bytes(), b.expose_bytes());
+        assert_eq!(a.version(), v2);
+        assert_eq!(v2.get(), 2);
+        assert_eq!(v2.to_string(), "v2");
+        assert_eq!(IndexKeyVersion::new(0), None);
+    }
+
+    #[test]
+    fn field_names_are_stable_and_round_trip() {
+        let names: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["subject", "from", "to", "body", "attachment_name"]);
+        for f in Field::ALL {
+            assert_eq!(Field::from_name(f.name()), Some(f));
+            assert_eq!(Field::from_operator(f.operator()), Some(f));
+        }
+        assert_eq!(
+            Field::from_operator("FILENAME"),
+            Some(Field::AttachmentName)
+        );
+        assert_eq!(Field::from_name("nope"), None);
+    }
+
+    #[test]
+    fn mode_has_lowercase_names() {
+        assert_eq!(Mode::default(), Mode::Blind);
+        assert_eq!(Mode::Plaintext.to_string(), "plaintext");
+        assert_eq!(
+            serde_json::to_string(&Mode::Blind).unwrap(),
+            "\"blind\"".to_owned()
+        );
+        assert_eq!(
+            serde_json::from_str::<Mode>("\"plaintext\"").unwrap(),
+            Mode::Plaintext
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! Text → normalized tokens with positions: the one tokenizer that indexing and queries share.
+//!
+//! # Pipeline
+//!
+//! 1. **Addresses** are found first (see below); the text between them is split into words by
+//!    Unicode word segmentation (UAX #29, `unicode_words`: segments without a letter or digit,
+//!    such as punctuation, spaces and emoji, are not tokens).
+//! 2. Every word is **folded** ([`fold`]): NFKD (compatibility decomposition, so "ﬁ" → "fi" and
+//!    full-width "Ａ" → "a"), full Unicode lowercase, NFKD again, every nonspacing mark
+//!    (General_Category Mn) dropped except the kana voicing marks U+3099/U+309A, a few letters
+//!    that carry no decomposable diacritic folded by hand ("ß" → "ss", "ς" → "σ", "ł" → "l",
+//!    "ø" → "o", "đ" → "d", "æ" → "ae", "œ" → "oe", "ı" → "i"), apostrophes (U+0027, U+2019)
+//!    and double quotes removed ("don't" → "dont", "O’Brien" → "obrien"), and finally NFC
+//!    (so Hangul and kana come back composed). Folding can create separators ("½" → "1⁄2"), so
+//!    the folded word is segmented once more; each piece is a token.
+//! 3. A token longer than [`MAX_TOKEN_BYTES`] is **truncated** at a character boundary (then
+//!    trailing punctuation is trimmed): two long tokens with the same prefix collide, which can
+//!    only add a hit, never lose one. At most [`MAX_TOKENS_PER_FIELD`] tokens are produced for
+//!    one text; the rest of a huge body is not indexed.
+//!
+//! # Positions
+//!
+//! Each word takes the next position (0, 1, 2, ...), so a phrase is a run of consecutive
+//! positions. All tokens of one email address share **one** position, like synonyms: in
+//! "write to ann@example.com today", a phrase query may use the whole address or any one of its
+//! parts in the address's slot ("to ann@example.com today", "to example.com today").
+//!
+//! # Email addresses
+//!
+//! An address is `local@domain`: the local part is letters, digits and `. _ % + - '` (leading
+//! punctuation trimmed), the domain two or more labels of letters, digits and `-` separated by
+//! dots (a trailing dot is not part of it). For `Ann.Lee+support@Mail.Example.com` the tokens,
+//! all folded like words and all at the same position, are:
+//!
+//! - the whole address `ann.lee+support@mail.example.com` ([`TokenKind::Address`], truncated
+//!   at [`MAX_ADDRESS_BYTES`], the RFC 5321 limit, instead of [`MAX_TOKEN_BYTES`]);
+//! - the local part `ann.lee+support`, the domain `mail.example.com`, each parent domain of two
+//!   or more labels (`example.com`), and every run of letters and digits (`ann`, `lee`,
+//!   `support`, `mail`, `example`, `com`), each once ([`TokenKind::AddressPart`]).
+//!
+//! So `from:ann@example.com`, `from:example.com`, `from:ann.lee` and `from:ann` all match.
+//! A query term that is an address searches for the whole-address token only.
+//! An address needs a dot in its domain: `root@localhost` is two words.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+use unicode_segmentation::UnicodeSegmentation;
+
+/// Longest word token, in bytes of UTF-8 after folding; longer words are truncated.
+pub const MAX_TOKEN_BYTES: usize = 64;
+/// Longest whole-address token, in bytes after folding (RFC 5321's path limit).
+pub const MAX_ADDRESS_BYTES: usize = 254;
+/// Most tokens produced for one text (one field of one message).
+pub const MAX_TOKENS_PER_FIELD: usize = 100_000;
+
+/// What a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// A word of running text.
+    Word,
+    /// A whole email address.
+    Address,
+    /// A part of an email address (local part, domain, parent domain or a word in them),
+    /// at the same position as its [`TokenKind::Address`].
+    AddressPart,
+}
+
+/// One normalized token and its position in the text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// The folded text: lowercase, no diacritics, NFC.
+    pub text: String,
+    /// Word position: +1 per word or address; all tokens of one address share a position.
+    pub position: u32,
+    pub kind: TokenKind,
+}
+
+/// Splits `text` into normalized tokens with positions (see the module docs).
+pub fn normalize_tokens(text: &str) -> Vec<Token> {
+    let mut out = TokenSink::default();
+    let mut rest_start = 0;
+    for (start, end) in find_addresses(text) {
+        if out.full() {
+            break;
+        }
+        out.words(&text[rest_start..start]);
+        out.address(&text[start..end]);
+        rest_start = end;
+    }
+    out.words(&text[rest_start..]);
+    out.tokens
+}
+
+/// Folds one word: compatibility decomposition, lowercase, diacritics dropped, NFC.
+///
+/// This is the per-word step of [`normalize_tokens`]; it does not segment or truncate.
+pub fn fold(word: &str) -> String {
+    let mut folded = String::with_capacity(word.len());
+    for c in word.nfkd().flat_map(char::to_lowercase).nfkd() {
+        match c {
+            '\u{3099}' | '\u{309A}' => folded.push(c),
+            c if c.general_category() == GeneralCategory::NonspacingMark => {}
+            'ß' => folded.push_str("ss"),
+            'ς' => folded.push('σ'),
+            'ł' => folded.push('l'),
+            'ø' => folded.push('o'),
+            'đ' => folded.push('d'),
+            'ı' => folded.push('i'),
+            'æ' => folded.push_str("ae"),
+            'œ' => folded.push_str("oe"),
+            '\'' | '\u{2019}' | '"' => {}
+            c => folded.push(c),
+        }
+    }
+    folded.nfc().collect()
+}
+
+/// Collects tokens, numbering positions and enforcing the caps.
+#[derive(Default)]
+struct TokenSink {
+    tokens: Vec<Token>,
+    next_position: u32,
+}
+
+impl TokenSink {
+    fn full(&self) -> bool {
+        self.tokens.len() >= MAX_TOKENS_PER_FIELD
+    }
+
+    fn words(&mut self, text: &str) {
+        for word in text.unicode_words() {
+            let folded = fold(word);
+            for piece in folded.unicode_words() {
+                if self.full() {
+                    return;
+                }
+                let text = truncate(piece, MAX_TOKEN_BYTES);
+                if text.is_empty() {
+                    continue;
+                }
+                self.tokens.push(Token {
+                    text: text.to_owned(),
+                    position: self.next_position,
+                    kind: TokenKind::Word,
+                });
+                self.next_position = self.next_position.saturating_add(1);
+            }
+        }
+    }
+
+    fn address(&mut self, address: &str) {
+        let folded = fold(address);
+        let Some((local, domain)) = folded.rsplit_once('@') else {
+            // Folding cannot remove the '@'; if it ever did, index the text as words.
+            self.words(address);
+            return;
+        };
+        let position = self.next_position;
+        let mut parts: Vec<(&str, TokenKind)> = vec![
+            (truncate(&folded, MAX_ADDRESS_BYTES), TokenKind::Address),
+            (local, TokenKind::AddressPart),
+            (domain, TokenKind::AddressPart),
+        ];
+        let mut parent = domain;
+        while let Some((_, rest)) = parent.split_once('.') {
+            if !rest.contains('.') {
+                break;
+            }
+            parts.push((rest, TokenKind::AddressPart));
+            parent = rest;
+        }
+        for run in folded.split(|c: char| !c.is_alphanumeric()) {
+            parts.push((run, TokenKind::AddressPart));
+        }
+        let mut emitted: Vec<&str> = Vec::with_capacity(parts.len());
+        for (part, kind) in parts {
+            if self.full() {
+                break;
+            }
+            let part = match kind {
+                TokenKind::Address => part,
+                _ => truncate(part, MAX_TOKEN_BYTES),
+            };
+            if part.is_empty() || emitted.contains(&part) {
+                continue;
+            }
+            emitted.push(part);
+            self.tokens.push(Token {
+                text: part.to_owned(),
+                position,
+                kind,
+            });
+        }
+        self.next_position = self.next_position.saturating_add(1);
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes ending on a character boundary, without
+/// trailing characters that are neither letters, digits nor `_` (so the prefix is a word).
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '_'))
+}
+
+fn is_local_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-' | '\'')
+}
+
+/// Byte ranges of the email addresses in `text`, in order, not overlapping.
+fn find_addresses(text: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut last_end = 0;
+    for (at, _) in text.match_indices('@') {
+        if at < last_end {
+            continue;
+        }
+        let mut start = at;
+        for (i, c) in text[last_end..at].char_indices().rev() {
+            if !is_local_char(c) {
+                break;
+            }
+            start = last_end + i;
+        }
+        // The local part starts at its first letter or digit.
+        let local = &text[start..at];
+        let Some(offset) = local.find(char::is_alphanumeric) else {
+            continue;
+        };
+        start += offset;
+        let domain_len = domain_length(&text[at + 1..]);
+        if domain_len == 0 {
+            continue;
+        }
+        let end = at + 1 + domain_len;
+        found.push((start, end));
+        last_end = end;
+    }
+    found
+}
+
+/// Length in bytes of the domain at the start of `s` (two or more dot-separated labels of
+/// letters, digits and `-`, each starting with a letter or digit), or 0 if there is none.
+fn domain_length(s: &str) -> usize {
+    let mut labels = 0;
+    let mut in_label = false;
+    let mut end = 0;
+    for (i, c) in s.char_indices() {
+        if c.is_alphanumeric() {
+            in_label = true;
+            end = i + c.len_utf8();
+        } else if c == '-' && in_label {
+            // Inside a label; the label still has to end in a letter or digit to count.
+        } else if c == '.' && in_label {
+            labels += 1;
+            in_label = false;
+        } else {
+            break;
+        }
+    }
+    if in_label {
+        labels += 1;
+    }
+    if labels >= 2 { end } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(input: &str) -> Vec<String> {
+        normalize_tokens(input)
+            .into_iter()
+            .map(|t| t.text)
+            .collect()
+    }
+
+    fn words(input: &str) -> Vec<(String, u32)> {
+        normalize_tokens(input)
+            .into_iter()
+            .map(|t| (t.text, t.position))
+            .collect()
+    }
+
+    #[test]
+    fn lowercases_full_unicode() {
+        assert_eq!(
+            texts("Hello WORLD ΣΟΦΙΑ Привет"),
+            ["hello", "world", "σοφια", "привет"]
+        );
+    }
+
+    #[test]
+    fn folds_diacritics_and_compatibility_forms() {
+        assert_eq!(
+            texts("Müller Ångström ﬁle café naïve"),
+            ["muller", "angstrom", "file", "cafe", "naive"]
+        );
+    }
+
+    #[test]
+    fn folds_decomposed_input_like_precomposed_input() {
+        assert_eq!(texts("Mu\u{308}ller"), texts("Müller"));
+    }
+
+    #[test]
+    fn folds_sharp_s_final_sigma_and_stroked_letters() {
+        assert_eq!(
+            texts("Straße STRASSE ὁδός Łódź Søren Æsir"),
+            ["strasse", "strasse", "οδοσ", "lodz", "soren", "aesir"]
+        );
+    }
+
+    #[test]
+    fn folds_full_width_forms() {
+        assert_eq!(texts("ＨＥＬＬＯ １２３"), ["hello", "123"]);
+    }
+
+    #[test]
+    fn keeps_numbers_and_decimal_numbers() {
+        assert_eq!(
+            texts("invoice 4711 costs 3.14 on 2026"),
+            ["invoice", "4711", "costs", "3.14", "on", "2026"]
+        );
+    }
+
+    #[test]
+    fn removes_apostrophes_inside_words() {
+        assert_eq!(texts("don't DON’T O'Brien"), ["dont", "dont", "obrien"]);
+    }
+
+    #[test]
+    fn ignores_emoji_and_punctuation() {
+        assert_eq!(texts("🎉 hello, world! 👍🏽 -- ... ???"), ["hello", "world"]);
+        assert!(normalize_tokens("🎉👍🏽 !!! ---").is_empty());
+    }
+
+    #[test]
+    fn segments_cjk_ideographs_one_per_token() {
+        assert_eq!(texts("東京都"), ["東", "京", "都"]);
+    }
+
+    #[test]
+    fn keeps_katakana_runs_and_kana_voicing() {
+        assert_eq!(texts("メール"), ["メール"]);
+        // Voiced kana survive folding (the voicing mark is not treated as a diacritic).
+        assert_eq!(texts("ガ"), ["ガ"]);
+        assert_ne!(texts("ガ"), texts("カ"));
+    }
+
+    #[test]
+    fn keeps_hangul_composed() {
+        assert_eq!(texts("안녕하세요 세계"), ["안녕하세요", "세계"]);
+    }
+
+    #[test]
+    fn splits_hyphenated_words() {
+        assert_eq!(words("e-mail"), [("e".into(), 0), ("mail".into(), 1)]);
+    }
+
+    #[test]
+    fn numbers_positions_consecutively() {
+        assert_eq!(
+            words("the quick, brown fox"),
+            [
+                ("the".into(), 0),
+                ("quick".into(), 1),
+                ("brown".into(), 2),
+                ("fox".into(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_text_has_no_tokens() {
+        assert!(normalize_tokens("").is_empty());
+        assert!(normalize_tokens("   \n\t ").is_empty());
+    }
+
+    #[test]
+    fn indexes_address_whole_and_parts_at_one_position() {
+        let tokens = normalize_tokens("Ann Lee <Ann.Lee+support@Mail.Example.COM> wrote");
+        let at_2: Vec<(&str, TokenKind)> = tokens
+            .iter()
+            .filter(|t| t.position == 2)
+            .map(|t| (t.text.as_str(), t.kind))
+            .collect();
+        assert_eq!(
+            at_2,
+            [
+                ("ann.lee+support@mail.example.com", TokenKind::Address),
+                ("ann.lee+support", TokenKind::AddressPart),
+                ("mail.example.com", TokenKind::AddressPart),
+                ("example.com", TokenKind::AddressPart),
+                ("ann", TokenKind::AddressPart),
+                ("lee", TokenKind::AddressPart),
+                ("support", TokenKind::AddressPart),
+                ("mail", TokenKind::AddressPart),
+                ("example", TokenKind::AddressPart),
+                ("com", TokenKind::AddressPart),
+            ]
+        );
+        assert_eq!(tokens[0].text, "ann");
+        assert_eq!(tokens[1].text, "lee");
+        let wrote = tokens.iter().find(|t| t.text == "wrote");
+        assert_eq!(wrote.map(|t| t.position), Some(3));
+    }
+
+    #[test]
+    fn address_parts_are_not_repeated() {
+        let t = texts("ann@ann.com");
+        assert_eq!(t, ["ann@ann.com", "ann", "ann.com", "com"]);
+    }
+
+    #[test]
+    fn address_excludes_surrounding_punctuation() {
+        assert_eq!(
+            texts("(mailto:bob@example.org.)")[..2],
+            ["mailto".to_owned(), "bob@example.org".to_owned()]
+        );
+        assert_eq!(texts("'bob@example.org'")[0], "bob@example.org");
+    }
+
+    #[test]
+    fn address_without_dot_in_domain_is_words() {
+        assert_eq!(texts("root@localhost"), ["root", "localhost"]);
+    }
+
+    #[test]
+    fn at_sign_without_address_is_ignored() {
+        assert_eq!(
+            texts("meet @ 5 or @@ a@ @b.com"),
+            ["meet", "5", "or", "a", "b.com"]
+        );
+    }
+
+    #[test]
+    fn two_adjacent_addresses_are_found_separately() {
+        let tokens = normalize_tokens("a@b.com,c@d.org");
+        let whole: Vec<(&str, u32)> = tokens
+            .iter()
+            .filter(|t| t.kind == TokenKind::Address)
+            .map(|t| (t.text.as_str(), t.position))
+            .collect();
+        assert_eq!(whole, [("a@b.com", 0), ("c@d.org", 1)]);
+    }
+
+    #[test]
+    fn address_is_folded_like_words() {
+        assert_eq!(texts("JÜRGEN@Bücher.DE")[0], "jurgen@bucher.de");
+    }
+
+    #[test]
+    fn truncates_long_tokens_at_64_bytes() {
+        let long = "a".repeat(200);
+        assert_eq!(texts(&long), ["a".repeat(MAX_TOKEN_BYTES)]);
+        // Multi-byte characters are cut at a character boundary.
+        let long = "é".repeat(100);
+        let t = texts(&long);
+        assert_eq!(t[0], "e".repeat(64));
+        let long = "ж".repeat(100);
+        let t = texts(&long);
+        assert_eq!(t[0].len(), 64);
+        assert!(t[0].chars().all(|c| c == 'ж'));
+    }
+
+    #[test]
+    fn truncated_token_does_not_end_in_punctuation() {
+        let word = format!("{}.{}", "a".repeat(63), "b".repeat(10));
+        assert_eq!(texts(&word), ["a".repeat(63)]);
+    }
+
+    #[test]
+    fn caps_tokens_per_field() {
+        let body = "word ".repeat(MAX_TOKENS_PER_FIELD + 10);
+        let tokens = normalize_tokens(&body);
+        assert_eq!(tokens.len(), MAX_TOKENS_PER_FIELD);
+        assert_eq!(
+            tokens.last().map(|t| t.position),
+            Some(MAX_TOKENS_PER_FIELD as u32 - 1)
+        );
+    }
+
+    #[test]
+    fn normalized_tokens_normalize_to_themselves() {
+        let input = "Müller's ÉCOLE ﬁne 3.14 東京 don’t ann@Example.com e-mail ½ ㎒";
+        for token in normalize_tokens(input) {
+            if token.kind != TokenKind::Word {
+                continue;
+            }
+            assert_eq!(
+                texts(&token.text),
+                std::slice::from_ref(&token.text),
+                "{token:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_text_never_panics_and_tokens_are_stable() {
+        let alphabet: Vec<char> = "aZé@.-_'\" ()ß東ガ🎉1 \u{308}\u{301}:+ﬁ½ı\u{3099}\n"
+            .chars()
+            .collect();
+        let mut rng = crate::search::tests_support::XorShift::new(0x5eed);
+        for _ in 0..3000 {
+            let len = rng.below(40);
+            let s: String = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let tokens = normalize_tokens(&s);
+            let mut last = 0;
+            for t in &tokens {
+                assert!(!t.text.is_empty(), "{s:?}");
+                assert!(t.position >= last, "{s:?}");
+                last = t.position;
+                assert!(t.text.len() <= MAX_ADDRESS_BYTES);
+                if t.kind == TokenKind::Word {
+                    assert_eq!(texts(&t.text), std::slice::from_ref(&t.text), "input {s:?}");
+                }
+            }
+        }
+    }
+}
