@@ -1,6 +1,6 @@
 //! Field encryption: AES-256-GCM under a per-tenant data encryption key (DEK).
 //!
-//! No I/O happens here. Keys live in [`Zeroizing`] buffers and are wiped when dropped;
+//! No I/O happens here. Keys live in `zeroize::Zeroizing` buffers and are wiped when dropped;
 //! no key type implements `Debug` or `Display`, and no error carries key or plaintext bytes.
 //!
 //! # Sealed field format (format byte `0x01`)
