@@ -11,18 +11,28 @@
 //! ever receives their output.
 
 pub mod blind;
+pub mod index;
 pub mod query;
+pub mod tantivy_index;
 pub mod tokenize;
+
+#[cfg(test)]
+mod conformance;
 
 pub use blind::{
     BLIND_TOKEN_LEN, BLIND_TOKEN_STR_LEN, BlindToken, BlindedField, Field, FieldTerms,
     INDEX_KEY_LEN, IndexKey, IndexKeyVersion, IndexTerm, IndexedField, Indexer, Mode,
     PlaintextField, blind, blind_text, plaintext_text,
 };
+pub use index::{
+    Cursor, DeleteScope, IndexDoc, IndexStats, SearchError, SearchHit, SearchIndex, SearchPage,
+    SearchRequest,
+};
 pub use query::{
     BlindQuery, IndexQuery, PlaintextQuery, Query, QueryError, QueryErrorKind, ResolvedQuery,
     blind_query, index_query, plaintext_query,
 };
+pub use tantivy_index::{TantivyConfig, TantivyIndex};
 pub use tokenize::{Token, TokenKind, normalize_tokens};
 
 #[cfg(test)]
