@@ -70,6 +70,34 @@ pub struct Settings {
     pub google: GoogleConfig,
     /// Sync worker (`sync.poll_interval_secs`, batching, retries).
     pub sync: SyncConfig,
+    /// Search (`search.mode`, `search.index_dir`, `search.commit_interval_ms`,
+    /// `search.writer_heap_mb`).
+    pub search: SearchSettings,
+}
+
+/// The embedded search index (tantivy).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// `blind` (default: the index holds no plaintext) or `plaintext` (opt-in).
+    pub mode: crate::search::Mode,
+    /// Directory of the per-tenant indexes; default `<data_dir>/index`.
+    pub index_dir: Option<PathBuf>,
+    /// Longest time from indexing to searchable, in milliseconds (default 1000).
+    pub commit_interval_ms: u64,
+    /// Memory budget of each tenant's index writer, in MiB (default 64, at least 15).
+    pub writer_heap_mb: usize,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            mode: crate::search::Mode::Blind,
+            index_dir: None,
+            commit_interval_ms: 1000,
+            writer_heap_mb: 64,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -83,6 +111,7 @@ impl Default for Settings {
             gmail: GmailConfig::default(),
             google: GoogleConfig::default(),
             sync: SyncConfig::default(),
+            search: SearchSettings::default(),
         }
     }
 }
@@ -207,6 +236,19 @@ impl Settings {
                 Ok(Arc::new(VaultKms::new(cfg)?))
             }
         }
+    }
+
+    /// The tantivy backend under `search.index_dir` (needs a tokio runtime: it starts the
+    /// periodic committer).
+    pub fn open_search_index(&self) -> Result<crate::search::TantivyIndex, ConfigError> {
+        let root = match &self.search.index_dir {
+            Some(dir) => dir.clone(),
+            None => self.ensure_data_dir()?.join("index"),
+        };
+        let mut cfg = crate::search::TantivyConfig::new(root);
+        cfg.commit_interval = std::time::Duration::from_millis(self.search.commit_interval_ms);
+        cfg.writer_heap_bytes = self.search.writer_heap_mb.saturating_mul(1024 * 1024);
+        crate::search::TantivyIndex::open(cfg).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// Store, KMS and keyring together.

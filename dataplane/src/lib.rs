@@ -21,3 +21,4 @@ pub mod kms;
 pub mod metrics;
 pub mod search;
 pub mod store;
+pub mod tools;

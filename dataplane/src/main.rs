@@ -55,6 +55,42 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Send local messages (.eml file, directory of .eml files, or mbox) through the ingest
+    /// pipeline (parse, strip quotes, sanitize, seal, store) and index them.
+    Import {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Address of the tenant's inbox to import into.
+        #[arg(long)]
+        inbox: String,
+        /// A .eml file, a directory (searched recursively for .eml and .mbox), or an mbox.
+        path: PathBuf,
+    },
+    /// Search a tenant's mail and print date, inbox, subject and snippet of each hit.
+    Search {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Restrict to these inbox addresses (repeatable); default every inbox of the tenant.
+        #[arg(long = "inbox", value_name = "ADDRESS")]
+        inboxes: Vec<String>,
+        /// Most hits to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Continue after a previous page (the cursor it printed).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The query: words, "phrases", from:, to:, subject:, filename:, has:attachment,
+        /// before:/after:YYYY-MM-DD, -negation, OR.
+        query: String,
+    },
+    /// Rebuild a tenant's search index from the sealed store (resumable).
+    Reindex {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
     /// Run parse, quote stripping and sanitizing on one message and print, as JSON,
     /// exactly what would be stored (before sealing). Stores nothing.
     Inspect {
@@ -219,6 +255,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Import {
+            tenant,
+            inbox,
+            path,
+        } => run_import(&settings, &tenant.tenant, &inbox, &path).await?,
+        Command::Search {
+            tenant,
+            inboxes,
+            limit,
+            cursor,
+            json,
+            query,
+        } => {
+            run_search(
+                &settings,
+                &tenant.tenant,
+                &inboxes,
+                &query,
+                limit,
+                cursor.as_deref(),
+                json,
+            )
+            .await?
+        }
+        Command::Reindex { tenant } => run_reindex(&settings, &tenant.tenant).await?,
         Command::Ingest { listen } => run_ingest(&settings, listen).await?,
         Command::Sync { tenant, once } => run_sync(&settings, &tenant.tenant, once).await?,
         Command::Inspect { file } => {
@@ -390,6 +451,165 @@ async fn run_sync(settings: &Settings, tenant: &TenantId, once: bool) -> anyhow:
     let _ = tx.send(true);
     let _ = handle.await;
     Ok(())
+}
+
+async fn open_search(
+    settings: &Settings,
+) -> anyhow::Result<(
+    std::sync::Arc<helpr_dataplane::keyring::Keyring>,
+    helpr_dataplane::search::service::SearchService,
+)> {
+    let keyring = std::sync::Arc::new(settings.open_keyring().await?);
+    let index = std::sync::Arc::new(settings.open_search_index()?);
+    let service = helpr_dataplane::search::service::SearchService::new(
+        keyring.clone(),
+        index,
+        settings.search.mode,
+    );
+    Ok((keyring, service))
+}
+
+/// A one-line progress bar on standard error.
+fn progress_bar(label: &str, done: u64, total: u64) {
+    use std::io::Write as _;
+    let width = 30u64;
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r{label} [{}{}] {done}/{total}",
+        "#".repeat(filled as usize),
+        "-".repeat((width - filled) as usize)
+    );
+    if done >= total {
+        let _ = writeln!(err);
+    }
+    let _ = err.flush();
+}
+
+async fn run_import(
+    settings: &Settings,
+    tenant: &TenantId,
+    inbox: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use helpr_dataplane::tools;
+    let messages = tools::read_messages(path)?;
+    let (keyring, service) = open_search(settings).await?;
+    let inbox = tools::find_inbox(&keyring, tenant, inbox).await?;
+    let report = tools::import(&service, &keyring, &inbox, &messages, |done, total| {
+        progress_bar("importing", done as u64, total as u64)
+    })
+    .await?;
+    for (origin, reason) in &report.rejected {
+        eprintln!("skipped {origin}: {reason}");
+    }
+    println!(
+        "{} stored, {} already stored, {} rejected; {} indexed",
+        report.stored,
+        report.already_stored,
+        report.rejected.len(),
+        report.indexed
+    );
+    if let Some(holder) = report.index_holder {
+        println!("the search index is held by {holder}: it indexes the new messages");
+    }
+    Ok(())
+}
+
+async fn run_search(
+    settings: &Settings,
+    tenant: &TenantId,
+    inboxes: &[String],
+    query: &str,
+    limit: usize,
+    cursor: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (keyring, service) = open_search(settings).await?;
+    let store = keyring.store().clone();
+    anyhow::ensure!(
+        store.get_tenant(tenant).await?.is_some(),
+        "tenant {tenant} does not exist"
+    );
+    let all = store.list_inboxes(tenant).await?;
+    let mut allowed = std::collections::BTreeSet::new();
+    if inboxes.is_empty() {
+        allowed.extend(all.iter().map(|i| i.id.clone()));
+    } else {
+        for wanted in inboxes {
+            let inbox = all
+                .iter()
+                .find(|i| i.address.eq_ignore_ascii_case(wanted.trim()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("tenant {tenant} has no inbox with the address given")
+                })?;
+            allowed.insert(inbox.id.clone());
+        }
+    }
+    let page = service
+        .search(tenant, &allowed, query, limit, cursor)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    let address = |id: &str| {
+        all.iter()
+            .find(|i| i.id == id)
+            .map(|i| i.address.clone())
+            .unwrap_or_default()
+    };
+    for hit in &page.hits {
+        println!(
+            "{}  {}  {}\n    {}",
+            format_date(hit.date_ms),
+            address(&hit.inbox_id),
+            hit.subject,
+            hit.snippet
+        );
+    }
+    println!("{} hit(s)", page.hits.len());
+    if let Some(next) = page.next {
+        println!("more: --cursor {next}");
+    }
+    Ok(())
+}
+
+async fn run_reindex(settings: &Settings, tenant: &TenantId) -> anyhow::Result<()> {
+    let (keyring, service) = open_search(settings).await?;
+    anyhow::ensure!(
+        keyring.store().get_tenant(tenant).await?.is_some(),
+        "tenant {tenant} does not exist"
+    );
+    let done = service
+        .reindex(tenant, 200, |pending, total| {
+            progress_bar("reindexing", total - pending.min(total), total)
+        })
+        .await?;
+    println!("tenant {tenant}: {done} message(s) indexed");
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of an epoch-ms instant.
+fn format_date(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
 }
 
 fn print_status(versions: &[KeyVersionStatus]) {

@@ -1045,6 +1045,77 @@ mod cases {
         Ok(())
     }
 
+    /// Stored messages carry the index marker (set in the same row, so in the same
+    /// transaction); the indexer clears it, reindex sets it again, deletes remove it.
+    pub async fn index_outbox_and_index_keys(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "other").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let other_inbox = inbox(s, &other, "support@other.example").await;
+        let k = key();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let m = message(&k, &t, &inbox_id, &format!("gm-{i}"), "th", 1_700_000_000_000 + i, 0);
+            s.insert_message(&m).await?;
+            ids.push(m.id);
+        }
+        let om = message(&k, &other, &other_inbox, "gm-x", "th", 1_700_000_000_000, 0);
+        s.insert_message(&om).await?;
+        // Batched sync writes set the marker too.
+        let batch = vec![message(&k, &t, &inbox_id, "gm-batch", "th", 1_700_000_000_100, 1)];
+        s.store_synced_messages(&t, &inbox_id, &batch, Some(10)).await?;
+        ids.push(batch[0].id.clone());
+        ids.sort();
+
+        assert_eq!(s.index_progress(&t).await?, (6, 6));
+        assert_eq!(s.pending_index(&t, 100).await?, ids);
+        assert_eq!(s.pending_index(&t, 2).await?, ids[..2].to_vec());
+        // Another tenant's ids are ignored.
+        s.mark_indexed(&t, &[ids[0].clone(), ids[1].clone(), om.id.clone()])
+            .await?;
+        assert_eq!(s.pending_index(&t, 100).await?, ids[2..].to_vec());
+        assert_eq!(s.pending_index(&other, 100).await?, vec![om.id.clone()]);
+        assert_eq!(s.index_progress(&t).await?, (4, 6));
+        s.mark_indexed(&t, &ids).await?;
+        assert_eq!(s.index_progress(&t).await?, (0, 6));
+        assert!(s.pending_index(&t, 100).await?.is_empty());
+        assert_eq!(s.mark_all_for_reindex(&t).await?, 6);
+        assert_eq!(s.index_progress(&t).await?, (6, 6));
+        assert!(s.delete_message(&t, &ids[0]).await?);
+        assert_eq!(s.pending_index(&t, 100).await?, ids[1..].to_vec());
+        assert_eq!(s.index_progress(&other).await?, (1, 1));
+        s.mark_indexed(&t, &[]).await?;
+
+        // Index keys: versioned, the highest is current, duplicates conflict.
+        use helpr_dataplane::store::IndexKeyRecord;
+        assert_eq!(s.current_index_key(&t).await?, None);
+        let rec = |v: u32| IndexKeyRecord {
+            tenant_id: t.clone(),
+            version: v,
+            wrapped_key: format!("local:v1:wrapped-{v}"),
+            kms_key_ref: "helpr-acme".into(),
+            created_at_ms: 1_700_000_000_000,
+        };
+        s.insert_index_key(&rec(1)).await?;
+        assert!(matches!(
+            s.insert_index_key(&rec(1)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.insert_index_key(&rec(2)).await?;
+        assert_eq!(s.current_index_key(&t).await?, Some(rec(2)));
+        assert_eq!(s.current_index_key(&other).await?, None);
+        let unknown = IndexKeyRecord {
+            tenant_id: tid("nobody"),
+            ..rec(1)
+        };
+        assert!(matches!(
+            s.insert_index_key(&unknown).await,
+            Err(StoreError::NotFound(_))
+        ));
+        Ok(())
+    }
+
     pub async fn delete_message_leaves_no_trace(b: &Backend) -> anyhow::Result<()> {
         let s = b.store();
         let t = tenant(s, "acme").await;
@@ -1256,6 +1327,7 @@ conformance!(
     messages_group_into_conversations,
     insert_refuses_foreign_inbox,
     delete_message_leaves_no_trace,
+    index_outbox_and_index_keys,
     audit_events,
     unavailable_database,
     sync_jobs_enqueue_replay_duplicate_and_claim,

@@ -91,6 +91,18 @@ pub struct KeyVersionRecord {
     pub created_at_ms: UnixMillis,
 }
 
+/// One version of a tenant's search index key, wrapped by the KMS (see
+/// [`crate::search::keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexKeyRecord {
+    pub tenant_id: TenantId,
+    pub version: u32,
+    /// The KMS's wrapped form (`vault:vN:...`).
+    pub wrapped_key: String,
+    pub kms_key_ref: String,
+    pub created_at_ms: UnixMillis,
+}
+
 /// Result of asking for a block of seals on one DEK version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealReservation {
@@ -461,6 +473,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     // --- audit -----------------------------------------------------------------------
+
+    // --- search --------------------------------------------------------------------------
+
+    /// Stores a new index key version; `Conflict` when the version exists.
+    async fn insert_index_key(&self, key: &IndexKeyRecord) -> Result<(), StoreError>;
+    /// The highest index key version of the tenant.
+    async fn current_index_key(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<IndexKeyRecord>, StoreError>;
+    /// Up to `limit` ids of the tenant's messages whose index marker is set, in id order.
+    async fn pending_index(&self, tenant: &TenantId, limit: u32)
+    -> Result<Vec<String>, StoreError>;
+    /// Clears the index marker of these messages (ids of other tenants are ignored).
+    async fn mark_indexed(&self, tenant: &TenantId, ids: &[String]) -> Result<(), StoreError>;
+    /// Sets the index marker of every message of the tenant (reindex); returns how many.
+    async fn mark_all_for_reindex(&self, tenant: &TenantId) -> Result<u64, StoreError>;
+    /// (messages with the marker set, all messages) of the tenant.
+    async fn index_progress(&self, tenant: &TenantId) -> Result<(u64, u64), StoreError>;
 
     async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// A tenant's audit events, oldest first.

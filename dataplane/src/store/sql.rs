@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, InsertOutcome, KeyVersionRecord,
+    AuditEvent, EnqueueOutcome, IndexKeyRecord, InboxRecord, InboxStatus, InsertOutcome, KeyVersionRecord,
     MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store, StoreError,
     StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
@@ -314,6 +314,20 @@ const INSERT_TENANT: &str =
     "INSERT INTO tenants (id, display_name, created_at_ms) VALUES ($1, $2, $3)";
 const GET_TENANT: &str = "SELECT id, display_name, created_at_ms FROM tenants WHERE id = $1";
 const LIST_TENANTS: &str = "SELECT id, display_name, created_at_ms FROM tenants ORDER BY id";
+
+const INSERT_INDEX_KEY: &str = "INSERT INTO tenant_index_keys \
+     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms) VALUES ($1, $2, $3, $4, $5)";
+const CURRENT_INDEX_KEY: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
+     created_at_ms FROM tenant_index_keys WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1";
+const PENDING_INDEX: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND index_pending \
+     ORDER BY id LIMIT $2";
+const MARK_INDEXED: &str =
+    "UPDATE messages SET index_pending = FALSE WHERE tenant_id = $1 AND id = $2";
+const MARK_ALL_FOR_REINDEX: &str =
+    "UPDATE messages SET index_pending = TRUE WHERE tenant_id = $1";
+const INDEX_PROGRESS: &str = "SELECT \
+     COALESCE(SUM(CASE WHEN index_pending THEN 1 ELSE 0 END), 0) AS pending, \
+     COUNT(*) AS total FROM messages WHERE tenant_id = $1";
 
 const INSERT_KEY: &str = "INSERT INTO tenant_keys \
      (tenant_id, version, wrapped_dek, kms_key_ref, seal_count, retired, created_at_ms) \
@@ -1561,6 +1575,103 @@ macro_rules! sql_store {
             }
 
             // --- audit -----------------------------------------------------------------
+
+            // --- search ------------------------------------------------------------------
+
+            async fn insert_index_key(&self, key: &IndexKeyRecord) -> Result<(), StoreError> {
+                const OP: &str = "insert_index_key";
+                sqlx::query(INSERT_INDEX_KEY)
+                    .bind(key.tenant_id.as_str())
+                    .bind(i64::from(key.version))
+                    .bind(&key.wrapped_key)
+                    .bind(&key.kms_key_ref)
+                    .bind(key.created_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(constraint_err(OP, "index key version", "tenant"))?;
+                Ok(())
+            }
+
+            async fn current_index_key(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Option<IndexKeyRecord>, StoreError> {
+                const T: &str = "tenant_index_keys";
+                let row = sqlx::query(CURRENT_INDEX_KEY)
+                    .bind(tenant.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("current_index_key"))?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some(IndexKeyRecord {
+                    tenant_id: to_tenant(T, Self::col(&row, T, "tenant_id")?)?,
+                    version: to_version(T, Self::col(&row, T, "version")?)?.get(),
+                    wrapped_key: Self::col(&row, T, "wrapped_key")?,
+                    kms_key_ref: Self::col(&row, T, "kms_key_ref")?,
+                    created_at_ms: Self::col(&row, T, "created_at_ms")?,
+                }))
+            }
+
+            async fn pending_index(
+                &self,
+                tenant: &TenantId,
+                limit: u32,
+            ) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(PENDING_INDEX)
+                    .bind(tenant.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("pending_index"))?;
+                rows.iter()
+                    .map(|r| Self::col::<String>(r, "messages", "id"))
+                    .collect()
+            }
+
+            async fn mark_indexed(
+                &self,
+                tenant: &TenantId,
+                ids: &[String],
+            ) -> Result<(), StoreError> {
+                const OP: &str = "mark_indexed";
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write(OP).await?;
+                for id in ids {
+                    sqlx::query(MARK_INDEXED)
+                        .bind(tenant.as_str())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                }
+                tx.commit().await.map_err(db_err(OP))
+            }
+
+            async fn mark_all_for_reindex(&self, tenant: &TenantId) -> Result<u64, StoreError> {
+                let done = sqlx::query(MARK_ALL_FOR_REINDEX)
+                    .bind(tenant.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("mark_all_for_reindex"))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn index_progress(&self, tenant: &TenantId) -> Result<(u64, u64), StoreError> {
+                const T: &str = "messages";
+                let row = sqlx::query(INDEX_PROGRESS)
+                    .bind(tenant.as_str())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err("index_progress"))?;
+                let pending: i64 = Self::col(&row, T, "pending")?;
+                let total: i64 = Self::col(&row, T, "total")?;
+                Ok((
+                    to_u64(T, pending, "negative count")?,
+                    to_u64(T, total, "negative count")?,
+                ))
+            }
 
             async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
                 sqlx::query(INSERT_AUDIT)
