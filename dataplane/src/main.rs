@@ -473,7 +473,10 @@ async fn open_search(
 fn progress_bar(label: &str, done: u64, total: u64) {
     use std::io::Write as _;
     let width = 30u64;
-    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     let mut err = std::io::stderr();
     let _ = write!(
         err,

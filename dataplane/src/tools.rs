@@ -67,11 +67,9 @@ pub fn read_messages(path: &Path) -> Result<Vec<RawMessage>, ImportError> {
                 let p = entry.path();
                 if p.is_dir() {
                     stack.push(p);
-                } else if p
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| e.eq_ignore_ascii_case("eml") || e.eq_ignore_ascii_case("mbox"))
-                {
+                } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    e.eq_ignore_ascii_case("eml") || e.eq_ignore_ascii_case("mbox")
+                }) {
                     files.push(p);
                 }
             }

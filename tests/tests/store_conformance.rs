@@ -1056,15 +1056,32 @@ mod cases {
         let k = key();
         let mut ids = Vec::new();
         for i in 0..5 {
-            let m = message(&k, &t, &inbox_id, &format!("gm-{i}"), "th", 1_700_000_000_000 + i, 0);
+            let m = message(
+                &k,
+                &t,
+                &inbox_id,
+                &format!("gm-{i}"),
+                "th",
+                1_700_000_000_000 + i,
+                0,
+            );
             s.insert_message(&m).await?;
             ids.push(m.id);
         }
         let om = message(&k, &other, &other_inbox, "gm-x", "th", 1_700_000_000_000, 0);
         s.insert_message(&om).await?;
         // Batched sync writes set the marker too.
-        let batch = vec![message(&k, &t, &inbox_id, "gm-batch", "th", 1_700_000_000_100, 1)];
-        s.store_synced_messages(&t, &inbox_id, &batch, Some(10)).await?;
+        let batch = vec![message(
+            &k,
+            &t,
+            &inbox_id,
+            "gm-batch",
+            "th",
+            1_700_000_000_100,
+            1,
+        )];
+        s.store_synced_messages(&t, &inbox_id, &batch, Some(10))
+            .await?;
         ids.push(batch[0].id.clone());
         ids.sort();
 

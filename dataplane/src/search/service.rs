@@ -26,7 +26,9 @@ use crate::crypto::{CryptoError, DekVersion, SealContext, SealedField};
 use crate::ids::TenantId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::kms::{DekContext, KeyRef, KmsError, WrappedDek};
-use crate::store::{IndexKeyRecord, MessageFields, NewAttachment, StoreError, StoredMessage, now_ms};
+use crate::store::{
+    IndexKeyRecord, MessageFields, NewAttachment, StoreError, StoredMessage, now_ms,
+};
 
 const INDEX_KEY_DERIVATION: &[u8] = b"helpr/index-key/v1";
 
@@ -178,7 +180,10 @@ impl SearchService {
         );
         let key_version =
             IndexKeyVersion::new(record.version).ok_or(CryptoError::Malformed("version"))?;
-        let key = Arc::new(IndexKey::from_slice(key_version, &derived[..INDEX_KEY_LEN])?);
+        let key = Arc::new(IndexKey::from_slice(
+            key_version,
+            &derived[..INDEX_KEY_LEN],
+        )?);
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -210,10 +215,18 @@ impl SearchService {
         let f = &message.fields;
         let names = MessageFields::FIELD_NAMES;
         let subject = self.open_text(t, &message.id, names[0], &f.subject).await?;
-        let from = self.open_text(t, &message.id, names[1], &f.from_addr).await?;
-        let to = self.open_text(t, &message.id, names[2], &f.to_addrs).await?;
-        let cc = self.open_text(t, &message.id, names[3], &f.cc_addrs).await?;
-        let body = self.open_text(t, &message.id, names[5], &f.text_body).await?;
+        let from = self
+            .open_text(t, &message.id, names[1], &f.from_addr)
+            .await?;
+        let to = self
+            .open_text(t, &message.id, names[2], &f.to_addrs)
+            .await?;
+        let cc = self
+            .open_text(t, &message.id, names[3], &f.cc_addrs)
+            .await?;
+        let body = self
+            .open_text(t, &message.id, names[5], &f.text_body)
+            .await?;
         let mut attachment_names = Vec::with_capacity(message.attachments.len());
         for a in &message.attachments {
             attachment_names.push(
@@ -246,7 +259,11 @@ impl SearchService {
     /// Indexes up to `batch` messages whose marker is set and clears their markers; returns
     /// how many were handled (0 when nothing is pending). Messages deleted meanwhile are
     /// skipped.
-    pub async fn index_pending(&self, tenant: &TenantId, batch: u32) -> Result<usize, ServiceError> {
+    pub async fn index_pending(
+        &self,
+        tenant: &TenantId,
+        batch: u32,
+    ) -> Result<usize, ServiceError> {
         let store = self.keyring.store().clone();
         let ids = store.pending_index(tenant, batch).await?;
         if ids.is_empty() {

@@ -22,9 +22,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditEvent, EnqueueOutcome, IndexKeyRecord, InboxRecord, InboxStatus, InsertOutcome, KeyVersionRecord,
-    MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store, StoreError,
-    StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
+    AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, IndexKeyRecord, InsertOutcome,
+    KeyVersionRecord, MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation,
+    Store, StoreError, StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
@@ -323,8 +323,7 @@ const PENDING_INDEX: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND in
      ORDER BY id LIMIT $2";
 const MARK_INDEXED: &str =
     "UPDATE messages SET index_pending = FALSE WHERE tenant_id = $1 AND id = $2";
-const MARK_ALL_FOR_REINDEX: &str =
-    "UPDATE messages SET index_pending = TRUE WHERE tenant_id = $1";
+const MARK_ALL_FOR_REINDEX: &str = "UPDATE messages SET index_pending = TRUE WHERE tenant_id = $1";
 const INDEX_PROGRESS: &str = "SELECT \
      COALESCE(SUM(CASE WHEN index_pending THEN 1 ELSE 0 END), 0) AS pending, \
      COUNT(*) AS total FROM messages WHERE tenant_id = $1";

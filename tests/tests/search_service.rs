@@ -1,0 +1,430 @@
+//! Search end to end: import (pipeline, seal, store with the index marker), index keys
+//! wrapped by the KMS, the tantivy index, checked search, deletes, crash repair, reindex and
+//! two processes on one data directory. Runs on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use helpr_dataplane::ids::TenantId;
+use helpr_dataplane::keyring::{Keyring, KeyringConfig};
+use helpr_dataplane::kms::local::LocalKms;
+use helpr_dataplane::search::service::{SearchService, ServiceError};
+use helpr_dataplane::search::{Mode, SearchIndex, TantivyConfig, TantivyIndex};
+use helpr_dataplane::store::{NewInbox, PgStore, SqliteStore, Store, now_ms};
+use helpr_dataplane::tools::{self, RawMessage};
+use helpr_tests::postgres::{TestDatabase, sqlite_url};
+
+struct Env {
+    keyring: Arc<Keyring>,
+    dir: tempfile::TempDir,
+    _db: Option<TestDatabase>,
+}
+
+impl Env {
+    async fn new(postgres: bool) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db): (Arc<dyn Store>, _) = if postgres {
+            let db = TestDatabase::create().await.unwrap();
+            (Arc::new(PgStore::connect(&db.url).await.unwrap()), Some(db))
+        } else {
+            (
+                Arc::new(SqliteStore::connect(&sqlite_url(dir.path())).await.unwrap()),
+                None,
+            )
+        };
+        let kms = Arc::new(LocalKms::open(dir.path().join("kms")).unwrap());
+        let keyring = Arc::new(Keyring::new(kms, store, KeyringConfig::default()));
+        Env {
+            keyring,
+            dir,
+            _db: db,
+        }
+    }
+
+    fn index(&self) -> Arc<TantivyIndex> {
+        let mut cfg = TantivyConfig::new(self.dir.path().join("index"));
+        cfg.commit_interval = Duration::ZERO;
+        cfg.writer_heap_bytes = TantivyConfig::MIN_WRITER_HEAP_BYTES;
+        Arc::new(TantivyIndex::open(cfg).unwrap())
+    }
+
+    fn service(&self, index: Arc<TantivyIndex>, mode: Mode) -> SearchService {
+        SearchService::new(self.keyring.clone(), index, mode)
+    }
+
+    async fn tenant(&self, id: &str) -> TenantId {
+        let t = TenantId::new(id).unwrap();
+        self.keyring.provision_tenant(&t, id).await.unwrap();
+        t
+    }
+
+    async fn inbox(&self, tenant: &TenantId, address: &str) -> String {
+        let id = helpr_dataplane::ids::new_record_id();
+        self.keyring
+            .store()
+            .create_inbox(&NewInbox {
+                id: id.clone(),
+                tenant_id: tenant.clone(),
+                address: address.into(),
+                connected_at_ms: now_ms(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+}
+
+fn eml(from: &str, subject: &str, date: &str, body: &str) -> RawMessage {
+    let text = format!(
+        "From: {from}\r\nTo: support@acme.example\r\nSubject: {subject}\r\nDate: {date}\r\n\
+         Message-ID: <{}@test.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n",
+        uuid::Uuid::new_v4()
+    );
+    RawMessage {
+        origin: subject.to_owned(),
+        bytes: text.into_bytes(),
+    }
+}
+
+fn sample() -> Vec<RawMessage> {
+    vec![
+        eml(
+            "Lena Vogel <lena@kunde.example>",
+            "Rechnung März fehlt",
+            "Tue, 06 Oct 2026 09:15:00 +0200",
+            "Hallo, die Rechnung für März (invoice 2026-03) fehlt in unserem Konto.",
+        ),
+        eml(
+            "Bob Stone <bob@client.example>",
+            "Password reset does not arrive",
+            "Wed, 07 Oct 2026 10:00:00 +0000",
+            "I requested a password reset twice, no email arrived. Is the invoice page down too?",
+        ),
+        eml(
+            "Chloé Martin <chloe@client.example>",
+            "Facture en double",
+            "Thu, 08 Oct 2026 11:30:00 +0100",
+            "Nous avons reçu la facture deux fois.",
+        ),
+    ]
+}
+
+fn set(ids: &[&String]) -> BTreeSet<String> {
+    ids.iter().map(|s| (*s).clone()).collect()
+}
+
+async fn subjects(
+    svc: &SearchService,
+    t: &TenantId,
+    inboxes: &BTreeSet<String>,
+    q: &str,
+) -> Vec<String> {
+    svc.search(t, inboxes, q, 50, None)
+        .await
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.subject)
+        .collect()
+}
+
+async fn import_search_delete_reindex(postgres: bool) {
+    let env = Env::new(postgres).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let b = env.inbox(&t, "billing@acme.example").await;
+    let index = env.index();
+    let svc = env.service(index.clone(), Mode::Blind);
+    let store = env.keyring.store().clone();
+    let inbox_a = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    let inbox_b = tools::find_inbox(&env.keyring, &t, " billing@acme.example")
+        .await
+        .unwrap();
+    let msgs = sample();
+    let mut calls = 0;
+    let r = tools::import(&svc, &env.keyring, &inbox_a, &msgs[..2], |_, _| calls += 1)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.already_stored, r.indexed), (2, 0, 2));
+    assert_eq!(calls, 2);
+    let r = tools::import(&svc, &env.keyring, &inbox_b, &msgs[2..], |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(r.stored, 1);
+
+    // The index key is wrapped by the KMS and stored; never the key itself.
+    let key_record = store.current_index_key(&t).await.unwrap().unwrap();
+    assert!(key_record.wrapped_key.starts_with("local:v1:"));
+
+    let both = set(&[&a, &b]);
+    let only_a = set(&[&a]);
+    assert_eq!(
+        subjects(&svc, &t, &both, "invoice").await,
+        ["Password reset does not arrive", "Rechnung März fehlt"]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &both, "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &both, "rechnung marz").await,
+        ["Rechnung März fehlt"]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &both, "from:chloe").await,
+        ["Facture en double"]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &only_a, "from:chloe").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        subjects(&svc, &t, &BTreeSet::new(), "invoice").await,
+        Vec::<String>::new()
+    );
+    let page = svc.search(&t, &both, "facture", 10, None).await.unwrap();
+    assert_eq!(
+        page.hits[0].snippet,
+        "Nous avons reçu la facture deux fois."
+    );
+    assert_eq!(page.hits[0].inbox_id, b);
+
+    // Bad input: a clear error, nothing else.
+    match svc.search(&t, &both, "from:", 10, None).await {
+        Err(ServiceError::Query(e)) => assert!(e.to_string().contains("position 5"), "{e}"),
+        other => panic!("expected a query error, got {other:?}"),
+    }
+    assert!(
+        svc.search(&t, &both, "x", 10, Some("garbage"))
+            .await
+            .is_err()
+    );
+    let nobody = TenantId::new("nobody").unwrap();
+    assert!(matches!(
+        svc.search(&nobody, &both, "x", 10, None).await,
+        Err(ServiceError::UnknownTenant(_))
+    ));
+
+    // Importing the same content again stores nothing new.
+    let r = tools::import(&svc, &env.keyring, &inbox_a, &msgs[..2], |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.already_stored), (0, 2));
+    assert_eq!(subjects(&svc, &t, &both, "invoice").await.len(), 2);
+
+    // Delete: gone from search when the call returns.
+    let victim = svc
+        .search(&t, &both, "password", 10, None)
+        .await
+        .unwrap()
+        .hits[0]
+        .message_id
+        .clone();
+    assert!(svc.delete_message(&t, &victim).await.unwrap());
+    assert_eq!(
+        subjects(&svc, &t, &both, "invoice").await,
+        ["Rechnung März fehlt"]
+    );
+
+    // A message deleted from the store but still in the index is not returned (re-check).
+    let rechnung = svc
+        .search(&t, &both, "rechnung", 10, None)
+        .await
+        .unwrap()
+        .hits[0]
+        .message_id
+        .clone();
+    assert!(store.delete_message(&t, &rechnung).await.unwrap());
+    assert_eq!(index.stats(&t).await.unwrap().documents, 2);
+    assert_eq!(
+        subjects(&svc, &t, &both, "rechnung").await,
+        Vec::<String>::new()
+    );
+
+    // Crash between store and index: the marker stays set and a later run repairs it.
+    let extra = eml(
+        "Dana <dana@client.example>",
+        "Outage in region eu-west",
+        "Fri, 09 Oct 2026 08:00:00 +0000",
+        "Dashboards time out since the outage started.",
+    );
+    let processed = helpr_dataplane::ingest::pipeline::process(&extra.bytes).unwrap();
+    let gid = tools::import_message_id(&extra.bytes);
+    let sealed = helpr_dataplane::ingest::pipeline::seal_message(
+        &env.keyring,
+        &helpr_dataplane::ingest::pipeline::GmailOrigin {
+            tenant: &t,
+            inbox_id: &a,
+            gmail_message_id: &gid,
+            gmail_thread_id: &gid,
+            gmail_history_id: None,
+            internal_date_ms: processed.date_ms.unwrap(),
+            raw_size: 1,
+        },
+        &processed,
+    )
+    .await
+    .unwrap();
+    store.insert_message(&sealed).await.unwrap();
+    assert_eq!(
+        subjects(&svc, &t, &both, "outage").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(store.index_progress(&t).await.unwrap(), (1, 2));
+    let restarted = env.service(index.clone(), Mode::Blind);
+    assert_eq!(
+        restarted
+            .index_all_pending(&t, 100, |_, _| {})
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        subjects(&restarted, &t, &both, "subject:outage").await,
+        ["Outage in region eu-west"]
+    );
+
+    // Reindex from the sealed store after losing the index.
+    index.drop_tenant(&t).await.unwrap();
+    assert_eq!(
+        subjects(&svc, &t, &both, "outage").await,
+        Vec::<String>::new()
+    );
+    let mut seen = Vec::new();
+    let n = svc
+        .reindex(&t, 1, |pending, total| seen.push((pending, total)))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(seen.last(), Some(&(0, 2)));
+    assert_eq!(seen.len(), 2, "one progress report per batch");
+    assert_eq!(
+        subjects(&svc, &t, &both, "outage OR facture").await,
+        ["Outage in region eu-west", "Facture en double"]
+    );
+    // The same index key after a restart (unwrapped again from the store).
+    let fresh = env.service(index, Mode::Blind);
+    assert_eq!(subjects(&fresh, &t, &both, "facture").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_import_search_delete_reindex() {
+    import_search_delete_reindex(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_import_search_delete_reindex() {
+    import_search_delete_reindex(true).await;
+}
+
+/// `dev` holds the index writer; an `import` in another process stores the messages and
+/// leaves them to the holder, naming it; nothing is corrupted and both see the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_process_defers_indexing_to_the_holder() {
+    let env = Env::new(false).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let holder = env.service(env.index(), Mode::Blind);
+    let other = env.service(env.index(), Mode::Blind);
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    let msgs = sample();
+    // The holder takes the writer by indexing first.
+    tools::import(&holder, &env.keyring, &inbox, &msgs[..1], |_, _| {})
+        .await
+        .unwrap();
+    let r = tools::import(&other, &env.keyring, &inbox, &msgs[1..], |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(r.stored, 2);
+    assert_eq!(r.indexed, 0);
+    let named = r.index_holder.expect("holder named");
+    assert!(
+        named.contains(&format!("pid {}", std::process::id())),
+        "{named}"
+    );
+    assert_eq!(
+        env.keyring.store().index_progress(&t).await.unwrap(),
+        (2, 3)
+    );
+    assert_eq!(
+        holder.index_all_pending(&t, 100, |_, _| {}).await.unwrap(),
+        2
+    );
+    let all = set(&[&a]);
+    assert_eq!(
+        subjects(&other, &t, &all, "facture OR rechnung OR password")
+            .await
+            .len(),
+        3
+    );
+}
+
+/// Plaintext mode (opt-in) answers the same queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_mode_works() {
+    let env = Env::new(false).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let svc = env.service(env.index(), Mode::Plaintext);
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        subjects(&svc, &t, &set(&[&a]), "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    // No index key is created in plaintext mode.
+    assert_eq!(
+        env.keyring.store().current_index_key(&t).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn import_refuses_unknown_tenants_inboxes_and_empty_paths() {
+    let env = Env::new(false).await;
+    let t = env.tenant("acme").await;
+    assert!(matches!(
+        tools::find_inbox(&env.keyring, &t, "nope@acme.example").await,
+        Err(tools::ImportError::UnknownInbox(_))
+    ));
+    assert!(matches!(
+        tools::find_inbox(
+            &env.keyring,
+            &TenantId::new("nobody").unwrap(),
+            "x@y.example"
+        )
+        .await,
+        Err(tools::ImportError::UnknownTenant(_))
+    ));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        tools::read_messages(empty.path()),
+        Err(tools::ImportError::Empty(_))
+    ));
+    assert!(matches!(
+        tools::read_messages(&empty.path().join("missing.eml")),
+        Err(tools::ImportError::Read { .. })
+    ));
+}
+
+#[test]
+fn mbox_is_split_and_unquoted() {
+    let mbox = b"From alice@example.com Mon Oct  5 10:00:00 2026\nSubject: one\n\nHello\n>From the start\n\nFrom bob@example.com Mon Oct  5 11:00:00 2026\nSubject: two\n\nBye\n";
+    let parts = tools::split_mbox(mbox);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(
+        parts[0],
+        b"Subject: one\n\nHello\nFrom the start\n".to_vec()
+    );
+    assert_eq!(parts[1], b"Subject: two\n\nBye\n".to_vec());
+}
