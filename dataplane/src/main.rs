@@ -55,6 +55,19 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Run everything in one process on the embedded default (SQLite, tantivy and a local
+    /// KMS under --data-dir): creates tenant `demo` with inbox support@demo.example on first
+    /// run, indexes new mail, serves /healthz, /metrics and (when push.* is configured) the
+    /// push endpoint, and syncs Gmail when google.client_id is configured. Stops on
+    /// SIGINT/SIGTERM.
+    Dev {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Import these messages (.eml file, directory or mbox) into the demo inbox at start.
+        #[arg(long, value_name = "PATH")]
+        import: Option<PathBuf>,
+    },
     /// Send local messages (.eml file, directory of .eml files, or mbox) through the ingest
     /// pipeline (parse, strip quotes, sanitize, seal, store) and index them.
     Import {
@@ -280,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?
         }
         Command::Reindex { tenant } => run_reindex(&settings, &tenant.tenant).await?,
+        Command::Dev { listen, import } => run_dev(&settings, listen, import.as_deref()).await?,
         Command::Ingest { listen } => run_ingest(&settings, listen).await?,
         Command::Sync { tenant, once } => run_sync(&settings, &tenant.tenant, once).await?,
         Command::Inspect { file } => {
@@ -576,6 +590,143 @@ async fn run_search(
     if let Some(next) = page.next {
         println!("more: --cursor {next}");
     }
+    Ok(())
+}
+
+const DEMO_TENANT: &str = "demo";
+const DEMO_INBOX: &str = "support@demo.example";
+
+async fn run_dev(
+    settings: &Settings,
+    listen: std::net::SocketAddr,
+    import: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use helpr_dataplane::store::{NewInbox, now_ms};
+    use helpr_dataplane::tools;
+    use std::sync::Arc;
+    let (keyring, service) = open_search(settings).await?;
+    let service = Arc::new(service);
+    let store = keyring.store().clone();
+    let demo = TenantId::new(DEMO_TENANT)?;
+    keyring.provision_tenant(&demo, "Demo").await?;
+    if !store
+        .list_inboxes(&demo)
+        .await?
+        .iter()
+        .any(|i| i.address == DEMO_INBOX)
+    {
+        store
+            .create_inbox(&NewInbox {
+                id: helpr_dataplane::ids::new_record_id(),
+                tenant_id: demo.clone(),
+                address: DEMO_INBOX.into(),
+                connected_at_ms: now_ms(),
+            })
+            .await?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Indexing first: it takes the index writer, so `import` in another terminal defers to us.
+    let interval = std::time::Duration::from_millis(settings.search.commit_interval_ms.max(100));
+    tasks.spawn(tools::run_indexer(
+        service.clone(),
+        store.clone(),
+        interval,
+        stop_rx.clone(),
+    ));
+    if let Some(path) = import {
+        let messages = tools::read_messages(path)?;
+        let inbox = tools::find_inbox(&keyring, &demo, DEMO_INBOX).await?;
+        let report = tools::import(&service, &keyring, &inbox, &messages, |done, total| {
+            progress_bar("importing", done as u64, total as u64)
+        })
+        .await?;
+        for (origin, reason) in &report.rejected {
+            eprintln!("skipped {origin}: {reason}");
+        }
+        println!(
+            "imported {} message(s) ({} already stored) into {DEMO_INBOX}",
+            report.stored, report.already_stored
+        );
+    }
+    let mut app = axum::Router::new();
+    let push = !settings.push.audience.is_empty() && !settings.push.service_account.is_empty();
+    if push {
+        use helpr_dataplane::ingest::jwt::Verifier;
+        use helpr_dataplane::ingest::push::{PushState, router};
+        use helpr_dataplane::ingest::sink::StorePushSink;
+        app = router(PushState {
+            verifier: Arc::new(Verifier::new(settings.push.clone())?),
+            sink: Arc::new(StorePushSink::new(store.clone())),
+        });
+    }
+    let app = app
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { helpr_dataplane::metrics::render() }),
+        );
+    let sync = !settings.google.client_id.is_empty();
+    if sync {
+        use helpr_dataplane::ingest::gmail::GmailClient;
+        use helpr_dataplane::ingest::oauth::TokenSource;
+        use helpr_dataplane::ingest::sync::SyncWorker;
+        for t in store.list_tenants().await? {
+            let worker = Arc::new(SyncWorker::new(
+                t.id,
+                store.clone(),
+                keyring.clone(),
+                GmailClient::new(settings.gmail.clone())?,
+                TokenSource::new(&settings.google)?,
+                settings.sync.clone(),
+            ));
+            tasks.spawn(worker.run(stop_rx.clone()));
+        }
+    }
+    let exe = std::env::args()
+        .next()
+        .unwrap_or_else(|| "helpr-dataplane".into());
+    let dir = settings.data_dir.display();
+    println!(
+        "helpr vault dev is running on http://{}",
+        listener.local_addr()?
+    );
+    println!("  data:   {dir} (SQLite, tantivy index, local KMS: development only)");
+    println!("  tenant: {DEMO_TENANT}, inbox {DEMO_INBOX}");
+    println!(
+        "  push:   {}",
+        if push {
+            "POST /v1/push/gmail"
+        } else {
+            "off (set push.audience and push.service_account)"
+        }
+    );
+    println!(
+        "  sync:   {}",
+        if sync {
+            "on"
+        } else {
+            "off (set google.client_id and google.client_secret)"
+        }
+    );
+    println!("next, in another terminal:");
+    println!(
+        "  {exe} --data-dir {dir} import --tenant {DEMO_TENANT} --inbox {DEMO_INBOX} examples/mail"
+    );
+    println!("  {exe} --data-dir {dir} search --tenant {DEMO_TENANT} 'invoice'");
+    println!("stop with Ctrl-C");
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    server.await?;
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    // Whatever was indexed but not committed yet becomes durable before exit.
+    if let Err(e) = service.index().flush(&demo).await {
+        tracing::warn!(error = %e, "final index commit failed");
+    }
+    println!("stopped");
     Ok(())
 }
 

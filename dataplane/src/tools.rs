@@ -249,3 +249,44 @@ pub async fn import(
     }
     Ok(report)
 }
+
+/// Indexes whatever is pending for every tenant, every `interval`, until `shutdown` turns
+/// true. A tenant whose index another process holds is skipped (and logged once) until the
+/// holder lets go; other failures are logged and retried on the next round.
+pub async fn run_indexer(
+    service: std::sync::Arc<SearchService>,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    interval: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut held_elsewhere: std::collections::HashSet<TenantId> = Default::default();
+    while !*shutdown.borrow() {
+        match store.list_tenants().await {
+            Ok(tenants) => {
+                for t in tenants {
+                    match service.index_all_pending(&t.id, 200, |_, _| {}).await {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(tenant = %t.id, indexed = n, "indexed new messages");
+                            }
+                            held_elsewhere.remove(&t.id);
+                        }
+                        Err(ServiceError::Search(SearchError::Locked { holder, .. })) => {
+                            if held_elsewhere.insert(t.id.clone()) {
+                                tracing::warn!(tenant = %t.id, %holder, "search index held by another process; it indexes this tenant");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant = %t.id, error = %e, "indexing failed; retrying");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing tenants failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

@@ -153,6 +153,10 @@ fn every_command_has_help() {
         vec!["ingest", "--help"],
         vec!["sync", "--help"],
         vec!["inspect", "--help"],
+        vec!["dev", "--help"],
+        vec!["import", "--help"],
+        vec!["search", "--help"],
+        vec!["reindex", "--help"],
     ] {
         let out = ok(dir.path(), &args);
         assert!(out.contains("Usage:"), "{args:?}: {out}");
@@ -295,4 +299,166 @@ fn ingest_refuses_to_start_without_push_settings() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("push.audience and push.service_account")
     );
+}
+
+fn write_eml(dir: &Path, name: &str, subject: &str, body: &str) {
+    std::fs::write(
+        dir.join(name),
+        format!(
+            "From: Ana <ana@client.example>\r\nTo: support@demo.example\r\nSubject: {subject}\r\n\
+             Date: Mon, 05 Oct 2026 10:00:00 +0000\r\nMessage-ID: <{name}@client.example>\r\n\r\n{body}\r\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// `dev` in one process, `import`, `search` and `reindex` in others on the same data
+/// directory: the second process defers indexing to `dev`, nothing is corrupted, and
+/// SIGTERM stops `dev` cleanly.
+#[test]
+fn dev_import_search_and_reindex_share_one_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mail = tempfile::tempdir().unwrap();
+    write_eml(
+        mail.path(),
+        "a.eml",
+        "Invoice missing",
+        "Where is the October invoice?",
+    );
+    write_eml(
+        mail.path(),
+        "b.eml",
+        "Password reset",
+        "The password reset link expired.",
+    );
+    std::fs::write(mail.path().join("broken.eml"), b"\x00\x01 not a message").unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"))
+        .arg("--data-dir")
+        .arg(d)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--import"])
+        .arg(mail.path().join("a.eml"))
+        .env_remove("HELPR_CONFIG")
+        .env("HELPR_LOG", "warn")
+        .env("HELPR_SEARCH__COMMIT_INTERVAL_MS", "100")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for dev to answer /healthz.
+    let mut up = false;
+    for _ in 0..300 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.contains("ok") {
+                up = true;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(up, "dev did not come up");
+
+    let search = |q: &str| ok(d, &["search", "--tenant", "demo", q]);
+    assert!(search("invoice").contains("Invoice missing"));
+
+    let out = cli(
+        d,
+        &[
+            "import",
+            "--tenant",
+            "demo",
+            "--inbox",
+            "support@demo.example",
+        ],
+    );
+    assert!(!out.status.success(), "import without a path must fail");
+    let out = cli(
+        d,
+        &[
+            "import",
+            "--tenant",
+            "demo",
+            "--inbox",
+            "support@demo.example",
+            mail.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 stored, 1 already stored, 1 rejected"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("held by pid"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped") && stderr.contains("broken.eml"),
+        "{stderr}"
+    );
+
+    // dev indexes what import stored.
+    let mut found = false;
+    for _ in 0..100 {
+        if search("\"password reset\"").contains("Password reset") {
+            found = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(found, "dev did not index the imported message");
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        d,
+        &[
+            "search",
+            "--tenant",
+            "demo",
+            "--json",
+            "invoice OR password",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(json["hits"].as_array().unwrap().len(), 2);
+
+    // Reindex needs the writer: while dev holds it, a clear error naming the holder.
+    let out = cli(d, &["reindex", "--tenant", "demo"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("held by another process (pid"), "{stderr}");
+
+    // Bad queries and unknown inboxes fail clearly.
+    let out = cli(d, &["search", "--tenant", "demo", "from:"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("position 5"));
+    let out = cli(
+        d,
+        &["search", "--tenant", "demo", "--inbox", "x@y.example", "a"],
+    );
+    assert!(!out.status.success());
+
+    // SIGTERM: dev stops cleanly; afterwards reindex works and search still answers.
+    let pid = dev.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "dev exited with {status}");
+    let reindexed = ok(d, &["reindex", "--tenant", "demo"]);
+    assert!(reindexed.contains("2 message(s) indexed"), "{reindexed}");
+    assert!(search("invoice").contains("Invoice missing"));
+    assert!(search("password").contains("1 hit(s)"));
 }
