@@ -1,0 +1,299 @@
+//! Search benchmark (a bench binary, not a timed test).
+//!
+//! `cargo bench -p helpr-dataplane --bench search` builds one tenant index of
+//! `HELPR_BENCH_DOCS` messages (default 100,000; set 1000000 for the large run) of about
+//! 20 KiB each (Zipf-distributed words over a 30,000-word vocabulary, 2,000 inboxes), in
+//! blind and plaintext mode side by side, and reports on one core:
+//!
+//! - term generation (tokenize + normalize, + HMAC in blind mode) per document;
+//! - indexing docs/s into tantivy given the terms;
+//! - query latency p50/p99 for a single term, a two-term AND and a two-word phrase, each
+//!   with a 20-inbox filter out of 2,000, through `SearchIndex::search`;
+//! - delete-to-invisible latency p50/p99 (delete + commit + reload, then a search that no
+//!   longer finds the message).
+//!
+//! `HELPR_BENCH_MODES=blind` (or `plaintext`) runs one mode only; `HELPR_BENCH_DIR` sets where
+//! the indexes are built (default a temporary directory).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use helpr_dataplane::ids::TenantId;
+use helpr_dataplane::search::{
+    DeleteScope, Field, INDEX_KEY_LEN, IndexDoc, IndexKey, IndexKeyVersion, Indexer, Mode, Query,
+    SearchIndex, SearchRequest, TantivyConfig, TantivyIndex, index_query,
+};
+
+const VOCABULARY: usize = 30_000;
+const INBOXES: usize = 2_000;
+const FILTER_INBOXES: usize = 20;
+const BODY_WORDS: usize = 3_000;
+const QUERIES: usize = 300;
+const DELETES: usize = 300;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Corpus {
+    words: Vec<String>,
+    /// Cumulative Zipf weights (s = 1.07).
+    cdf: Vec<f64>,
+}
+
+impl Corpus {
+    fn new() -> Self {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let letters = b"abcdefghijklmnopqrstuvwxyz";
+        let mut seen = BTreeSet::new();
+        let mut words = Vec::with_capacity(VOCABULARY);
+        while words.len() < VOCABULARY {
+            let len = 3 + rng.below(8);
+            let w: String = (0..len)
+                .map(|_| letters[rng.below(letters.len())] as char)
+                .collect();
+            if seen.insert(w.clone()) {
+                words.push(w);
+            }
+        }
+        let mut cdf = Vec::with_capacity(VOCABULARY);
+        let mut total = 0.0;
+        for rank in 1..=VOCABULARY {
+            total += 1.0 / (rank as f64).powf(1.07);
+            cdf.push(total);
+        }
+        for c in &mut cdf {
+            *c /= total;
+        }
+        Self { words, cdf }
+    }
+
+    fn word(&self, rng: &mut Rng) -> &str {
+        let u = rng.unit();
+        let i = self.cdf.partition_point(|&c| c < u).min(VOCABULARY - 1);
+        &self.words[i]
+    }
+
+    fn text(&self, rng: &mut Rng, words: usize) -> String {
+        let mut s = String::with_capacity(words * 7);
+        for i in 0..words {
+            if i > 0 {
+                s.push(if i % 12 == 0 { '\n' } else { ' ' });
+            }
+            s.push_str(self.word(rng));
+        }
+        s
+    }
+}
+
+struct Msg {
+    id: String,
+    inbox: String,
+    date_ms: i64,
+    subject: String,
+    from: String,
+    to: String,
+    body: String,
+}
+
+fn message(corpus: &Corpus, i: usize) -> Msg {
+    let mut rng = Rng(0x1234_5678 ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let first = corpus.word(&mut rng).to_owned();
+    Msg {
+        id: format!("{:08x}-0000-4000-8000-{:012x}", i, rng.next() & 0xffff_ffff_ffff),
+        inbox: format!("inbox-{}", rng.below(INBOXES)),
+        date_ms: 1_735_689_600_000 + (rng.below(730 * 24 * 60) as i64) * 60_000,
+        subject: corpus.text(&mut rng, 6),
+        from: format!("{first} Example <{first}@customer.example>"),
+        to: "Support <support@helpr.example>".to_owned(),
+        body: corpus.text(&mut rng, BODY_WORDS),
+    }
+}
+
+fn doc(m: &Msg, indexer: &Indexer<'_>) -> IndexDoc {
+    IndexDoc {
+        message_id: m.id.clone(),
+        conversation_id: m.id.clone(),
+        inbox_id: m.inbox.clone(),
+        date_ms: m.date_ms,
+        has_attachment: false,
+        key_version: indexer.key_version().map(IndexKeyVersion::get),
+        fields: vec![
+            indexer.index_text(Field::Subject, &m.subject),
+            indexer.index_text(Field::From, &m.from),
+            indexer.index_text(Field::To, &m.to),
+            indexer.index_text(Field::Body, &m.body),
+        ],
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let n: usize = std::env::var("HELPR_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let modes: Vec<Mode> = match std::env::var("HELPR_BENCH_MODES").as_deref() {
+        Ok("blind") => vec![Mode::Blind],
+        Ok("plaintext") => vec![Mode::Plaintext],
+        _ => vec![Mode::Blind, Mode::Plaintext],
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = match std::env::var("HELPR_BENCH_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).unwrap(),
+        Err(_) => tempfile::tempdir().unwrap(),
+    };
+    let corpus = Corpus::new();
+    let key = IndexKey::from_slice(IndexKeyVersion::FIRST, &[42; INDEX_KEY_LEN]).unwrap();
+    let tenant = TenantId::new("bench").unwrap();
+    println!("search bench: {n} messages of ~20 KiB, {INBOXES} inboxes, filter of {FILTER_INBOXES}");
+
+    // Queries: frequent-but-not-stopword terms, AND pairs, and phrases taken from bodies.
+    let mut qrng = Rng(77);
+    let term = |r: &mut Rng| corpus.words[50 + r.below(950)].clone();
+    let mut term_q = Vec::new();
+    let mut and_q = Vec::new();
+    let mut phrase_q = Vec::new();
+    for _ in 0..QUERIES {
+        term_q.push(term(&mut qrng));
+        and_q.push(format!("{} {}", term(&mut qrng), term(&mut qrng)));
+        let m = message(&corpus, qrng.below(n));
+        let words: Vec<&str> = m.body.split_whitespace().collect();
+        let at = qrng.below(words.len() - 1);
+        phrase_q.push(format!("\"{} {}\"", words[at], words[at + 1]));
+    }
+    let filters: Vec<BTreeSet<String>> = (0..QUERIES)
+        .map(|_| {
+            (0..FILTER_INBOXES)
+                .map(|_| format!("inbox-{}", qrng.below(INBOXES)))
+                .collect()
+        })
+        .collect();
+
+    for mode in modes {
+        let indexer = match mode {
+            Mode::Blind => Indexer::Blind(&key),
+            Mode::Plaintext => Indexer::Plaintext,
+        };
+        let mut cfg = TantivyConfig::new(base.path().join(mode.as_str()));
+        cfg.commit_interval = Duration::ZERO;
+        cfg.writer_heap_bytes = 256 * 1024 * 1024;
+        let index = rt.block_on(async { TantivyIndex::open(cfg) }).unwrap();
+
+        let mut term_time = Duration::ZERO;
+        let mut index_time = Duration::ZERO;
+        let mut bytes = 0usize;
+        let batch = 2_000;
+        let mut i = 0;
+        while i < n {
+            let end = (i + batch).min(n);
+            let msgs: Vec<Msg> = (i..end).map(|j| message(&corpus, j)).collect();
+            bytes += msgs.iter().map(|m| m.body.len() + m.subject.len()).sum::<usize>();
+            let t0 = Instant::now();
+            let docs: Vec<IndexDoc> = msgs.iter().map(|m| doc(m, &indexer)).collect();
+            term_time += t0.elapsed();
+            let t1 = Instant::now();
+            rt.block_on(index.index(&tenant, docs)).unwrap();
+            if end % 20_000 == 0 || end == n {
+                rt.block_on(index.flush(&tenant)).unwrap();
+            }
+            index_time += t1.elapsed();
+            i = end;
+        }
+        let stats = rt.block_on(index.stats(&tenant)).unwrap();
+        println!("\n[{mode}] {} docs, {} segments, {:.0} MiB on disk, avg text {:.1} KiB",
+            stats.documents, stats.segments, stats.bytes as f64 / 1048576.0, bytes as f64 / n as f64 / 1024.0);
+        println!(
+            "[{mode}] term generation: {:.1} µs/doc ({:.0} docs/s per core)",
+            term_time.as_secs_f64() * 1e6 / n as f64,
+            n as f64 / term_time.as_secs_f64()
+        );
+        println!(
+            "[{mode}] tantivy indexing (terms given, incl. commits): {:.0} docs/s per core",
+            n as f64 / index_time.as_secs_f64()
+        );
+        println!(
+            "[{mode}] end to end (terms + index): {:.0} docs/s per core",
+            n as f64 / (term_time + index_time).as_secs_f64()
+        );
+
+        let run = |name: &str, queries: &[String]| {
+            let mut lat = Vec::with_capacity(queries.len());
+            let mut hits = 0usize;
+            for (q, f) in queries.iter().zip(&filters) {
+                let parsed = Query::parse(q).unwrap();
+                let t = Instant::now();
+                let req = SearchRequest {
+                    query: index_query(&parsed, &indexer),
+                    inboxes: f.clone(),
+                    limit: 20,
+                    after: None,
+                };
+                let page = rt.block_on(index.search(&tenant, &req)).unwrap();
+                lat.push(t.elapsed());
+                hits += page.hits.len();
+            }
+            lat.sort();
+            println!(
+                "[{mode}] {name:<8} p50 {}  p99 {}  (avg hits {:.1})",
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+                hits as f64 / queries.len() as f64
+            );
+        };
+        run("term", &term_q);
+        run("and", &and_q);
+        run("phrase", &phrase_q);
+
+        // Delete to invisible.
+        let mut lat = Vec::with_capacity(DELETES);
+        let mut drng = Rng(4242);
+        for _ in 0..DELETES {
+            let m = message(&corpus, drng.below(n));
+            let probe = SearchRequest {
+                query: index_query(&Query::parse(&format!("subject:\"{}\"", m.subject)).unwrap(), &indexer),
+                inboxes: [m.inbox.clone()].into_iter().collect(),
+                limit: 50,
+                after: None,
+            };
+            let t = Instant::now();
+            rt.block_on(index.delete(&tenant, &DeleteScope::Message(m.id.clone())))
+                .unwrap();
+            let page = rt.block_on(index.search(&tenant, &probe)).unwrap();
+            lat.push(t.elapsed());
+            assert!(page.hits.iter().all(|h| h.message_id != m.id), "deleted message still visible");
+        }
+        lat.sort();
+        println!(
+            "[{mode}] delete→invisible p50 {}  p99 {}",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
+    }
+}
