@@ -87,6 +87,20 @@ pub struct SearchSettings {
     pub commit_interval_ms: u64,
     /// Memory budget of each tenant's index writer, in MiB (default 64, at least 15).
     pub writer_heap_mb: usize,
+    /// `embedded` (default: the tantivy index under `index_dir`, in this process) or
+    /// `remote` (the index role, `helpr-dataplane index`, at `remote_url`).
+    pub backend: SearchBackend,
+    /// gRPC URL of the index role when `backend = "remote"`, e.g. `http://helpr-index:7070`.
+    pub remote_url: Option<String>,
+}
+
+/// Where the search index lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchBackend {
+    #[default]
+    Embedded,
+    Remote,
 }
 
 impl Default for SearchSettings {
@@ -96,6 +110,8 @@ impl Default for SearchSettings {
             index_dir: None,
             commit_interval_ms: 1000,
             writer_heap_mb: 64,
+            backend: SearchBackend::Embedded,
+            remote_url: None,
         }
     }
 }
@@ -249,6 +265,24 @@ impl Settings {
         cfg.commit_interval = std::time::Duration::from_millis(self.search.commit_interval_ms);
         cfg.writer_heap_bytes = self.search.writer_heap_mb.saturating_mul(1024 * 1024);
         crate::search::TantivyIndex::open(cfg).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The configured search backend: the embedded tantivy index or the index role.
+    pub fn open_search_backend(&self) -> Result<Arc<dyn crate::search::SearchIndex>, ConfigError> {
+        match self.search.backend {
+            SearchBackend::Embedded => Ok(Arc::new(self.open_search_index()?)),
+            SearchBackend::Remote => {
+                let url = self.search.remote_url.as_deref().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "search.backend is remote but search.remote_url is missing".into(),
+                    )
+                })?;
+                Ok(Arc::new(
+                    crate::search::remote::RemoteIndex::connect(url)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ))
+            }
+        }
     }
 
     /// Store, KMS and keyring together.

@@ -68,6 +68,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         import: Option<PathBuf>,
     },
+    /// Run the index role: own the tenant search indexes (tantivy under search.index_dir)
+    /// and serve index, delete and search over gRPC to the other roles
+    /// (search.backend = "remote", search.remote_url). Stops on SIGINT/SIGTERM.
+    Index {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+    },
     /// Send local messages (.eml file, directory of .eml files, or mbox) through the ingest
     /// pipeline (parse, strip quotes, sanitize, seal, store) and index them.
     Import {
@@ -293,6 +301,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?
         }
         Command::Reindex { tenant } => run_reindex(&settings, &tenant.tenant).await?,
+        Command::Index { listen } => {
+            let index = std::sync::Arc::new(settings.open_search_index()?);
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            tracing::info!(listen = %listener.local_addr()?, "index role serving gRPC");
+            println!("index role listening on {}", listener.local_addr()?);
+            helpr_dataplane::search::remote::serve(index, listener, shutdown_signal()).await?;
+        }
         Command::Dev { listen, import } => run_dev(&settings, listen, import.as_deref()).await?,
         Command::Ingest { listen } => run_ingest(&settings, listen).await?,
         Command::Sync { tenant, once } => run_sync(&settings, &tenant.tenant, once).await?,
@@ -474,7 +491,7 @@ async fn open_search(
     helpr_dataplane::search::service::SearchService,
 )> {
     let keyring = std::sync::Arc::new(settings.open_keyring().await?);
-    let index = std::sync::Arc::new(settings.open_search_index()?);
+    let index = settings.open_search_backend()?;
     let service = helpr_dataplane::search::service::SearchService::new(
         keyring.clone(),
         index,

@@ -157,6 +157,7 @@ fn every_command_has_help() {
         vec!["import", "--help"],
         vec!["search", "--help"],
         vec!["reindex", "--help"],
+        vec!["index", "--help"],
     ] {
         let out = ok(dir.path(), &args);
         assert!(out.contains("Usage:"), "{args:?}: {out}");
@@ -461,4 +462,105 @@ fn dev_import_search_and_reindex_share_one_data_directory() {
     assert!(reindexed.contains("2 message(s) indexed"), "{reindexed}");
     assert!(search("invoice").contains("Invoice missing"));
     assert!(search("password").contains("1 hit(s)"));
+}
+
+/// The index role in its own process; `import` and `search` reach it over gRPC
+/// (search.backend = remote) and hold no index themselves.
+#[test]
+fn import_and_search_through_the_index_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let index_dir = tempfile::tempdir().unwrap();
+    let mail = tempfile::tempdir().unwrap();
+    write_eml(
+        mail.path(),
+        "a.eml",
+        "Invoice missing",
+        "Where is the October invoice?",
+    );
+    ok(d, &["tenants", "create", "--id", "demo"]);
+    ok(
+        d,
+        &[
+            "inboxes",
+            "add",
+            "--tenant",
+            "demo",
+            "--address",
+            "support@demo.example",
+        ],
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut role = Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"))
+        .args(["index", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("HELPR_CONFIG")
+        .env("HELPR_LOG", "warn")
+        .env("HELPR_SEARCH__INDEX_DIR", index_dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let remote = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"))
+            .arg("--data-dir")
+            .arg(d)
+            .args(args)
+            .env_remove("HELPR_CONFIG")
+            .env("HELPR_LOG", "warn")
+            .env("HELPR_SEARCH__BACKEND", "remote")
+            .env(
+                "HELPR_SEARCH__REMOTE_URL",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .output()
+            .unwrap()
+    };
+    let out = remote(&[
+        "import",
+        "--tenant",
+        "demo",
+        "--inbox",
+        "support@demo.example",
+        mail.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 indexed"));
+    let out = remote(&["search", "--tenant", "demo", "invoice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Invoice missing"));
+    // The index lives with the role, not in the data directory.
+    assert!(!d.join("index").exists());
+    assert!(index_dir.path().join("demo").is_dir());
+    let pid = role.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(role.wait().unwrap().success());
+    // With the role gone, search fails with a clear, retryable error.
+    let out = remote(&["search", "--tenant", "demo", "invoice"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unavailable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,6 +13,7 @@
 pub mod blind;
 pub mod index;
 pub mod query;
+pub mod remote;
 pub mod service;
 pub mod tantivy_index;
 pub mod tokenize;

@@ -1,0 +1,653 @@
+//! The index role over gRPC: [`IndexServer`] serves any [`SearchIndex`] (the tantivy backend
+//! in `helpr-dataplane index`), and [`RemoteIndex`] is the [`SearchIndex`] the other roles
+//! use to reach it, so sync workers and API replicas share one index per tenant.
+//!
+//! Only terms and ids cross the wire (see `dataplane/proto/helpr/index/v1/index.proto`).
+//! Every request is validated on the server (tenant id, field names, limits) before it
+//! reaches the index. The transport is plain HTTP/2: in a cluster the chart's NetworkPolicy
+//! admits only data-plane pods to the index role.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::blind::{Field, FieldTerms, IndexTerm};
+use super::index::{
+    Cursor, DeleteScope, IndexDoc, IndexStats, SearchError, SearchHit, SearchIndex, SearchPage,
+    SearchRequest,
+};
+use super::query::IndexQuery;
+use crate::ids::TenantId;
+
+/// Generated from `dataplane/proto/helpr/index/v1/index.proto`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("helpr.index.v1");
+}
+
+use proto::search_index_client::SearchIndexClient;
+use proto::search_index_server::{SearchIndex as SearchIndexRpc, SearchIndexServer};
+
+/// Largest gRPC message either side accepts (a batch of documents with their terms).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Documents per `Index` call the client sends (larger batches are split).
+const CLIENT_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Deepest query the server accepts.
+const MAX_QUERY_DEPTH: usize = 64;
+
+const KIND_KEY: &str = "helpr-error-kind";
+const HOLDER_KEY: &str = "helpr-lock-holder";
+
+// --- conversions --------------------------------------------------------------------------
+
+/// Which kind of term a remote index holds: blind tokens are sent as their base64url form
+/// and read back as such; anything else is a plaintext term.
+fn term_from_wire(s: String) -> IndexTerm {
+    match super::blind::BlindToken::from_base64url(&s) {
+        Some(t) => IndexTerm::Blind(t),
+        None => IndexTerm::Plain(s),
+    }
+}
+
+fn doc_to_wire(d: &IndexDoc) -> proto::Document {
+    proto::Document {
+        message_id: d.message_id.clone(),
+        conversation_id: d.conversation_id.clone(),
+        inbox_id: d.inbox_id.clone(),
+        date_ms: d.date_ms,
+        has_attachment: d.has_attachment,
+        key_version: d.key_version.unwrap_or(0),
+        fields: d
+            .fields
+            .iter()
+            .map(|f| proto::FieldTerms {
+                field: f.field.name().to_owned(),
+                terms: f
+                    .tokens
+                    .iter()
+                    .map(|(t, p)| proto::Term {
+                        term: t.to_index_string(),
+                        position: *p,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn invalid(msg: &str) -> Status {
+    Status::invalid_argument(msg.to_owned())
+}
+
+fn field_from_wire(name: &str) -> Result<Field, Status> {
+    Field::from_name(name).ok_or_else(|| invalid("unknown field"))
+}
+
+fn doc_from_wire(d: proto::Document) -> Result<IndexDoc, Status> {
+    let bounded = |s: &str| !s.is_empty() && s.len() <= 256;
+    if !bounded(&d.message_id) || !bounded(&d.conversation_id) || !bounded(&d.inbox_id) {
+        return Err(invalid("document ids must be 1-256 bytes"));
+    }
+    let mut fields = Vec::with_capacity(d.fields.len());
+    for f in d.fields {
+        let field = field_from_wire(&f.field)?;
+        if fields
+            .iter()
+            .any(|x: &FieldTerms<IndexTerm>| x.field == field)
+        {
+            return Err(invalid("a field appears twice in a document"));
+        }
+        fields.push(FieldTerms {
+            field,
+            tokens: f
+                .terms
+                .into_iter()
+                .map(|t| (term_from_wire(t.term), t.position))
+                .collect(),
+        });
+    }
+    Ok(IndexDoc {
+        message_id: d.message_id,
+        conversation_id: d.conversation_id,
+        inbox_id: d.inbox_id,
+        date_ms: d.date_ms,
+        has_attachment: d.has_attachment,
+        key_version: (d.key_version != 0).then_some(d.key_version),
+        fields,
+    })
+}
+
+fn query_to_wire(q: &IndexQuery) -> proto::QueryNode {
+    use proto::query_node::Node;
+    let list = |c: &[IndexQuery]| proto::QueryList {
+        nodes: c.iter().map(query_to_wire).collect(),
+    };
+    let node = match q {
+        IndexQuery::And(c) => Node::And(list(c)),
+        IndexQuery::Or(c) => Node::Or(list(c)),
+        IndexQuery::Not(inner) => Node::Not(Box::new(query_to_wire(inner))),
+        IndexQuery::Term { field, term } => Node::Term(proto::TermQuery {
+            field: field.name().to_owned(),
+            term: term.to_index_string(),
+        }),
+        IndexQuery::Phrase { field, terms } => Node::Phrase(proto::PhraseQuery {
+            field: field.name().to_owned(),
+            terms: terms.iter().map(IndexTerm::to_index_string).collect(),
+        }),
+        IndexQuery::HasAttachment => Node::HasAttachment(true),
+        IndexQuery::Before(ms) => Node::Before(*ms),
+        IndexQuery::After(ms) => Node::After(*ms),
+    };
+    proto::QueryNode { node: Some(node) }
+}
+
+fn query_from_wire(q: proto::QueryNode, depth: usize) -> Result<IndexQuery, Status> {
+    use proto::query_node::Node;
+    if depth > MAX_QUERY_DEPTH {
+        return Err(invalid("query nests too deeply"));
+    }
+    let list = |l: proto::QueryList| -> Result<Vec<IndexQuery>, Status> {
+        l.nodes
+            .into_iter()
+            .map(|n| query_from_wire(n, depth + 1))
+            .collect()
+    };
+    Ok(match q.node.ok_or_else(|| invalid("empty query node"))? {
+        Node::And(l) => IndexQuery::And(list(l)?),
+        Node::Or(l) => IndexQuery::Or(list(l)?),
+        Node::Not(inner) => IndexQuery::Not(Box::new(query_from_wire(*inner, depth + 1)?)),
+        Node::Term(t) => IndexQuery::Term {
+            field: field_from_wire(&t.field)?,
+            term: term_from_wire(t.term),
+        },
+        Node::Phrase(p) => IndexQuery::Phrase {
+            field: field_from_wire(&p.field)?,
+            terms: p.terms.into_iter().map(term_from_wire).collect(),
+        },
+        Node::HasAttachment(true) => IndexQuery::HasAttachment,
+        Node::HasAttachment(false) => return Err(invalid("has_attachment must be true")),
+        Node::Before(ms) => IndexQuery::Before(ms),
+        Node::After(ms) => IndexQuery::After(ms),
+    })
+}
+
+fn tenant_from_wire(s: &str) -> Result<TenantId, Status> {
+    TenantId::new(s).map_err(|e| invalid(&e.to_string()))
+}
+
+fn status_of(e: SearchError) -> Status {
+    let mut status = match &e {
+        SearchError::InvalidRequest(_) | SearchError::InvalidCursor => {
+            Status::invalid_argument(e.to_string())
+        }
+        SearchError::Locked { .. } => Status::failed_precondition(e.to_string()),
+        SearchError::Unavailable(_) => Status::unavailable(e.to_string()),
+        SearchError::Backend(_) => Status::internal(e.to_string()),
+    };
+    let kind = match &e {
+        SearchError::InvalidRequest(_) => "invalid-request",
+        SearchError::InvalidCursor => "invalid-cursor",
+        SearchError::Locked { .. } => "locked",
+        SearchError::Unavailable(_) => "unavailable",
+        SearchError::Backend(_) => "backend",
+    };
+    status
+        .metadata_mut()
+        .insert(KIND_KEY, MetadataValue::from_static(kind));
+    if let SearchError::Locked { holder, .. } = &e
+        && let Ok(v) = MetadataValue::try_from(holder.as_str())
+    {
+        status.metadata_mut().insert(HOLDER_KEY, v);
+    }
+    status
+}
+
+fn error_of(s: Status, tenant: &TenantId) -> SearchError {
+    let kind = s
+        .metadata()
+        .get(KIND_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match (s.code(), kind.as_str()) {
+        (_, "invalid-cursor") => SearchError::InvalidCursor,
+        (_, "locked") => SearchError::Locked {
+            tenant: tenant.to_string(),
+            holder: s
+                .metadata()
+                .get(HOLDER_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("the index role")
+                .to_owned(),
+        },
+        (tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled, _) => {
+            SearchError::Unavailable(format!("index role: {}", s.message()))
+        }
+        _ => SearchError::Backend(format!("index role: {}", s.message())),
+    }
+}
+
+// --- server -------------------------------------------------------------------------------
+
+/// Serves a [`SearchIndex`] over gRPC.
+pub struct IndexServer {
+    index: Arc<dyn SearchIndex>,
+}
+
+impl IndexServer {
+    pub fn new(index: Arc<dyn SearchIndex>) -> Self {
+        Self { index }
+    }
+
+    /// The tonic service, with the message size limits set.
+    pub fn into_service(self) -> SearchIndexServer<IndexServer> {
+        SearchIndexServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl SearchIndexRpc for IndexServer {
+    async fn index(
+        &self,
+        request: Request<proto::IndexRequest>,
+    ) -> Result<Response<proto::IndexResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = tenant_from_wire(&r.tenant)?;
+        let docs = r
+            .documents
+            .into_iter()
+            .map(doc_from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.index.index(&tenant, docs).await.map_err(status_of)?;
+        Ok(Response::new(proto::IndexResponse {}))
+    }
+
+    async fn flush(
+        &self,
+        request: Request<proto::TenantRequest>,
+    ) -> Result<Response<proto::FlushResponse>, Status> {
+        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        self.index.flush(&tenant).await.map_err(status_of)?;
+        Ok(Response::new(proto::FlushResponse {}))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        use proto::delete_request::Scope;
+        let r = request.into_inner();
+        let tenant = tenant_from_wire(&r.tenant)?;
+        let scope = match r.scope.ok_or_else(|| invalid("delete scope missing"))? {
+            Scope::MessageId(id) => DeleteScope::Message(id),
+            Scope::ConversationId(id) => DeleteScope::Conversation(id),
+            Scope::InboxId(id) => DeleteScope::Inbox(id),
+        };
+        self.index
+            .delete(&tenant, &scope)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(proto::DeleteResponse {}))
+    }
+
+    async fn drop_tenant(
+        &self,
+        request: Request<proto::TenantRequest>,
+    ) -> Result<Response<proto::DropTenantResponse>, Status> {
+        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        self.index.drop_tenant(&tenant).await.map_err(status_of)?;
+        Ok(Response::new(proto::DropTenantResponse {}))
+    }
+
+    async fn search(
+        &self,
+        request: Request<proto::SearchRequest>,
+    ) -> Result<Response<proto::SearchResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = tenant_from_wire(&r.tenant)?;
+        let query = query_from_wire(r.query.ok_or_else(|| invalid("query missing"))?, 0)?;
+        let request = SearchRequest {
+            query,
+            inboxes: r.inboxes.into_iter().collect::<BTreeSet<String>>(),
+            limit: r.limit as usize,
+            after: r.after.map(|c| Cursor {
+                date_ms: c.date_ms,
+                seq: c.seq,
+            }),
+        };
+        let page = self
+            .index
+            .search(&tenant, &request)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(proto::SearchResponse {
+            hits: page
+                .hits
+                .into_iter()
+                .map(|h| proto::Hit {
+                    message_id: h.message_id,
+                    conversation_id: h.conversation_id,
+                    inbox_id: h.inbox_id,
+                    date_ms: h.date_ms,
+                    seq: h.seq,
+                })
+                .collect(),
+            next: page.next.map(|c| proto::Cursor {
+                date_ms: c.date_ms,
+                seq: c.seq,
+            }),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<proto::TenantRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        let s = self.index.stats(&tenant).await.map_err(status_of)?;
+        Ok(Response::new(proto::StatsResponse {
+            documents: s.documents,
+            deleted_documents: s.deleted_documents,
+            segments: s.segments,
+            bytes: s.bytes,
+        }))
+    }
+}
+
+/// Serves `index` on `listener` until `shutdown` completes.
+pub async fn serve(
+    index: Arc<dyn SearchIndex>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), SearchError> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .add_service(IndexServer::new(index).into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| SearchError::Unavailable(format!("index server: {e}")))
+}
+
+// --- client -------------------------------------------------------------------------------
+
+/// The index role as a [`SearchIndex`].
+#[derive(Clone)]
+pub struct RemoteIndex {
+    client: SearchIndexClient<Channel>,
+}
+
+impl RemoteIndex {
+    /// A client for `url` (`http://host:port`). Connects lazily: an unreachable index role
+    /// shows as [`SearchError::Unavailable`] on the first call, not here.
+    pub fn connect(url: &str) -> Result<Self, SearchError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|_| SearchError::InvalidRequest("invalid index role url"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true);
+        let client = SearchIndexClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { client })
+    }
+}
+
+fn wire_size(d: &proto::Document) -> usize {
+    64 + d
+        .fields
+        .iter()
+        .map(|f| 16 + f.terms.iter().map(|t| t.term.len() + 8).sum::<usize>())
+        .sum::<usize>()
+}
+
+#[async_trait]
+impl SearchIndex for RemoteIndex {
+    fn backend(&self) -> &'static str {
+        "remote"
+    }
+
+    async fn index(&self, tenant: &TenantId, docs: Vec<IndexDoc>) -> Result<(), SearchError> {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        let mut wire: Vec<proto::Document> = docs.iter().map(doc_to_wire).collect();
+        wire.reverse();
+        while let Some(d) = wire.pop() {
+            size += wire_size(&d);
+            batch.push(d);
+            if size >= CLIENT_BATCH_BYTES || wire.is_empty() {
+                self.client
+                    .clone()
+                    .index(proto::IndexRequest {
+                        tenant: tenant.to_string(),
+                        documents: std::mem::take(&mut batch),
+                    })
+                    .await
+                    .map_err(|s| error_of(s, tenant))?;
+                size = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&self, tenant: &TenantId) -> Result<(), SearchError> {
+        self.client
+            .clone()
+            .flush(proto::TenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await
+            .map_err(|s| error_of(s, tenant))?;
+        Ok(())
+    }
+
+    async fn delete(&self, tenant: &TenantId, scope: &DeleteScope) -> Result<(), SearchError> {
+        use proto::delete_request::Scope;
+        let scope = match scope {
+            DeleteScope::Message(id) => Scope::MessageId(id.clone()),
+            DeleteScope::Conversation(id) => Scope::ConversationId(id.clone()),
+            DeleteScope::Inbox(id) => Scope::InboxId(id.clone()),
+        };
+        self.client
+            .clone()
+            .delete(proto::DeleteRequest {
+                tenant: tenant.to_string(),
+                scope: Some(scope),
+            })
+            .await
+            .map_err(|s| error_of(s, tenant))?;
+        Ok(())
+    }
+
+    async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), SearchError> {
+        self.client
+            .clone()
+            .drop_tenant(proto::TenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await
+            .map_err(|s| error_of(s, tenant))?;
+        Ok(())
+    }
+
+    async fn search(
+        &self,
+        tenant: &TenantId,
+        request: &SearchRequest,
+    ) -> Result<SearchPage, SearchError> {
+        super::index::validate_request(request)?;
+        if request.inboxes.is_empty() {
+            return Ok(SearchPage::default());
+        }
+        let r = self
+            .client
+            .clone()
+            .search(proto::SearchRequest {
+                tenant: tenant.to_string(),
+                query: Some(query_to_wire(&request.query)),
+                inboxes: request.inboxes.iter().cloned().collect(),
+                limit: u32::try_from(request.limit).unwrap_or(u32::MAX),
+                after: request.after.map(|c| proto::Cursor {
+                    date_ms: c.date_ms,
+                    seq: c.seq,
+                }),
+            })
+            .await
+            .map_err(|s| error_of(s, tenant))?
+            .into_inner();
+        Ok(SearchPage {
+            hits: r
+                .hits
+                .into_iter()
+                .map(|h| SearchHit {
+                    message_id: h.message_id,
+                    conversation_id: h.conversation_id,
+                    inbox_id: h.inbox_id,
+                    date_ms: h.date_ms,
+                    seq: h.seq,
+                })
+                .collect(),
+            next: r.next.map(|c| Cursor {
+                date_ms: c.date_ms,
+                seq: c.seq,
+            }),
+        })
+    }
+
+    async fn stats(&self, tenant: &TenantId) -> Result<IndexStats, SearchError> {
+        let s = self
+            .client
+            .clone()
+            .stats(proto::TenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await
+            .map_err(|s| error_of(s, tenant))?
+            .into_inner();
+        Ok(IndexStats {
+            documents: s.documents,
+            deleted_documents: s.deleted_documents,
+            segments: s.segments,
+            bytes: s.bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::tantivy_index::{TantivyConfig, TantivyIndex};
+
+    /// A tantivy index served on a free port, and a client to it.
+    async fn served() -> (
+        RemoteIndex,
+        (tempfile::TempDir, tokio::sync::oneshot::Sender<()>),
+    ) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut cfg = TantivyConfig::new(dir.path().join("index"));
+        cfg.commit_interval = Duration::ZERO;
+        cfg.writer_heap_bytes = TantivyConfig::MIN_WRITER_HEAP_BYTES;
+        let index = Arc::new(TantivyIndex::open(cfg).unwrap_or_else(|e| panic!("open: {e}")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(index, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = RemoteIndex::connect(&format!("http://{addr}"))
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        (client, (dir, stop))
+    }
+
+    mod conformance_suite {
+        crate::search::conformance::conformance_tests!(super::served());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_index_role_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        let client =
+            RemoteIndex::connect(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}"));
+        let t = TenantId::new("acme").unwrap_or_else(|e| panic!("{e}"));
+        let err = client.flush(&t).await.err();
+        assert!(matches!(err, Some(SearchError::Unavailable(_))), "{err:?}");
+        assert!(RemoteIndex::connect("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_server_refuses_malformed_requests() {
+        let (client, _guard) = served().await;
+        let mut raw = client.client.clone();
+        let bad_tenant = raw
+            .flush(proto::TenantRequest {
+                tenant: "../etc".into(),
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(bad_tenant, Some(tonic::Code::InvalidArgument));
+        let bad_field = raw
+            .index(proto::IndexRequest {
+                tenant: "acme".into(),
+                documents: vec![proto::Document {
+                    message_id: "m".into(),
+                    conversation_id: "c".into(),
+                    inbox_id: "i".into(),
+                    fields: vec![proto::FieldTerms {
+                        field: "password".into(),
+                        terms: vec![],
+                    }],
+                    ..Default::default()
+                }],
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(bad_field, Some(tonic::Code::InvalidArgument));
+        // A query nested deeper than allowed.
+        let mut q = proto::QueryNode {
+            node: Some(proto::query_node::Node::HasAttachment(true)),
+        };
+        for _ in 0..(MAX_QUERY_DEPTH + 2) {
+            q = proto::QueryNode {
+                node: Some(proto::query_node::Node::Not(Box::new(q))),
+            };
+        }
+        let deep = raw
+            .search(proto::SearchRequest {
+                tenant: "acme".into(),
+                query: Some(q),
+                inboxes: vec!["i".into()],
+                limit: 10,
+                after: None,
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(deep, Some(tonic::Code::InvalidArgument));
+        let missing = raw
+            .search(proto::SearchRequest {
+                tenant: "acme".into(),
+                query: None,
+                inboxes: vec!["i".into()],
+                limit: 10,
+                after: None,
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(missing, Some(tonic::Code::InvalidArgument));
+    }
+}
