@@ -115,7 +115,11 @@ fn message(corpus: &Corpus, i: usize) -> Msg {
     let mut rng = Rng(0x1234_5678 ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let first = corpus.word(&mut rng).to_owned();
     Msg {
-        id: format!("{:08x}-0000-4000-8000-{:012x}", i, rng.next() & 0xffff_ffff_ffff),
+        id: format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            i,
+            rng.next() & 0xffff_ffff_ffff
+        ),
         inbox: format!("inbox-{}", rng.below(INBOXES)),
         date_ms: 1_735_689_600_000 + (rng.below(730 * 24 * 60) as i64) * 60_000,
         subject: corpus.text(&mut rng, 6),
@@ -172,7 +176,9 @@ fn main() {
     let corpus = Corpus::new();
     let key = IndexKey::from_slice(IndexKeyVersion::FIRST, &[42; INDEX_KEY_LEN]).unwrap();
     let tenant = TenantId::new("bench").unwrap();
-    println!("search bench: {n} messages of ~20 KiB, {INBOXES} inboxes, filter of {FILTER_INBOXES}");
+    println!(
+        "search bench: {n} messages of ~20 KiB, {INBOXES} inboxes, filter of {FILTER_INBOXES}"
+    );
 
     // Queries: frequent-but-not-stopword terms, AND pairs, and phrases taken from bodies.
     let mut qrng = Rng(77);
@@ -214,7 +220,10 @@ fn main() {
         while i < n {
             let end = (i + batch).min(n);
             let msgs: Vec<Msg> = (i..end).map(|j| message(&corpus, j)).collect();
-            bytes += msgs.iter().map(|m| m.body.len() + m.subject.len()).sum::<usize>();
+            bytes += msgs
+                .iter()
+                .map(|m| m.body.len() + m.subject.len())
+                .sum::<usize>();
             let t0 = Instant::now();
             let docs: Vec<IndexDoc> = msgs.iter().map(|m| doc(m, &indexer)).collect();
             term_time += t0.elapsed();
@@ -227,8 +236,13 @@ fn main() {
             i = end;
         }
         let stats = rt.block_on(index.stats(&tenant)).unwrap();
-        println!("\n[{mode}] {} docs, {} segments, {:.0} MiB on disk, avg text {:.1} KiB",
-            stats.documents, stats.segments, stats.bytes as f64 / 1048576.0, bytes as f64 / n as f64 / 1024.0);
+        println!(
+            "\n[{mode}] {} docs, {} segments, {:.0} MiB on disk, avg text {:.1} KiB",
+            stats.documents,
+            stats.segments,
+            stats.bytes as f64 / 1048576.0,
+            bytes as f64 / n as f64 / 1024.0
+        );
         println!(
             "[{mode}] term generation: {:.1} µs/doc ({:.0} docs/s per core)",
             term_time.as_secs_f64() * 1e6 / n as f64,
@@ -277,7 +291,10 @@ fn main() {
         for _ in 0..DELETES {
             let m = message(&corpus, drng.below(n));
             let probe = SearchRequest {
-                query: index_query(&Query::parse(&format!("subject:\"{}\"", m.subject)).unwrap(), &indexer),
+                query: index_query(
+                    &Query::parse(&format!("subject:\"{}\"", m.subject)).unwrap(),
+                    &indexer,
+                ),
                 inboxes: [m.inbox.clone()].into_iter().collect(),
                 limit: 50,
                 after: None,
@@ -287,7 +304,10 @@ fn main() {
                 .unwrap();
             let page = rt.block_on(index.search(&tenant, &probe)).unwrap();
             lat.push(t.elapsed());
-            assert!(page.hits.iter().all(|h| h.message_id != m.id), "deleted message still visible");
+            assert!(
+                page.hits.iter().all(|h| h.message_id != m.id),
+                "deleted message still visible"
+            );
         }
         lat.sort();
         println!(
