@@ -183,6 +183,14 @@ enum KeysCommand {
         #[command(flatten)]
         tenant: TenantArg,
     },
+    /// Rotate the tenant's search index key: re-index every message from the sealed store
+    /// under a new key (queries keep working on the old key until the switch). Runs the
+    /// re-index here unless another process holds the index, which then finishes it;
+    /// rerun (or `reindex`) to continue an interrupted rotation.
+    RotateIndexKey {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
 }
 
 fn main() -> ExitCode {
@@ -238,10 +246,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Status { tenant, json }) => {
             let keyring = settings.open_keyring().await?;
             let status = keyring.status(&tenant.tenant).await?;
+            let store = keyring.store();
+            let index_keys = store.list_index_keys(&tenant.tenant).await?;
+            let (pending, total) = store.index_progress(&tenant.tenant).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let index_keys: Vec<_> = index_keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "version": k.version,
+                            "state": k.state,
+                            "kms_key_ref": k.kms_key_ref,
+                        })
+                    })
+                    .collect();
+                let out = serde_json::json!({
+                    "deks": status,
+                    "index_keys": index_keys,
+                    "index_pending": pending,
+                    "messages": total,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print_status(&status);
+                println!();
+                println!("{:<8} {:<9} KMS KEY", "INDEX", "STATE");
+                for k in &index_keys {
+                    println!(
+                        "{:<8} {:<9} {}",
+                        format!("v{}", k.version),
+                        k.state.as_str(),
+                        k.kms_key_ref
+                    );
+                }
+                println!("messages waiting to be indexed: {pending} of {total}");
             }
         }
         Command::Keys(KeysCommand::RotateDek { tenant }) => {
@@ -322,6 +360,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&processed.inspect_report())?
             );
+        }
+        Command::Keys(KeysCommand::RotateIndexKey { tenant }) => {
+            run_rotate_index_key(&settings, &tenant.tenant).await?
         }
         Command::Keys(KeysCommand::RotateKek { tenant }) => {
             let keyring = settings.open_keyring().await?;
@@ -759,6 +800,52 @@ async fn run_reindex(settings: &Settings, tenant: &TenantId) -> anyhow::Result<(
         })
         .await?;
     println!("tenant {tenant}: {done} message(s) indexed");
+    Ok(())
+}
+
+async fn run_rotate_index_key(settings: &Settings, tenant: &TenantId) -> anyhow::Result<()> {
+    use helpr_dataplane::search::SearchError;
+    use helpr_dataplane::search::service::ServiceError;
+    let (keyring, service) = open_search(settings).await?;
+    anyhow::ensure!(
+        keyring.store().get_tenant(tenant).await?.is_some(),
+        "tenant {tenant} does not exist"
+    );
+    match service.rotate_index_key(tenant).await {
+        Ok(version) => println!("tenant {tenant}: rotating the index key to version {version}"),
+        Err(ServiceError::RotationInProgress(_, version)) => {
+            println!("tenant {tenant}: continuing the rotation to index key version {version}")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let run = service
+        .index_all_pending(tenant, 200, |pending, total| {
+            progress_bar("re-indexing", total - pending.min(total), total)
+        })
+        .await;
+    match run {
+        Ok(_) => {}
+        Err(ServiceError::Search(SearchError::Locked { holder, .. })) => {
+            println!(
+                "the index is held by {holder}, which re-indexes in the background; \
+                 `keys status --tenant {tenant}` shows the progress"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let report = service.index_keys_report(tenant).await?;
+    match report
+        .versions
+        .iter()
+        .find(|v| v.state == helpr_dataplane::store::IndexKeyState::Active)
+    {
+        Some(active) => println!(
+            "tenant {tenant}: queries use index key version {}; {} message(s) pending",
+            active.version, report.pending
+        ),
+        None => println!("tenant {tenant}: no active index key"),
+    }
     Ok(())
 }
 

@@ -365,6 +365,162 @@ async fn second_process_defers_indexing_to_the_holder() {
     );
 }
 
+/// Index-key rotation: queries keep working on the old key while the tenant is re-indexed
+/// (even when interrupted midway and resumed by another process), then switch to the new
+/// key, and the old key's terms leave the index.
+async fn index_key_rotation(postgres: bool) {
+    use helpr_dataplane::search::query::{Query, index_query};
+    use helpr_dataplane::search::service::IndexKeysReport;
+    use helpr_dataplane::search::{IndexKey, Indexer, SearchRequest};
+    use helpr_dataplane::store::IndexKeyState;
+
+    let env = Env::new(postgres).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let index = env.index();
+    let svc = env.service(index.clone(), Mode::Blind);
+    let store = env.keyring.store().clone();
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
+        .await
+        .unwrap();
+    let mine = set(&[&a]);
+    let old_key = svc.index_key(&t).await.unwrap();
+    assert_eq!(old_key.version().get(), 1);
+    let by_key = |key: &IndexKey, q: &str| SearchRequest {
+        query: index_query(&Query::parse(q).unwrap(), &Indexer::Blind(key)),
+        inboxes: mine.clone(),
+        limit: 50,
+        after: None,
+    };
+    let states = |r: &IndexKeysReport| {
+        r.versions
+            .iter()
+            .map(|v| (v.version, v.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        index
+            .search(&t, &by_key(&old_key, "invoice"))
+            .await
+            .unwrap()
+            .hits
+            .len(),
+        2
+    );
+
+    assert_eq!(svc.rotate_index_key(&t).await.unwrap(), 2);
+    assert!(matches!(
+        svc.rotate_index_key(&t).await,
+        Err(ServiceError::RotationInProgress(_, 2))
+    ));
+    // Nothing re-indexed yet: queries still run on the old key and find everything.
+    assert_eq!(store.index_progress(&t).await.unwrap(), (3, 3));
+    assert_eq!(subjects(&svc, &t, &mine, "invoice").await.len(), 2);
+    assert_eq!(
+        subjects(&svc, &t, &mine, "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    // One batch, then the process "dies".
+    assert_eq!(svc.index_pending(&t, 1).await.unwrap(), 1);
+    assert_eq!(store.index_progress(&t).await.unwrap(), (2, 3));
+    assert_eq!(subjects(&svc, &t, &mine, "invoice").await.len(), 2);
+    assert_eq!(subjects(&svc, &t, &mine, "facture").await.len(), 1);
+    assert_eq!(
+        states(&svc.index_keys_report(&t).await.unwrap()),
+        [(1, IndexKeyState::Active), (2, IndexKeyState::Building)]
+    );
+
+    // Another process (same store and index) resumes and finishes the rotation.
+    let resumed = env.service(index.clone(), Mode::Blind);
+    let mut progress = Vec::new();
+    resumed
+        .index_all_pending(&t, 1, |pending, total| progress.push((pending, total)))
+        .await
+        .unwrap();
+    let report = resumed.index_keys_report(&t).await.unwrap();
+    assert_eq!(
+        states(&report),
+        [(1, IndexKeyState::Retired), (2, IndexKeyState::Active)]
+    );
+    assert_eq!((report.pending, report.total), (0, 3));
+    // Both passes reported progress down to nothing pending.
+    assert_eq!(
+        progress.iter().filter(|p| p.0 == 0).count(),
+        2,
+        "{progress:?}"
+    );
+
+    // The first service sees the switch at once (no stale key) and finds everything.
+    for svc in [&svc, &resumed] {
+        assert_eq!(svc.index_key(&t).await.unwrap().version().get(), 2);
+        assert_eq!(subjects(svc, &t, &mine, "invoice").await.len(), 2);
+        assert_eq!(
+            subjects(svc, &t, &mine, "\"password reset\"").await,
+            ["Password reset does not arrive"]
+        );
+        assert_eq!(
+            subjects(svc, &t, &mine, "from:chloe").await,
+            ["Facture en double"]
+        );
+    }
+    // The old key's terms are gone from the index; the new key's are there.
+    let new_key = svc.index_key(&t).await.unwrap();
+    for q in ["invoice", "facture", "\"password reset\"", "from:chloe"] {
+        let old_hits = index.search(&t, &by_key(&old_key, q)).await.unwrap().hits;
+        assert!(old_hits.is_empty(), "{q}");
+        let new_hits = index.search(&t, &by_key(&new_key, q)).await.unwrap().hits;
+        assert!(!new_hits.is_empty(), "{q}");
+    }
+    // The new key is stored wrapped by the KMS, like the first.
+    let record = store.current_index_key(&t).await.unwrap().unwrap();
+    assert_eq!(record.version, 2);
+    assert!(record.wrapped_key.starts_with("local:v"), "wrapped form");
+
+    // Mail that arrives during a rotation is found, before and after the switch.
+    assert_eq!(svc.rotate_index_key(&t).await.unwrap(), 3);
+    let late = eml(
+        "Dana <dana@client.example>",
+        "Outage in region eu-west",
+        "Fri, 09 Oct 2026 08:00:00 +0000",
+        "Dashboards time out since the outage started.",
+    );
+    tools::import(&svc, &env.keyring, &inbox, &[late], |_, _| {})
+        .await
+        .unwrap();
+    for svc in [&svc, &resumed] {
+        assert_eq!(svc.index_key(&t).await.unwrap().version().get(), 3);
+        assert_eq!(
+            subjects(svc, &t, &mine, "outage").await,
+            ["Outage in region eu-west"]
+        );
+        assert_eq!(subjects(svc, &t, &mine, "invoice").await.len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_index_key_rotation() {
+    index_key_rotation(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_index_key_rotation() {
+    index_key_rotation(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_mode_has_no_index_key_to_rotate() {
+    let env = Env::new(false).await;
+    let t = env.tenant("acme").await;
+    let svc = env.service(env.index(), Mode::Plaintext);
+    assert!(matches!(
+        svc.rotate_index_key(&t).await,
+        Err(ServiceError::PlaintextMode)
+    ));
+}
+
 /// Plaintext mode (opt-in) answers the same queries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_mode_works() {
@@ -427,4 +583,58 @@ fn mbox_is_split_and_unquoted() {
         b"Subject: one\n\nHello\nFrom the start\n".to_vec()
     );
     assert_eq!(parts[1], b"Subject: two\n\nBye\n".to_vec());
+}
+
+/// The quick-start samples (`examples/mail`, what the README's run command imports) all go
+/// through the real pipeline, and the searches the README and `examples/mail/README.md`
+/// suggest find what `examples/mail/EXPECTED.tsv` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_samples_import_and_answer_the_documented_searches() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mail");
+    let env = Env::new(false).await;
+    let t = env.tenant("demo").await;
+    let a = env.inbox(&t, "support@demo.example").await;
+    let svc = env.service(env.index(), Mode::Blind);
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@demo.example")
+        .await
+        .unwrap();
+    let messages = tools::read_messages(&dir).unwrap();
+    assert!(messages.len() >= 30, "{} samples", messages.len());
+    let report = tools::import(&svc, &env.keyring, &inbox, &messages, |_, _| {})
+        .await
+        .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(report.stored, messages.len(), "every sample is stored");
+    assert_eq!(report.indexed as usize, messages.len());
+
+    // The subject each sample is stored with, by file name.
+    let subject_of = |file: &str| {
+        let raw = std::fs::read(dir.join(file)).unwrap();
+        helpr_dataplane::ingest::pipeline::process(&raw)
+            .unwrap()
+            .subject
+    };
+    let expected = std::fs::read_to_string(dir.join("EXPECTED.tsv")).unwrap();
+    let mine = set(&[&a]);
+    let mut checked = 0;
+    for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+        let (query, files) = line.split_once('\t').unwrap();
+        let hits = subjects(&svc, &t, &mine, query).await;
+        for file in files.split(',') {
+            let want = subject_of(file.trim());
+            assert!(
+                hits.contains(&want),
+                "query {query:?}: {file} ({want:?}) not among {hits:?}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "{checked} documented searches");
+    // The README's own examples.
+    assert!(!subjects(&svc, &t, &mine, "invoice").await.is_empty());
+    assert!(
+        !subjects(&svc, &t, &mine, "\"password reset\" after:2026-10-01")
+            .await
+            .is_empty()
+    );
 }

@@ -1089,12 +1089,12 @@ mod cases {
         assert_eq!(s.pending_index(&t, 100).await?, ids);
         assert_eq!(s.pending_index(&t, 2).await?, ids[..2].to_vec());
         // Another tenant's ids are ignored.
-        s.mark_indexed(&t, &[ids[0].clone(), ids[1].clone(), om.id.clone()])
+        s.mark_indexed(&t, &[ids[0].clone(), ids[1].clone(), om.id.clone()], None)
             .await?;
         assert_eq!(s.pending_index(&t, 100).await?, ids[2..].to_vec());
         assert_eq!(s.pending_index(&other, 100).await?, vec![om.id.clone()]);
         assert_eq!(s.index_progress(&t).await?, (4, 6));
-        s.mark_indexed(&t, &ids).await?;
+        s.mark_indexed(&t, &ids, None).await?;
         assert_eq!(s.index_progress(&t).await?, (0, 6));
         assert!(s.pending_index(&t, 100).await?.is_empty());
         assert_eq!(s.mark_all_for_reindex(&t).await?, 6);
@@ -1102,10 +1102,10 @@ mod cases {
         assert!(s.delete_message(&t, &ids[0]).await?);
         assert_eq!(s.pending_index(&t, 100).await?, ids[1..].to_vec());
         assert_eq!(s.index_progress(&other).await?, (1, 1));
-        s.mark_indexed(&t, &[]).await?;
+        s.mark_indexed(&t, &[], None).await?;
 
-        // Index keys: versioned, the highest is current, duplicates conflict.
-        use helpr_dataplane::store::IndexKeyRecord;
+        // Index keys: the first is active; a second active one or a duplicate conflicts.
+        use helpr_dataplane::store::{IndexKeyRecord, IndexKeyState};
         assert_eq!(s.current_index_key(&t).await?, None);
         let rec = |v: u32| IndexKeyRecord {
             tenant_id: t.clone(),
@@ -1113,14 +1113,19 @@ mod cases {
             wrapped_key: format!("local:v1:wrapped-{v}"),
             kms_key_ref: "helpr-acme".into(),
             created_at_ms: 1_700_000_000_000,
+            state: IndexKeyState::Active,
         };
         s.insert_index_key(&rec(1)).await?;
         assert!(matches!(
             s.insert_index_key(&rec(1)).await,
             Err(StoreError::Conflict(_))
         ));
-        s.insert_index_key(&rec(2)).await?;
-        assert_eq!(s.current_index_key(&t).await?, Some(rec(2)));
+        assert!(matches!(
+            s.insert_index_key(&rec(2)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.current_index_key(&t).await?, Some(rec(1)));
+        assert_eq!(s.list_index_keys(&t).await?, vec![rec(1)]);
         assert_eq!(s.current_index_key(&other).await?, None);
         let unknown = IndexKeyRecord {
             tenant_id: tid("nobody"),
@@ -1130,6 +1135,116 @@ mod cases {
             s.insert_index_key(&unknown).await,
             Err(StoreError::NotFound(_))
         ));
+        Ok(())
+    }
+
+    /// An index-key rotation: the building key and the markers of every message are set in
+    /// one transaction; a marker is cleared only under the key versions it was indexed with;
+    /// the switch waits for every message and then marks them all again.
+    pub async fn index_key_rotation(b: &Backend) -> anyhow::Result<()> {
+        use helpr_dataplane::store::{IndexKeyRecord, IndexKeySet, IndexKeyState};
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "other").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let k = key();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let m = message(
+                &k,
+                &t,
+                &inbox_id,
+                &format!("gm-{i}"),
+                "th",
+                1_700_000_000_000 + i,
+                0,
+            );
+            s.insert_message(&m).await?;
+            ids.push(m.id);
+        }
+        ids.sort();
+        let rec = |v: u32, state| IndexKeyRecord {
+            tenant_id: t.clone(),
+            version: v,
+            wrapped_key: format!("local:v{v}:wrapped"),
+            kms_key_ref: "helpr-acme".into(),
+            created_at_ms: 1_700_000_000_000 + i64::from(v),
+            state,
+        };
+        // Nothing to rotate from yet.
+        assert!(matches!(
+            s.start_index_key_rotation(&rec(2, IndexKeyState::Building))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.insert_index_key(&rec(1, IndexKeyState::Active)).await?;
+        let v1 = IndexKeySet {
+            active: Some(1),
+            building: None,
+        };
+        assert!(s.mark_indexed(&t, &ids, Some(v1)).await?);
+        assert_eq!(s.index_progress(&t).await?, (0, 3));
+
+        assert_eq!(
+            s.start_index_key_rotation(&rec(2, IndexKeyState::Building))
+                .await?,
+            3
+        );
+        assert_eq!(s.index_progress(&t).await?, (3, 3));
+        assert_eq!(s.index_progress(&other).await?, (0, 0));
+        assert_eq!(
+            s.list_index_keys(&t).await?,
+            vec![
+                rec(1, IndexKeyState::Active),
+                rec(2, IndexKeyState::Building)
+            ]
+        );
+        // Queries still use the active key.
+        assert_eq!(
+            s.current_index_key(&t).await?,
+            Some(rec(1, IndexKeyState::Active))
+        );
+        // One rotation at a time.
+        assert!(matches!(
+            s.start_index_key_rotation(&rec(3, IndexKeyState::Building))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        // A batch blinded before the rotation started does not clear markers.
+        assert!(!s.mark_indexed(&t, &ids, Some(v1)).await?);
+        assert_eq!(s.index_progress(&t).await?, (3, 3));
+        // Nor does the switch happen while messages are pending, or for another version.
+        assert!(!s.finish_index_key_rotation(&t, 2).await?);
+        let rotating = IndexKeySet {
+            active: Some(1),
+            building: Some(2),
+        };
+        assert!(s.mark_indexed(&t, &ids[..2], Some(rotating)).await?);
+        assert!(!s.finish_index_key_rotation(&t, 2).await?);
+        assert!(s.mark_indexed(&t, &ids[2..], Some(rotating)).await?);
+        assert!(!s.finish_index_key_rotation(&t, 3).await?);
+        assert!(s.finish_index_key_rotation(&t, 2).await?);
+        assert_eq!(
+            s.list_index_keys(&t).await?,
+            vec![
+                rec(1, IndexKeyState::Retired),
+                rec(2, IndexKeyState::Active)
+            ]
+        );
+        assert_eq!(
+            s.current_index_key(&t).await?,
+            Some(rec(2, IndexKeyState::Active))
+        );
+        // The second pass: every message again, and only under the new key.
+        assert_eq!(s.index_progress(&t).await?, (3, 3));
+        assert!(!s.mark_indexed(&t, &ids, Some(rotating)).await?);
+        let v2 = IndexKeySet {
+            active: Some(2),
+            building: None,
+        };
+        assert!(s.mark_indexed(&t, &ids, Some(v2)).await?);
+        assert_eq!(s.index_progress(&t).await?, (0, 3));
+        assert!(!s.finish_index_key_rotation(&t, 2).await?);
         Ok(())
     }
 
@@ -1345,6 +1460,7 @@ conformance!(
     insert_refuses_foreign_inbox,
     delete_message_leaves_no_trace,
     index_outbox_and_index_keys,
+    index_key_rotation,
     audit_events,
     unavailable_database,
     sync_jobs_enqueue_replay_duplicate_and_claim,

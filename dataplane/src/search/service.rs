@@ -4,6 +4,15 @@
 //! - **Index keys**: per tenant, versioned, wrapped by the KMS under the tenant's key (like a
 //!   DEK). The key that blinds terms is `HMAC-SHA256(unwrapped, "helpr/index-key/v1")`, so it
 //!   is never equal to any DEK even if a wrapped value were swapped between tables.
+//! - **Index-key rotation** ([`SearchService::rotate_index_key`]) creates version n+1 in
+//!   state `building` and marks every message, in one transaction. Indexers then blind each
+//!   message under the active *and* the building key (both term sets at the same positions),
+//!   while queries keep using the active key. Once no message is pending, the indexer
+//!   switches: in one transaction the building key becomes active, the old one retired, and
+//!   every message is marked again, so a second pass leaves only the new key's terms.
+//!   Markers are cleared only if the key versions are still those the batch was blinded
+//!   under, so a batch racing a rotation is indexed again. All state is in the store: an
+//!   interrupted rotation continues with the next indexer run, in any process.
 //! - **Indexing** is driven by the store: every message is stored with its index marker set
 //!   (same row, same transaction); [`SearchService::index_pending`] reads marked messages,
 //!   opens their searchable fields, turns them into terms in this process and hands only
@@ -27,7 +36,8 @@ use crate::ids::TenantId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::kms::{DekContext, KeyRef, KmsError, WrappedDek};
 use crate::store::{
-    IndexKeyRecord, MessageFields, NewAttachment, StoreError, StoredMessage, now_ms,
+    IndexKeyRecord, IndexKeySet, IndexKeyState, MessageFields, NewAttachment, StoreError,
+    StoredMessage, now_ms,
 };
 
 const INDEX_KEY_DERIVATION: &[u8] = b"helpr/index-key/v1";
@@ -51,6 +61,12 @@ pub enum ServiceError {
     UnknownTenant(TenantId),
     #[error("tenant {0} has no inbox with that address")]
     UnknownInbox(TenantId),
+    #[error(
+        "an index key rotation of tenant {0} (to version {1}) is in progress; indexing finishes it"
+    )]
+    RotationInProgress(TenantId, u32),
+    #[error("search runs in plaintext mode: there is no index key to rotate")]
+    PlaintextMode,
 }
 
 impl ServiceError {
@@ -89,7 +105,35 @@ pub struct SearchService {
     keyring: Arc<Keyring>,
     index: Arc<dyn SearchIndex>,
     mode: Mode,
-    keys: Mutex<HashMap<TenantId, Arc<IndexKey>>>,
+    /// Unwrapped (derived) index keys by tenant and version. Which version is active is
+    /// read from the store on every call, so a rotation by another process is seen at once.
+    keys: Mutex<HashMap<(TenantId, u32), Arc<IndexKey>>>,
+}
+
+/// The keys one indexing batch blinds terms under.
+struct LiveKeys {
+    active: Arc<IndexKey>,
+    /// During a rotation: the building key, whose terms go into the index beside the
+    /// active key's.
+    building: Option<Arc<IndexKey>>,
+    set: IndexKeySet,
+}
+
+/// One index key version as `keys status` shows it (never key bytes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexKeyStatus {
+    pub version: u32,
+    pub state: IndexKeyState,
+    pub created_at_ms: i64,
+}
+
+/// A tenant's index keys and the progress of its indexing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexKeysReport {
+    pub versions: Vec<IndexKeyStatus>,
+    /// Messages still to be (re-)indexed.
+    pub pending: u64,
+    pub total: u64,
 }
 
 impl SearchService {
@@ -110,60 +154,28 @@ impl SearchService {
         &self.index
     }
 
-    fn cached_key(&self, tenant: &TenantId) -> Option<Arc<IndexKey>> {
-        self.keys
+    /// Unwraps (once per process, then from memory) the index key of `record`.
+    async fn unwrap_index_key(
+        &self,
+        record: &IndexKeyRecord,
+    ) -> Result<Arc<IndexKey>, ServiceError> {
+        let slot = (record.tenant_id.clone(), record.version);
+        if let Some(k) = self
+            .keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
+            .get(&slot)
             .cloned()
-    }
-
-    /// The tenant's current index key, created (and wrapped by the KMS) on first use.
-    pub async fn index_key(&self, tenant: &TenantId) -> Result<Arc<IndexKey>, ServiceError> {
-        if let Some(k) = self.cached_key(tenant) {
+        {
             return Ok(k);
         }
-        let store = self.keyring.store();
-        let kms = self.keyring.kms();
-        let record = match store.current_index_key(tenant).await? {
-            Some(r) => r,
-            None => {
-                let dek = store
-                    .current_key_version(tenant)
-                    .await?
-                    .ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?;
-                let key_ref = KeyRef::new(dek.kms_key_ref.clone());
-                let version = DekVersion::new(1).ok_or(CryptoError::Malformed("version"))?;
-                let (_, wrapped) = kms
-                    .generate_dek(DekContext {
-                        tenant,
-                        key: &key_ref,
-                        version,
-                    })
-                    .await?;
-                let record = IndexKeyRecord {
-                    tenant_id: tenant.clone(),
-                    version: 1,
-                    wrapped_key: wrapped.as_str().to_owned(),
-                    kms_key_ref: dek.kms_key_ref,
-                    created_at_ms: now_ms(),
-                };
-                match store.insert_index_key(&record).await {
-                    // Another process created it first: use theirs.
-                    Ok(()) | Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                store
-                    .current_index_key(tenant)
-                    .await?
-                    .ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?
-            }
-        };
         let version = DekVersion::new(record.version).ok_or(CryptoError::Malformed("version"))?;
-        let root = kms
+        let root = self
+            .keyring
+            .kms()
             .unwrap_dek(
                 DekContext {
-                    tenant,
+                    tenant: &record.tenant_id,
                     key: &KeyRef::new(record.kms_key_ref.clone()),
                     version,
                 },
@@ -187,8 +199,181 @@ impl SearchService {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.clone(), key.clone());
+            .insert(slot, key.clone());
         Ok(key)
+    }
+
+    /// A new index key, generated and wrapped by the KMS under the tenant's KMS key.
+    async fn new_index_key_record(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        state: IndexKeyState,
+    ) -> Result<IndexKeyRecord, ServiceError> {
+        let dek = self
+            .keyring
+            .store()
+            .current_key_version(tenant)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?;
+        let key_ref = KeyRef::new(dek.kms_key_ref.clone());
+        let dek_version = DekVersion::new(version).ok_or(CryptoError::Malformed("version"))?;
+        let (_, wrapped) = self
+            .keyring
+            .kms()
+            .generate_dek(DekContext {
+                tenant,
+                key: &key_ref,
+                version: dek_version,
+            })
+            .await?;
+        Ok(IndexKeyRecord {
+            tenant_id: tenant.clone(),
+            version,
+            wrapped_key: wrapped.as_str().to_owned(),
+            kms_key_ref: dek.kms_key_ref,
+            created_at_ms: now_ms(),
+            state,
+        })
+    }
+
+    /// The tenant's active index key (the one queries are blinded under), created and
+    /// wrapped by the KMS on first use.
+    pub async fn index_key(&self, tenant: &TenantId) -> Result<Arc<IndexKey>, ServiceError> {
+        let store = self.keyring.store();
+        if let Some(record) = store.current_index_key(tenant).await? {
+            return self.unwrap_index_key(&record).await;
+        }
+        let record = self
+            .new_index_key_record(tenant, 1, IndexKeyState::Active)
+            .await?;
+        match store.insert_index_key(&record).await {
+            // Another process created it first: use theirs.
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let record = store
+            .current_index_key(tenant)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?;
+        self.unwrap_index_key(&record).await
+    }
+
+    /// The active key and, during a rotation, the building key.
+    async fn live_keys(&self, tenant: &TenantId) -> Result<LiveKeys, ServiceError> {
+        let mut records = self.keyring.store().list_index_keys(tenant).await?;
+        if !records.iter().any(|r| r.state == IndexKeyState::Active) {
+            self.index_key(tenant).await?;
+            records = self.keyring.store().list_index_keys(tenant).await?;
+        }
+        let mut active = None;
+        let mut building = None;
+        let mut set = IndexKeySet::default();
+        for r in &records {
+            match r.state {
+                IndexKeyState::Active => {
+                    set.active = Some(r.version);
+                    active = Some(self.unwrap_index_key(r).await?);
+                }
+                IndexKeyState::Building => {
+                    set.building = Some(r.version);
+                    building = Some(self.unwrap_index_key(r).await?);
+                }
+                IndexKeyState::Retired => {}
+            }
+        }
+        let active = active.ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?;
+        Ok(LiveKeys {
+            active,
+            building,
+            set,
+        })
+    }
+
+    /// Starts an index-key rotation: a new key version is created (wrapped by the KMS) and
+    /// every message is marked for indexing. Indexers (the `dev` loop, `import`, `reindex`)
+    /// then blind each message under both keys; queries keep using the active key until
+    /// every message carries the new key's terms, when the new key becomes active and a
+    /// second pass removes the old key's terms. Resumable: the state lives in the store.
+    /// Returns the new version.
+    pub async fn rotate_index_key(&self, tenant: &TenantId) -> Result<u32, ServiceError> {
+        if self.mode == Mode::Plaintext {
+            return Err(ServiceError::PlaintextMode);
+        }
+        let live = self.live_keys(tenant).await?;
+        if let Some(v) = live.set.building {
+            return Err(ServiceError::RotationInProgress(tenant.clone(), v));
+        }
+        let last = self
+            .keyring
+            .store()
+            .list_index_keys(tenant)
+            .await?
+            .iter()
+            .map(|r| r.version)
+            .max()
+            .unwrap_or(0);
+        let version = last
+            .checked_add(1)
+            .ok_or(CryptoError::Malformed("version"))?;
+        let record = self
+            .new_index_key_record(tenant, version, IndexKeyState::Building)
+            .await?;
+        match self.keyring.store().start_index_key_rotation(&record).await {
+            Ok(_) => Ok(version),
+            Err(StoreError::Conflict(_)) => {
+                Err(ServiceError::RotationInProgress(tenant.clone(), version))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Switches to the building key once every message has been indexed under it; returns
+    /// whether it switched.
+    async fn advance_rotation(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
+        if self.mode == Mode::Plaintext {
+            return Ok(false);
+        }
+        let store = self.keyring.store();
+        let building = store
+            .list_index_keys(tenant)
+            .await?
+            .into_iter()
+            .find(|r| r.state == IndexKeyState::Building);
+        let Some(building) = building else {
+            return Ok(false);
+        };
+        let switched = store
+            .finish_index_key_rotation(tenant, building.version)
+            .await?;
+        if switched {
+            tracing::info!(tenant = %tenant, version = building.version, "index key rotated: queries now use the new key");
+        }
+        Ok(switched)
+    }
+
+    /// The tenant's index key versions and indexing progress.
+    pub async fn index_keys_report(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<IndexKeysReport, ServiceError> {
+        let store = self.keyring.store();
+        let versions = store
+            .list_index_keys(tenant)
+            .await?
+            .into_iter()
+            .map(|r| IndexKeyStatus {
+                version: r.version,
+                state: r.state,
+                created_at_ms: r.created_at_ms,
+            })
+            .collect();
+        let (pending, total) = store.index_progress(tenant).await?;
+        Ok(IndexKeysReport {
+            versions,
+            pending,
+            total,
+        })
     }
 
     async fn open_text(
@@ -206,10 +391,14 @@ impl SearchService {
     }
 
     /// Opens the searchable fields of a stored message and turns them into index terms.
+    ///
+    /// `also` (during an index-key rotation: the building key) adds its terms to every field
+    /// at the same positions, so phrases match under either key.
     pub async fn document(
         &self,
         message: &StoredMessage,
         indexer: &Indexer<'_>,
+        also: Option<&Indexer<'_>>,
     ) -> Result<IndexDoc, ServiceError> {
         let t = &message.tenant_id;
         let f = &message.fields;
@@ -246,13 +435,24 @@ impl SearchService {
             date_ms: message.internal_date_ms,
             has_attachment: message.attachments.iter().any(|a| !a.inline),
             key_version: indexer.key_version().map(IndexKeyVersion::get),
-            fields: vec![
-                indexer.index_text(Field::Subject, &subject),
-                indexer.index_text(Field::From, &from),
-                indexer.index_text(Field::To, &recipients),
-                indexer.index_text(Field::Body, &body),
-                indexer.index_text(Field::AttachmentName, &attachment_names.join("\n")),
-            ],
+            fields: [
+                (Field::Subject, subject.as_str()),
+                (Field::From, from.as_str()),
+                (Field::To, recipients.as_str()),
+                (Field::Body, body.as_str()),
+                (Field::AttachmentName, attachment_names.join("\n").as_str()),
+            ]
+            .into_iter()
+            .map(|(field, text)| {
+                let mut terms = indexer.index_text(field, text);
+                if let Some(other) = also {
+                    terms.tokens.extend(other.index_text(field, text).tokens);
+                    // Stable: each key's terms stay in their own order at equal positions.
+                    terms.tokens.sort_by_key(|(_, position)| *position);
+                }
+                terms
+            })
+            .collect(),
         })
     }
 
@@ -269,27 +469,37 @@ impl SearchService {
         if ids.is_empty() {
             return Ok(0);
         }
-        let key = match self.mode {
-            Mode::Blind => Some(self.index_key(tenant).await?),
+        // Read after the ids: a rotation that marked them is visible here.
+        let live = match self.mode {
+            Mode::Blind => Some(self.live_keys(tenant).await?),
             Mode::Plaintext => None,
         };
-        let indexer = match &key {
-            Some(k) => Indexer::Blind(k),
-            None => Indexer::Plaintext,
+        let (indexer, also) = match &live {
+            Some(k) => (
+                Indexer::Blind(&k.active),
+                k.building.as_deref().map(Indexer::Blind),
+            ),
+            None => (Indexer::Plaintext, None),
         };
         let mut docs = Vec::with_capacity(ids.len());
         for id in &ids {
             if let Some(message) = store.get_message(tenant, id).await? {
-                docs.push(self.document(&message, &indexer).await?);
+                docs.push(self.document(&message, &indexer, also.as_ref()).await?);
             }
         }
         self.index.index(tenant, docs).await?;
         self.index.flush(tenant).await?;
-        store.mark_indexed(tenant, &ids).await?;
+        // If a rotation started or switched meanwhile, the markers stay and the next batch
+        // indexes these messages again under the new keys.
+        store
+            .mark_indexed(tenant, &ids, live.as_ref().map(|k| k.set))
+            .await?;
         Ok(ids.len())
     }
 
-    /// Indexes everything pending, calling `progress(pending, total)` after each batch.
+    /// Indexes everything pending, calling `progress(pending, total)` after each batch. When
+    /// an index-key rotation is in progress and nothing is left, it switches to the new key
+    /// and carries on with the pass that removes the old key's terms.
     pub async fn index_all_pending(
         &self,
         tenant: &TenantId,
@@ -300,6 +510,9 @@ impl SearchService {
         loop {
             let n = self.index_pending(tenant, batch).await?;
             if n == 0 {
+                if self.advance_rotation(tenant).await? {
+                    continue;
+                }
                 return Ok(done);
             }
             done += n as u64;

@@ -92,7 +92,7 @@ pub struct KeyVersionRecord {
 }
 
 /// One version of a tenant's search index key, wrapped by the KMS (see
-/// [`crate::search::keys`]).
+/// [`crate::search::service`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexKeyRecord {
     pub tenant_id: TenantId,
@@ -101,6 +101,48 @@ pub struct IndexKeyRecord {
     pub wrapped_key: String,
     pub kms_key_ref: String,
     pub created_at_ms: UnixMillis,
+    pub state: IndexKeyState,
+}
+
+/// Where an index key version is in its life (see migration `0003_index_key_rotation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKeyState {
+    /// Created by a rotation: terms are blinded under it as well as under the active key
+    /// while the tenant is re-indexed. Never used for queries.
+    Building,
+    /// Queries are blinded under it. At most one per tenant.
+    Active,
+    /// Replaced by a newer version; used for nothing.
+    Retired,
+}
+
+impl IndexKeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexKeyState::Building => "building",
+            IndexKeyState::Active => "active",
+            IndexKeyState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "building" => Some(IndexKeyState::Building),
+            "active" => Some(IndexKeyState::Active),
+            "retired" => Some(IndexKeyState::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// The index key versions an indexer blinded a batch under: the active one and, during a
+/// rotation, the building one. Markers are cleared only while the store still has exactly
+/// these, so a batch prepared before a rotation started (or switched) is indexed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexKeySet {
+    pub active: Option<u32>,
+    pub building: Option<u32>,
 }
 
 /// Result of asking for a block of seals on one DEK version.
@@ -476,18 +518,42 @@ pub trait Store: Send + Sync + 'static {
 
     // --- search --------------------------------------------------------------------------
 
-    /// Stores a new index key version; `Conflict` when the version exists.
+    /// Stores the tenant's first index key version (state `active`); `Conflict` when the
+    /// version exists or the tenant already has an active key.
     async fn insert_index_key(&self, key: &IndexKeyRecord) -> Result<(), StoreError>;
-    /// The highest index key version of the tenant.
+    /// The tenant's active index key version (the one queries use).
     async fn current_index_key(
         &self,
         tenant: &TenantId,
     ) -> Result<Option<IndexKeyRecord>, StoreError>;
+    /// Every index key version of the tenant, oldest first.
+    async fn list_index_keys(&self, tenant: &TenantId) -> Result<Vec<IndexKeyRecord>, StoreError>;
+    /// Starts an index-key rotation: stores `key` (state `building`) and sets the index marker
+    /// of every message of the tenant, in one transaction. `Conflict` when a rotation is
+    /// already in progress or the version exists. Returns how many messages were marked.
+    async fn start_index_key_rotation(&self, key: &IndexKeyRecord) -> Result<u64, StoreError>;
+    /// Finishes a rotation when every message has been indexed under the building key:
+    /// in one transaction, the active version becomes `retired`, `building` becomes
+    /// `active`, and every message is marked again (so the retired key's terms leave the
+    /// index). Returns false, changing nothing, when `building` is not the tenant's
+    /// building version or some message is still pending.
+    async fn finish_index_key_rotation(
+        &self,
+        tenant: &TenantId,
+        building: u32,
+    ) -> Result<bool, StoreError>;
     /// Up to `limit` ids of the tenant's messages whose index marker is set, in id order.
     async fn pending_index(&self, tenant: &TenantId, limit: u32)
     -> Result<Vec<String>, StoreError>;
-    /// Clears the index marker of these messages (ids of other tenants are ignored).
-    async fn mark_indexed(&self, tenant: &TenantId, ids: &[String]) -> Result<(), StoreError>;
+    /// Clears the index marker of these messages (ids of other tenants are ignored), if the
+    /// tenant's active and building index key versions are still `keys` (`None`: no check,
+    /// plaintext mode). Returns false, clearing nothing, when they changed meanwhile.
+    async fn mark_indexed(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+        keys: Option<IndexKeySet>,
+    ) -> Result<bool, StoreError>;
     /// Sets the index marker of every message of the tenant (reindex); returns how many.
     async fn mark_all_for_reindex(&self, tenant: &TenantId) -> Result<u64, StoreError>;
     /// (messages with the marker set, all messages) of the tenant.
@@ -500,6 +566,34 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    // --- search tombstones -------------------------------------------------------------
+
+    /// Records a search tombstone (see [`SearchTombstone`]); `Conflict` if the id exists.
+    async fn add_search_tombstone(&self, tombstone: &SearchTombstone) -> Result<(), StoreError>;
+    /// Records the opstamp of the backend's delete task for a tombstone; returns whether the
+    /// tombstone (of this tenant) exists.
+    async fn set_search_tombstone_opstamp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        opstamp: u64,
+    ) -> Result<bool, StoreError>;
+    /// Every tombstone of the tenant still in force, oldest first.
+    async fn list_search_tombstones(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<SearchTombstone>, StoreError>;
+    /// Removes the tenant's tombstones whose delete task has an opstamp of at most
+    /// `applied_through` (the backend applied every such task everywhere); returns how many.
+    /// Tombstones without a delete task yet are kept.
+    async fn remove_applied_search_tombstones(
+        &self,
+        tenant: &TenantId,
+        applied_through: u64,
+    ) -> Result<u64, StoreError>;
+    /// The tenants that have tombstones, in id order (the reaper's work list).
+    async fn search_tombstone_tenants(&self) -> Result<Vec<TenantId>, StoreError>;
 }
 
 /// Opens the store named by a database URL (`postgres://...` or `sqlite://...`) and
@@ -515,4 +609,51 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError>
             message: "database url must start with postgres://, postgresql:// or sqlite:".into(),
         })
     }
+}
+
+/// What a search tombstone hides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TombstoneScope {
+    Message,
+    Conversation,
+    Inbox,
+    Tenant,
+}
+
+impl TombstoneScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TombstoneScope::Message => "message",
+            TombstoneScope::Conversation => "conversation",
+            TombstoneScope::Inbox => "inbox",
+            TombstoneScope::Tenant => "tenant",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message" => Some(TombstoneScope::Message),
+            "conversation" => Some(TombstoneScope::Conversation),
+            "inbox" => Some(TombstoneScope::Inbox),
+            "tenant" => Some(TombstoneScope::Tenant),
+            _ => None,
+        }
+    }
+}
+
+/// A deletion the search backend has not applied everywhere yet: every query excludes the
+/// documents of `scope` / `scope_id` whose document version is at most `cutoff_version`
+/// until the backend's delete task (`delete_opstamp`) has run. Ids only, never content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchTombstone {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub scope: TombstoneScope,
+    /// The message, conversation or inbox id; the tenant id for [`TombstoneScope::Tenant`].
+    pub scope_id: String,
+    /// Documents with a version at most this are hidden (re-indexed ones are not).
+    pub cutoff_version: u64,
+    /// The backend's delete task, once created.
+    pub delete_opstamp: Option<u64>,
+    pub created_at_ms: UnixMillis,
 }

@@ -22,10 +22,12 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, IndexKeyRecord, InsertOutcome,
-    KeyVersionRecord, MessageFields, NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation,
-    Store, StoreError, StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
+    AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, IndexKeyRecord, IndexKeySet,
+    IndexKeyState, InsertOutcome, KeyVersionRecord, MessageFields, NewInbox, NewMessage,
+    NewSyncJob, NewTenant, SealReservation, Store, StoreError, StoredAttachment, StoredMessage,
+    SyncJob, TenantRecord, UnixMillis, now_ms,
 };
+use super::{SearchTombstone, TombstoneScope};
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
 
@@ -316,9 +318,26 @@ const GET_TENANT: &str = "SELECT id, display_name, created_at_ms FROM tenants WH
 const LIST_TENANTS: &str = "SELECT id, display_name, created_at_ms FROM tenants ORDER BY id";
 
 const INSERT_INDEX_KEY: &str = "INSERT INTO tenant_index_keys \
-     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms) VALUES ($1, $2, $3, $4, $5)";
+     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms, state) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
 const CURRENT_INDEX_KEY: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
-     created_at_ms FROM tenant_index_keys WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1";
+     created_at_ms, state FROM tenant_index_keys WHERE tenant_id = $1 AND state = 'active'";
+const LIST_INDEX_KEYS: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
+     created_at_ms, state FROM tenant_index_keys WHERE tenant_id = $1 ORDER BY version";
+/// Reads the live versions; with `lock_keys` appended it also locks the tenant's active
+/// row, which rotations update (or lock) too, so marker changes and rotations serialize.
+macro_rules! live_index_keys {
+    () => {
+        "SELECT version, state FROM tenant_index_keys WHERE tenant_id = $1 \
+         AND state IN ('active', 'building')"
+    };
+}
+const RETIRE_ACTIVE_INDEX_KEY: &str =
+    "UPDATE tenant_index_keys SET state = 'retired' WHERE tenant_id = $1 AND state = 'active'";
+const ACTIVATE_INDEX_KEY: &str = "UPDATE tenant_index_keys SET state = 'active' \
+     WHERE tenant_id = $1 AND version = $2 AND state = 'building'";
+const ANY_PENDING_INDEX: &str =
+    "SELECT COUNT(*) AS n FROM messages WHERE tenant_id = $1 AND index_pending";
 const PENDING_INDEX: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND index_pending \
      ORDER BY id LIMIT $2";
 const MARK_INDEXED: &str =
@@ -462,6 +481,19 @@ const INSERT_AUDIT: &str = "INSERT INTO audit_events \
 const LIST_AUDIT: &str = "SELECT tenant_id, at_ms, actor, action, target_kind, target_id \
      FROM audit_events WHERE tenant_id = $1 ORDER BY id LIMIT $2";
 
+const INSERT_TOMBSTONE: &str = "INSERT INTO search_tombstones \
+     (id, tenant_id, scope_kind, scope_id, cutoff_version, delete_opstamp, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const SET_TOMBSTONE_OPSTAMP: &str =
+    "UPDATE search_tombstones SET delete_opstamp = $3 WHERE tenant_id = $1 AND id = $2";
+const LIST_TOMBSTONES: &str = "SELECT id, tenant_id, scope_kind, scope_id, cutoff_version, \
+     delete_opstamp, created_at_ms FROM search_tombstones WHERE tenant_id = $1 \
+     ORDER BY created_at_ms, id";
+const REMOVE_APPLIED_TOMBSTONES: &str = "DELETE FROM search_tombstones \
+     WHERE tenant_id = $1 AND delete_opstamp IS NOT NULL AND delete_opstamp <= $2";
+const TOMBSTONE_TENANTS: &str =
+    "SELECT DISTINCT tenant_id FROM search_tombstones ORDER BY tenant_id";
+
 // --- the implementation, once -----------------------------------------------------------
 
 /// Implements [`Store`] for `$store` (with a `pool` field of the driver's pool type).
@@ -473,6 +505,8 @@ const LIST_AUDIT: &str = "SELECT tenant_id, at_ms, actor, action, target_kind, t
 /// * `lock_rows`: suffix that locks the selected rows and skips rows locked by others
 ///   (PostgreSQL `FOR UPDATE SKIP LOCKED`; empty for SQLite, whose `BEGIN IMMEDIATE`
 ///   already admits one writer at a time).
+/// * `lock_keys`: suffix that locks selected rows, waiting for other holders (PostgreSQL
+///   `FOR UPDATE`; empty for SQLite, see above).
 macro_rules! sql_store {
     (
         store = $store:ident,
@@ -481,7 +515,8 @@ macro_rules! sql_store {
         backend = $backend:literal,
         write_begin = $write_begin:literal,
         read_begin = $read_begin:literal,
-        lock_rows = $lock_rows:literal $(,)?
+        lock_rows = $lock_rows:literal,
+        lock_keys = $lock_keys:literal $(,)?
     ) => {
         impl $store {
             async fn begin_write(
@@ -528,6 +563,55 @@ macro_rules! sql_store {
                     retired: Self::col(row, T, "retired")?,
                     created_at_ms: Self::col(row, T, "created_at_ms")?,
                 })
+            }
+
+            fn index_key_from_row(row: &$row) -> Result<IndexKeyRecord, StoreError> {
+                const T: &str = "tenant_index_keys";
+                let state: String = Self::col(row, T, "state")?;
+                Ok(IndexKeyRecord {
+                    tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                    version: to_version(T, Self::col(row, T, "version")?)?.get(),
+                    wrapped_key: Self::col(row, T, "wrapped_key")?,
+                    kms_key_ref: Self::col(row, T, "kms_key_ref")?,
+                    created_at_ms: Self::col(row, T, "created_at_ms")?,
+                    state: IndexKeyState::parse(&state).ok_or(StoreError::Corrupt {
+                        table: T,
+                        reason: "unknown index key state",
+                    })?,
+                })
+            }
+
+            /// The tenant's active and building index key versions, read after locking the
+            /// active row (PostgreSQL), so that what follows in `tx` is ordered against
+            /// rotations: under READ COMMITTED the second read sees a rotation that
+            /// committed while this one waited for the lock.
+            async fn live_index_keys(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                tenant: &TenantId,
+                op: &'static str,
+            ) -> Result<IndexKeySet, StoreError> {
+                const T: &str = "tenant_index_keys";
+                sqlx::query(concat!(live_index_keys!(), " AND state = 'active'", $lock_keys))
+                    .bind(tenant.as_str())
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                let rows = sqlx::query(live_index_keys!())
+                    .bind(tenant.as_str())
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                let mut set = IndexKeySet::default();
+                for row in &rows {
+                    let version = to_version(T, Self::col(row, T, "version")?)?.get();
+                    let state: String = Self::col(row, T, "state")?;
+                    match IndexKeyState::parse(&state) {
+                        Some(IndexKeyState::Active) => set.active = Some(version),
+                        Some(IndexKeyState::Building) => set.building = Some(version),
+                        _ => {}
+                    }
+                }
+                Ok(set)
             }
 
             fn inbox_from_row(row: &$row) -> Result<InboxRecord, StoreError> {
@@ -1585,6 +1669,7 @@ macro_rules! sql_store {
                     .bind(&key.wrapped_key)
                     .bind(&key.kms_key_ref)
                     .bind(key.created_at_ms)
+                    .bind(IndexKeyState::Active.as_str())
                     .execute(&self.pool)
                     .await
                     .map_err(constraint_err(OP, "index key version", "tenant"))?;
@@ -1595,20 +1680,98 @@ macro_rules! sql_store {
                 &self,
                 tenant: &TenantId,
             ) -> Result<Option<IndexKeyRecord>, StoreError> {
-                const T: &str = "tenant_index_keys";
                 let row = sqlx::query(CURRENT_INDEX_KEY)
                     .bind(tenant.as_str())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err("current_index_key"))?;
-                let Some(row) = row else { return Ok(None) };
-                Ok(Some(IndexKeyRecord {
-                    tenant_id: to_tenant(T, Self::col(&row, T, "tenant_id")?)?,
-                    version: to_version(T, Self::col(&row, T, "version")?)?.get(),
-                    wrapped_key: Self::col(&row, T, "wrapped_key")?,
-                    kms_key_ref: Self::col(&row, T, "kms_key_ref")?,
-                    created_at_ms: Self::col(&row, T, "created_at_ms")?,
-                }))
+                row.as_ref().map(Self::index_key_from_row).transpose()
+            }
+
+            async fn list_index_keys(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<IndexKeyRecord>, StoreError> {
+                let rows = sqlx::query(LIST_INDEX_KEYS)
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_index_keys"))?;
+                rows.iter().map(Self::index_key_from_row).collect()
+            }
+
+            async fn start_index_key_rotation(
+                &self,
+                key: &IndexKeyRecord,
+            ) -> Result<u64, StoreError> {
+                const OP: &str = "start_index_key_rotation";
+                let mut tx = self.begin_write(OP).await?;
+                let live = Self::live_index_keys(&mut tx, &key.tenant_id, OP).await?;
+                if live.active.is_none() {
+                    return Err(StoreError::Conflict(
+                        "the tenant has no active index key to rotate from",
+                    ));
+                }
+                if live.building.is_some() {
+                    return Err(StoreError::Conflict(
+                        "an index key rotation is already in progress",
+                    ));
+                }
+                sqlx::query(INSERT_INDEX_KEY)
+                    .bind(key.tenant_id.as_str())
+                    .bind(i64::from(key.version))
+                    .bind(&key.wrapped_key)
+                    .bind(&key.kms_key_ref)
+                    .bind(key.created_at_ms)
+                    .bind(IndexKeyState::Building.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(constraint_err(OP, "index key version", "tenant"))?;
+                let marked = sqlx::query(MARK_ALL_FOR_REINDEX)
+                    .bind(key.tenant_id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .rows_affected();
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(marked)
+            }
+
+            async fn finish_index_key_rotation(
+                &self,
+                tenant: &TenantId,
+                building: u32,
+            ) -> Result<bool, StoreError> {
+                const OP: &str = "finish_index_key_rotation";
+                let mut tx = self.begin_write(OP).await?;
+                let live = Self::live_index_keys(&mut tx, tenant, OP).await?;
+                if live.building != Some(building) {
+                    return Ok(false);
+                }
+                let pending: i64 = {
+                    let row = sqlx::query(ANY_PENDING_INDEX)
+                        .bind(tenant.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                    Self::col(&row, "messages", "n")?
+                };
+                if pending > 0 {
+                    return Ok(false);
+                }
+                for (sql, bind_version) in [
+                    (RETIRE_ACTIVE_INDEX_KEY, false),
+                    (ACTIVATE_INDEX_KEY, true),
+                    (MARK_ALL_FOR_REINDEX, false),
+                ] {
+                    let mut q = sqlx::query(sql).bind(tenant.as_str());
+                    if bind_version {
+                        q = q.bind(i64::from(building));
+                    }
+                    q.execute(&mut *tx).await.map_err(db_err(OP))?;
+                }
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(true)
             }
 
             async fn pending_index(
@@ -1631,12 +1794,18 @@ macro_rules! sql_store {
                 &self,
                 tenant: &TenantId,
                 ids: &[String],
-            ) -> Result<(), StoreError> {
+                keys: Option<IndexKeySet>,
+            ) -> Result<bool, StoreError> {
                 const OP: &str = "mark_indexed";
                 if ids.is_empty() {
-                    return Ok(());
+                    return Ok(true);
                 }
                 let mut tx = self.begin_write(OP).await?;
+                if let Some(expected) = keys {
+                    if Self::live_index_keys(&mut tx, tenant, OP).await? != expected {
+                        return Ok(false);
+                    }
+                }
                 for id in ids {
                     sqlx::query(MARK_INDEXED)
                         .bind(tenant.as_str())
@@ -1645,7 +1814,8 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_err(OP))?;
                 }
-                tx.commit().await.map_err(db_err(OP))
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(true)
             }
 
             async fn mark_all_for_reindex(&self, tenant: &TenantId) -> Result<u64, StoreError> {
@@ -1711,6 +1881,111 @@ macro_rules! sql_store {
                     })
                     .collect()
             }
+
+            async fn add_search_tombstone(
+                &self,
+                tombstone: &SearchTombstone,
+            ) -> Result<(), StoreError> {
+                const OP: &str = "add_search_tombstone";
+                let opstamp = tombstone
+                    .delete_opstamp
+                    .map(|o| to_i64(OP, o, "delete opstamp"))
+                    .transpose()?;
+                sqlx::query(INSERT_TOMBSTONE)
+                    .bind(&tombstone.id)
+                    .bind(tombstone.tenant_id.as_str())
+                    .bind(tombstone.scope.as_str())
+                    .bind(&tombstone.scope_id)
+                    .bind(to_i64(OP, tombstone.cutoff_version, "cutoff version")?)
+                    .bind(opstamp)
+                    .bind(tombstone.created_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(constraint_err(OP, "search tombstone exists", "tenant"))?;
+                Ok(())
+            }
+
+            async fn set_search_tombstone_opstamp(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+                opstamp: u64,
+            ) -> Result<bool, StoreError> {
+                const OP: &str = "set_search_tombstone_opstamp";
+                let done = sqlx::query(SET_TOMBSTONE_OPSTAMP)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .bind(to_i64(OP, opstamp, "delete opstamp")?)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err(OP))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn list_search_tombstones(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<SearchTombstone>, StoreError> {
+                const T: &str = "search_tombstones";
+                let rows = sqlx::query(LIST_TOMBSTONES)
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_search_tombstones"))?;
+                rows.iter()
+                    .map(|row| {
+                        let kind: String = Self::col(row, T, "scope_kind")?;
+                        Ok(SearchTombstone {
+                            id: Self::col(row, T, "id")?,
+                            tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                            scope: TombstoneScope::parse(&kind).ok_or(StoreError::Corrupt {
+                                table: T,
+                                reason: "unknown tombstone scope",
+                            })?,
+                            scope_id: Self::col(row, T, "scope_id")?,
+                            cutoff_version: to_u64(
+                                T,
+                                Self::col(row, T, "cutoff_version")?,
+                                "negative cutoff version",
+                            )?,
+                            delete_opstamp: to_opt_u64(
+                                T,
+                                Self::col(row, T, "delete_opstamp")?,
+                                "negative delete opstamp",
+                            )?,
+                            created_at_ms: Self::col(row, T, "created_at_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn remove_applied_search_tombstones(
+                &self,
+                tenant: &TenantId,
+                applied_through: u64,
+            ) -> Result<u64, StoreError> {
+                const OP: &str = "remove_applied_search_tombstones";
+                // Opstamps above i64::MAX are never stored, so clamping keeps the meaning.
+                let through = i64::try_from(applied_through).unwrap_or(i64::MAX);
+                let done = sqlx::query(REMOVE_APPLIED_TOMBSTONES)
+                    .bind(tenant.as_str())
+                    .bind(through)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err(OP))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn search_tombstone_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+                const T: &str = "search_tombstones";
+                let rows = sqlx::query(TOMBSTONE_TENANTS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("search_tombstone_tenants"))?;
+                rows.iter()
+                    .map(|row| to_tenant(T, Self::col(row, T, "tenant_id")?))
+                    .collect()
+            }
         }
     };
 }
@@ -1723,6 +1998,7 @@ sql_store! {
     write_begin = "BEGIN",
     read_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     lock_rows = " FOR UPDATE SKIP LOCKED",
+    lock_keys = " FOR UPDATE",
 }
 
 sql_store! {
@@ -1733,4 +2009,5 @@ sql_store! {
     write_begin = "BEGIN IMMEDIATE",
     read_begin = "BEGIN",
     lock_rows = "",
+    lock_keys = "",
 }
