@@ -25,9 +25,13 @@ fn ok(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn status(data_dir: &Path) -> Vec<serde_json::Value> {
+fn status_json(data_dir: &Path) -> serde_json::Value {
     let json = ok(data_dir, &["keys", "status", "--tenant", "demo", "--json"]);
-    serde_json::from_str::<Vec<serde_json::Value>>(&json).unwrap()
+    serde_json::from_str::<serde_json::Value>(&json).unwrap()
+}
+
+fn status(data_dir: &Path) -> Vec<serde_json::Value> {
+    status_json(data_dir)["deks"].as_array().unwrap().clone()
 }
 
 #[test]
@@ -147,6 +151,7 @@ fn every_command_has_help() {
         vec!["keys", "status", "--help"],
         vec!["keys", "rotate-dek", "--help"],
         vec!["keys", "rotate-kek", "--help"],
+        vec!["keys", "rotate-index-key", "--help"],
         vec!["inboxes", "--help"],
         vec!["inboxes", "add", "--help"],
         vec!["inboxes", "list", "--help"],
@@ -438,6 +443,49 @@ fn dev_import_search_and_reindex_share_one_data_directory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("held by another process (pid"), "{stderr}");
 
+    // Index-key rotation while dev holds the index: dev re-indexes in the background,
+    // and search keeps answering throughout.
+    let rotated = ok(d, &["keys", "rotate-index-key", "--tenant", "demo"]);
+    assert!(
+        rotated.contains("rotating the index key to version 2"),
+        "{rotated}"
+    );
+    assert!(
+        rotated.contains("re-indexes in the background"),
+        "{rotated}"
+    );
+    let mut switched = false;
+    for _ in 0..100 {
+        assert!(search("invoice").contains("Invoice missing"));
+        let v = status_json(d);
+        let states: Vec<_> = v["index_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["version"].as_u64().unwrap(),
+                    k["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if states == [(1, "retired".to_owned()), (2, "active".to_owned())]
+            && v["index_pending"] == 0
+        {
+            switched = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(switched, "dev did not finish the index-key rotation");
+    assert!(search("\"password reset\"").contains("Password reset"));
+    let text = ok(d, &["keys", "status", "--tenant", "demo"]);
+    assert!(text.contains("v2       active"), "{text}");
+    assert!(
+        !text.contains("local:v"),
+        "no wrapped key material in status: {text}"
+    );
+
     // Bad queries and unknown inboxes fail clearly.
     let out = cli(d, &["search", "--tenant", "demo", "from:"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("position 5"));
@@ -461,6 +509,13 @@ fn dev_import_search_and_reindex_share_one_data_directory() {
     let reindexed = ok(d, &["reindex", "--tenant", "demo"]);
     assert!(reindexed.contains("2 message(s) indexed"), "{reindexed}");
     assert!(search("invoice").contains("Invoice missing"));
+    assert!(search("password").contains("1 hit(s)"));
+    // Without dev, the rotation runs to the end in this process.
+    let rotated = ok(d, &["keys", "rotate-index-key", "--tenant", "demo"]);
+    assert!(
+        rotated.contains("queries use index key version 3; 0 message(s) pending"),
+        "{rotated}"
+    );
     assert!(search("password").contains("1 hit(s)"));
 }
 
