@@ -1,0 +1,271 @@
+{{/* Chart name. */}}
+{{- define "helpr.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every object name. */}}
+{{- define "helpr.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* <fullname>-<component>, e.g. (dict "ctx" $ "component" "ingest"). */}}
+{{- define "helpr.componentName" -}}
+{{- printf "%s-%s" (include "helpr.fullname" .ctx | trunc 45 | trimSuffix "-") .component -}}
+{{- end -}}
+
+{{- define "helpr.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: name + instance + component only. */}}
+{{- define "helpr.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "helpr.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Every label of an object of a component. */}}
+{{- define "helpr.labels" -}}
+{{ include "helpr.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: helpr
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+helm.sh/chart: {{ include "helpr.chart" .ctx }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Marks the pods of the data plane: the only clients of the index, the search cluster and
+the database. The operator gives its per-tenant sync pods the same label. */}}
+{{- define "helpr.dataPlaneLabel" -}}
+mail.helpr.dev/plane: data
+{{- end -}}
+
+{{- define "helpr.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "helpr.operatorServiceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "helpr.componentName" (dict "ctx" . "component" "operator")) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create is false" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "helpr.controlSecretName" -}}
+{{- default (include "helpr.componentName" (dict "ctx" . "component" "control-token")) .Values.controlApi.existingSecret -}}
+{{- end -}}
+
+{{/* Pod Security Standard "restricted" at pod level. */}}
+{{- define "helpr.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod Security Standard "restricted" at container level, plus a read-only root. */}}
+{{- define "helpr.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Scheduling fields of a component's values (.v). */}}
+{{- define "helpr.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* NetworkPolicy peers of the data-plane pods: the release namespace and, when the operator
+is limited to some namespaces, those (its sync pods run there); otherwise any namespace. */}}
+{{- define "helpr.dataPlanePeers" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- range (prepend .Values.operator.watchNamespaces .Release.Namespace | uniq) }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+  podSelector:
+    matchLabels:
+      {{- include "helpr.dataPlaneLabel" $ | nindent 6 }}
+{{- end }}
+{{- else }}
+- namespaceSelector: {}
+  podSelector:
+    matchLabels:
+      {{- include "helpr.dataPlaneLabel" . | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* One egress rule: (dict "to" peers "ports" ports). Empty `to`: any destination on the ports. */}}
+{{- define "helpr.egressRule" -}}
+- ports:
+  {{- range .ports }}
+    - protocol: TCP
+      port: {{ . }}
+  {{- end }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* Volumes and mounts every data-plane container needs: settings, /tmp, and the KMS
+credentials. */}}
+{{- define "helpr.dataPlaneVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "helpr.componentName" (dict "ctx" . "component" "config") }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- if eq .Values.kms.vault.auth.method "kubernetes" }}
+- name: kms-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          audience: {{ .Values.kms.vault.auth.kubernetes.audience }}
+          expirationSeconds: 3600
+{{- end }}
+{{- with .Values.kms.vault.caSecretRef.name }}
+- name: kms-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.kms.vault.caSecretRef.key }}
+        path: ca.crt
+{{- end }}
+{{- if eq .Values.search.backend "quickwit" }}
+{{- with .Values.search.quickwit.tls.caSecretRef.name }}
+- name: search-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.search.quickwit.tls.caSecretRef.key }}
+        path: ca.crt
+{{- end }}
+{{- with .Values.search.quickwit.tls.clientCertSecret }}
+- name: search-client-cert
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "helpr.dataPlaneVolumeMounts" -}}
+- name: config
+  mountPath: /etc/helpr
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- if eq .Values.kms.vault.auth.method "kubernetes" }}
+- name: kms-token
+  mountPath: /var/run/secrets/helpr/kms
+  readOnly: true
+{{- end }}
+{{- if .Values.kms.vault.caSecretRef.name }}
+- name: kms-ca
+  mountPath: /etc/helpr-tls/kms
+  readOnly: true
+{{- end }}
+{{- if eq .Values.search.backend "quickwit" }}
+{{- if .Values.search.quickwit.tls.caSecretRef.name }}
+- name: search-ca
+  mountPath: /etc/helpr-tls/search-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.search.quickwit.tls.clientCertSecret }}
+- name: search-client-cert
+  mountPath: /etc/helpr-tls/search-client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of every data-plane container: secrets only by reference. */}}
+{{- define "helpr.dataPlaneEnv" -}}
+- name: HELPR_CONFIG
+  value: /etc/helpr/helpr.toml
+- name: HELPR_LOG
+  value: {{ .Values.config.logLevel | quote }}
+- name: HELPR_DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "database.existingSecret is required" .Values.database.existingSecret }}
+      key: {{ .Values.database.existingSecretKey }}
+{{- if eq .Values.kms.vault.auth.method "token" }}
+- name: HELPR_KMS__VAULT__AUTH__TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kms.vault.auth.tokenSecretRef.name is required with kms.vault.auth.method token" .Values.kms.vault.auth.tokenSecretRef.name }}
+      key: {{ .Values.kms.vault.auth.tokenSecretRef.key }}
+{{- end }}
+{{- with .Values.config.google.clientSecretRef.name }}
+- name: HELPR_GOOGLE__CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.config.google.clientSecretRef.key }}
+{{- end }}
+{{- end -}}
+
+{{/* Checksum annotation so pods restart when the settings change. */}}
+{{- define "helpr.configChecksum" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/* Egress rule from a data-plane role to the search backend. */}}
+{{- define "helpr.searchEgress" -}}
+{{- if eq .Values.search.backend "tantivy" -}}
+- ports:
+    - protocol: TCP
+      port: 7070
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "helpr.selectorLabels" (dict "ctx" . "component" "index") | nindent 10 }}
+{{- else -}}
+{{- include "helpr.egressRule" (dict "to" .Values.networkPolicy.search.to "ports" .Values.networkPolicy.search.ports) -}}
+{{- end -}}
+{{- end -}}
