@@ -32,6 +32,15 @@
 //!
 //! [sync]
 //! poll_interval_secs = 300
+//!
+//! [search]
+//! backend = "quickwit"               # or "embedded" (default) or "remote"
+//!
+//! [search.quickwit]
+//! url = "https://quickwit-searcher:7280"
+//! ca_cert_file = "/etc/helpr/quickwit/ca.pem"
+//! client_cert_file = "/etc/helpr/quickwit/tls.crt"
+//! client_key_file = "/etc/helpr/quickwit/tls.key"
 //! ```
 //!
 //! `HELPR_DATABASE__URL`, `HELPR_KMS__BACKEND`, `HELPR_KMS__VAULT__ADDRESS`,
@@ -87,11 +96,16 @@ pub struct SearchSettings {
     pub commit_interval_ms: u64,
     /// Memory budget of each tenant's index writer, in MiB (default 64, at least 15).
     pub writer_heap_mb: usize,
-    /// `embedded` (default: the tantivy index under `index_dir`, in this process) or
-    /// `remote` (the index role, `helpr-dataplane index`, at `remote_url`).
+    /// `embedded` (default: the tantivy index under `index_dir`, in this process),
+    /// `remote` (the index role, `helpr-dataplane index`, at `remote_url`) or `quickwit`
+    /// (a Quickwit cluster, `[search.quickwit]`).
     pub backend: SearchBackend,
     /// gRPC URL of the index role when `backend = "remote"`, e.g. `http://helpr-index:7070`.
     pub remote_url: Option<String>,
+    /// The Quickwit cluster when `backend = "quickwit"` (`search.quickwit.url`, `index_id`,
+    /// `commit`, `ca_cert_file`, `client_cert_file`, `client_key_file`,
+    /// `allow_insecure_http`, `timeout_secs`, ...).
+    pub quickwit: Option<crate::search::quickwit::QuickwitConfig>,
 }
 
 /// Where the search index lives.
@@ -101,6 +115,7 @@ pub enum SearchBackend {
     #[default]
     Embedded,
     Remote,
+    Quickwit,
 }
 
 impl Default for SearchSettings {
@@ -112,6 +127,7 @@ impl Default for SearchSettings {
             writer_heap_mb: 64,
             backend: SearchBackend::Embedded,
             remote_url: None,
+            quickwit: None,
         }
     }
 }
@@ -267,9 +283,24 @@ impl Settings {
         crate::search::TantivyIndex::open(cfg).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
-    /// The configured search backend: the embedded tantivy index or the index role.
-    pub fn open_search_backend(&self) -> Result<Arc<dyn crate::search::SearchIndex>, ConfigError> {
+    /// The configured search backend: the embedded tantivy index, the index role, or
+    /// Quickwit (which keeps its delete tombstones in `store`).
+    pub fn open_search_backend(
+        &self,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<dyn crate::search::SearchIndex>, ConfigError> {
         match self.search.backend {
+            SearchBackend::Quickwit => {
+                let cfg = self.search.quickwit.clone().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "search.backend is quickwit but [search.quickwit] is missing".into(),
+                    )
+                })?;
+                Ok(Arc::new(
+                    crate::search::quickwit::QuickwitIndex::new(cfg, store)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ))
+            }
             SearchBackend::Embedded => Ok(Arc::new(self.open_search_index()?)),
             SearchBackend::Remote => {
                 let url = self.search.remote_url.as_deref().ok_or_else(|| {
@@ -325,6 +356,61 @@ mod tests {
             assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn quickwit_settings_load_and_plain_http_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "[search]\nbackend = \"quickwit\"\n[search.quickwit]\n\
+                 url = \"http://quickwit:7280\"\ncommit = \"force\"\n\
+                 ca_cert_file = \"/etc/helpr/quickwit-ca.pem\"\ntimeout_secs = 5\n",
+            )?;
+            let s = Settings::load(Some(Path::new("q.toml"))).unwrap();
+            assert_eq!(s.search.backend, SearchBackend::Quickwit);
+            let q = s.search.quickwit.clone().unwrap();
+            assert_eq!(q.index_id, "helpr-messages");
+            assert_eq!(q.commit, crate::search::quickwit::CommitMode::Force);
+            assert_eq!(q.timeout_secs, 5);
+            assert!(!q.allow_insecure_http);
+            jail.create_file(
+                "bad.toml",
+                "[search.quickwit]\nurl = \"https://q\"\ntimeout = 5\n",
+            )?;
+            let err = Settings::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(err.to_string().contains("timeout"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[tokio::test]
+    async fn the_quickwit_backend_needs_its_section_and_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::SqliteStore::connect(&format!(
+                "sqlite://{}",
+                dir.path().join("db").display()
+            ))
+            .await
+            .unwrap(),
+        );
+        let mut s = Settings::default();
+        s.search.backend = SearchBackend::Quickwit;
+        let err = s.open_search_backend(store.clone()).err().unwrap();
+        assert!(err.to_string().contains("[search.quickwit]"), "{err}");
+        s.search.quickwit = Some(crate::search::quickwit::QuickwitConfig {
+            url: "http://quickwit:7280".into(),
+            ..Default::default()
+        });
+        let err = s.open_search_backend(store.clone()).err().unwrap();
+        assert!(err.to_string().contains("allow_insecure_http"), "{err}");
+        s.search.quickwit = Some(crate::search::quickwit::QuickwitConfig {
+            url: "https://quickwit:7280".into(),
+            ..Default::default()
+        });
+        let index = s.open_search_backend(store).unwrap();
+        assert_eq!(index.backend(), "quickwit");
     }
 
     #[test]

@@ -532,7 +532,7 @@ async fn open_search(
     helpr_dataplane::search::service::SearchService,
 )> {
     let keyring = std::sync::Arc::new(settings.open_keyring().await?);
-    let index = settings.open_search_backend()?;
+    let index = settings.open_search_backend(keyring.store().clone())?;
     let service = helpr_dataplane::search::service::SearchService::new(
         keyring.clone(),
         index,

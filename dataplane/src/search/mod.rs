@@ -13,6 +13,9 @@
 pub mod blind;
 pub mod index;
 pub mod query;
+pub mod quickwit;
+#[cfg(test)]
+pub(crate) mod quickwit_double;
 pub mod remote;
 pub mod service;
 pub mod tantivy_index;
