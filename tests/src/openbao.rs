@@ -451,6 +451,33 @@ impl ServiceAccountIdentity {
     pub fn username(&self) -> String {
         format!("system:serviceaccount:{}:{}", self.namespace, self.name)
     }
+
+    /// A JWT shaped like this service account's Kubernetes token. OpenBao parses it without
+    /// checking the signature (no `pem_keys` configured) and asks the TokenReview API (here
+    /// [`FakeKubernetes`]) whether it is valid, so the signature is random bytes and every
+    /// call gives a different token.
+    pub fn unsigned_jwt(&self) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": "helpr-test"});
+        let claims = json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": self.username(),
+            "kubernetes.io/serviceaccount/namespace": self.namespace,
+            "kubernetes.io/serviceaccount/secret.name": format!("{}-token", self.name),
+            "kubernetes.io/serviceaccount/service-account.name": self.name,
+            "kubernetes.io/serviceaccount/service-account.uid": self.uid,
+        });
+        let signature: Vec<u8> = (0..16)
+            .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
+            .collect();
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            URL_SAFE_NO_PAD.encode(signature)
+        )
+    }
 }
 
 impl FakeKubernetes {

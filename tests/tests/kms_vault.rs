@@ -13,7 +13,6 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use helpr_dataplane::crypto::DekVersion;
 use helpr_dataplane::ids::TenantId;
 use helpr_dataplane::kms::vault::{VaultAuth, VaultConfig, VaultKms};
@@ -363,36 +362,6 @@ path "transit/rewrap/{key}" {{ capabilities = ["update"] }}
     )
 }
 
-/// A JWT shaped like a Kubernetes service-account token. OpenBao parses it without
-/// checking the signature (no `pem_keys` configured), so the signature is random bytes.
-fn service_account_jwt(sa: &ServiceAccountIdentity) -> String {
-    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "helpr-test"});
-    let claims = serde_json::json!({
-        "iss": "kubernetes/serviceaccount",
-        "sub": sa.username(),
-        "kubernetes.io/serviceaccount/namespace": sa.namespace,
-        "kubernetes.io/serviceaccount/secret.name": format!("{}-token", sa.name),
-        "kubernetes.io/serviceaccount/service-account.name": sa.name,
-        "kubernetes.io/serviceaccount/service-account.uid": sa.uid,
-    });
-    let mut signature = [0u8; 256];
-    getrandom(&mut signature);
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        URL_SAFE_NO_PAD.encode(signature)
-    )
-}
-
-fn getrandom(buf: &mut [u8]) {
-    for chunk in buf.chunks_mut(16) {
-        let id = uuid::Uuid::new_v4();
-        let bytes = id.as_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
-}
-
 struct KubernetesSetup {
     bao: OpenBao,
     fake: FakeKubernetes,
@@ -411,7 +380,7 @@ async fn kubernetes_setup(token_ttl: &str) -> KubernetesSetup {
         name: "sync-acme".into(),
         uid: uuid::Uuid::new_v4().to_string(),
     };
-    let jwt = service_account_jwt(&sa);
+    let jwt = sa.unsigned_jwt();
     let fake = FakeKubernetes::start(jwt.clone(), sa.clone())
         .await
         .unwrap();
@@ -502,7 +471,7 @@ async fn kubernetes_auth_with_a_wrong_jwt_is_denied() {
     let setup = kubernetes_setup("1h").await;
     let acme = tenant("acme");
     // Same claims, other signature: the fake API server does not recognise it.
-    let wrong = service_account_jwt(&setup.sa);
+    let wrong = setup.sa.unsigned_jwt();
     assert_ne!(wrong, setup.jwt);
     let kms = kubernetes_kms(&setup, &wrong);
 
@@ -519,7 +488,7 @@ async fn kubernetes_auth_with_a_wrong_jwt_is_denied() {
         name: "sync-globex".into(),
         ..setup.sa.clone()
     };
-    let kms = kubernetes_kms(&setup, &service_account_jwt(&other));
+    let kms = kubernetes_kms(&setup, &other.unsigned_jwt());
     let err = kms
         .generate_dek(ctx(&acme, &setup.key))
         .await

@@ -232,6 +232,11 @@ enum Op {
     ReadKey,
     ConfigureKey,
     DeleteKey,
+    ReadPolicy,
+    WritePolicy,
+    DeletePolicy,
+    WriteRole,
+    DeleteRole,
 }
 
 impl Op {
@@ -246,6 +251,11 @@ impl Op {
             Op::ReadKey => "read_key",
             Op::ConfigureKey => "configure_key",
             Op::DeleteKey => "delete_key",
+            Op::ReadPolicy => "read_policy",
+            Op::WritePolicy => "write_policy",
+            Op::DeletePolicy => "delete_policy",
+            Op::WriteRole => "write_kubernetes_role",
+            Op::DeleteRole => "delete_kubernetes_role",
         }
     }
 
@@ -572,6 +582,160 @@ impl VaultKms {
                 }
                 other => Err(other.into_error(key)),
             },
+        }
+    }
+}
+
+/// What a tenant's sync pods may do in Vault besides holding their service account: a
+/// policy allowing exactly `datakey/plaintext`, `decrypt` and `rewrap` on the tenant's
+/// transit key, and a Kubernetes-auth role that binds the tenant's service account (in its
+/// namespace) to that policy. Provisioned by the operator ([`VaultKms::ensure_tenant_access`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantAccess {
+    /// Vault policy name.
+    pub policy: String,
+    /// Mount path of the Kubernetes auth method (e.g. `kubernetes`).
+    pub auth_mount: String,
+    /// Kubernetes-auth role name.
+    pub role: String,
+    pub service_account: String,
+    pub namespace: String,
+    /// Lifetime of the Vault tokens the role issues (a Vault duration, e.g. `1h`).
+    pub token_ttl: String,
+}
+
+/// Names that end up in Vault paths or policy text: a strict charset, so that nothing can
+/// change the meaning of the policy (no quotes, globs, `+` or `..`).
+fn check_vault_name(what: &'static str, value: &str, allow_slash: bool) -> Result<(), KmsError> {
+    let ok_char = |c: char| {
+        c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || (allow_slash && c == '/')
+    };
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.chars().all(ok_char)
+        && !value.contains("..")
+        && !value.starts_with('/')
+        && !value.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(config_error(format!(
+            "{what} must be 1-253 characters of a-z, A-Z, 0-9, '-', '_', '.'{}",
+            if allow_slash { " or inner '/'" } else { "" }
+        )))
+    }
+}
+
+fn check_token_ttl(ttl: &str) -> Result<(), KmsError> {
+    let digits = ttl.trim_end_matches(['s', 'm', 'h']);
+    let unit_len = ttl.len() - digits.len();
+    if unit_len <= 1
+        && !digits.is_empty()
+        && digits.len() <= 6
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(config_error(
+            "token ttl must be a number with an optional s, m or h unit",
+        ))
+    }
+}
+
+impl TenantAccess {
+    fn validate(&self) -> Result<(), KmsError> {
+        check_vault_name("policy name", &self.policy, false)?;
+        check_vault_name("auth mount", &self.auth_mount, true)?;
+        check_vault_name("role name", &self.role, false)?;
+        check_vault_name("service account", &self.service_account, false)?;
+        check_vault_name("namespace", &self.namespace, false)?;
+        check_token_ttl(&self.token_ttl)
+    }
+}
+
+impl VaultKms {
+    /// The policy text for a tenant's sync pods: exactly `datakey/plaintext`, `decrypt` and
+    /// `rewrap` on `key` under this client's transit mount.
+    pub fn tenant_policy(&self, key: &KeyRef) -> Result<String, KmsError> {
+        check_vault_name("transit mount", &self.mount, true)?;
+        check_vault_name("transit key", key.as_str(), false)?;
+        let (mount, key) = (self.mount.as_str(), key.as_str());
+        Ok(format!(
+            "# managed by helpr-operator: the sync pods of one tenant, on its key only\n\
+             path \"{mount}/datakey/plaintext/{key}\" {{\n  capabilities = [\"update\"]\n}}\n\
+             path \"{mount}/decrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n\
+             path \"{mount}/rewrap/{key}\" {{\n  capabilities = [\"update\"]\n}}\n"
+        ))
+    }
+
+    /// Writes (or overwrites) the tenant's policy and Kubernetes-auth role; idempotent.
+    pub async fn ensure_tenant_access(
+        &self,
+        key: &KeyRef,
+        access: &TenantAccess,
+    ) -> Result<(), KmsError> {
+        access.validate()?;
+        let policy = self.tenant_policy(key)?;
+        let name = access.policy.as_str();
+        let text = policy.as_str();
+        self.call(Op::WritePolicy, name, move |c| async move {
+            vaultrs::sys::policy::set(&*c, name, text).await
+        })
+        .await?;
+        let role = access.role.as_str();
+        let mount = access.auth_mount.as_str();
+        self.call(Op::WriteRole, role, move |c| async move {
+            let mut opts =
+                vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+            opts.bound_service_account_names(vec![access.service_account.clone()])
+                .bound_service_account_namespaces(vec![access.namespace.clone()])
+                .token_policies(vec![access.policy.clone()])
+                .token_ttl(access.token_ttl.clone())
+                .token_no_default_policy(true);
+            vaultrs::auth::kubernetes::role::create(&*c, mount, role, Some(&mut opts)).await
+        })
+        .await
+    }
+
+    /// Removes the tenant's Kubernetes-auth role and policy (absent ones are fine): its sync
+    /// pods can no longer reach the key. The key itself stays (see `destroy_tenant_key`).
+    pub async fn remove_tenant_access(&self, access: &TenantAccess) -> Result<(), KmsError> {
+        access.validate()?;
+        let role = access.role.as_str();
+        let mount = access.auth_mount.as_str();
+        match self
+            .call(Op::DeleteRole, role, move |c| async move {
+                vaultrs::auth::kubernetes::role::delete(&*c, mount, role).await
+            })
+            .await
+        {
+            Ok(()) | Err(KmsError::KeyNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let name = access.policy.as_str();
+        match self
+            .call(Op::DeletePolicy, name, move |c| async move {
+                vaultrs::sys::policy::delete(&*c, name).await
+            })
+            .await
+        {
+            Ok(()) | Err(KmsError::KeyNotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The text of a policy, `None` when it does not exist.
+    pub async fn read_policy(&self, name: &str) -> Result<Option<String>, KmsError> {
+        check_vault_name("policy name", name, false)?;
+        match self
+            .call(Op::ReadPolicy, name, move |c| async move {
+                vaultrs::sys::policy::read(&*c, name).await
+            })
+            .await
+        {
+            Ok(p) => Ok(Some(p.rules)),
+            Err(KmsError::KeyNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }
@@ -912,6 +1076,93 @@ mod tests {
         assert!(!shown.contains("supersecret"), "{shown}");
         let cfg = VaultConfig::new("http://127.0.0.1:8200", auth);
         assert!(!format!("{cfg:?}").contains("supersecret"));
+    }
+
+    fn access() -> TenantAccess {
+        TenantAccess {
+            policy: "helpr-tenant-acme".into(),
+            auth_mount: "kubernetes".into(),
+            role: "helpr-sync-acme".into(),
+            service_account: "helpr-sync-acme".into(),
+            namespace: "helpr".into(),
+            token_ttl: "1h".into(),
+        }
+    }
+
+    #[test]
+    fn tenant_policy_allows_exactly_datakey_decrypt_and_rewrap_on_one_key() {
+        let kms = VaultKms::new(VaultConfig::new(
+            "http://127.0.0.1:8200",
+            VaultAuth::token("t"),
+        ))
+        .unwrap();
+        let policy = kms
+            .tenant_policy(&KeyRef::new("helpr-tenant-acme"))
+            .unwrap();
+        let paths: Vec<&str> = policy.lines().filter(|l| l.starts_with("path ")).collect();
+        assert_eq!(
+            paths,
+            [
+                "path \"transit/datakey/plaintext/helpr-tenant-acme\" {",
+                "path \"transit/decrypt/helpr-tenant-acme\" {",
+                "path \"transit/rewrap/helpr-tenant-acme\" {",
+            ]
+        );
+        assert_eq!(policy.matches("capabilities = [\"update\"]").count(), 3);
+        assert!(!policy.contains('*') && !policy.contains('+'));
+        // Nothing can change the policy's meaning through a name.
+        for bad in [
+            "a\" { capabilities = [\"sudo\"] } #",
+            "x*",
+            "x+",
+            "../sys",
+            "a b",
+            "",
+        ] {
+            assert!(kms.tenant_policy(&KeyRef::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_access_names_and_ttl_are_checked() {
+        assert!(access().validate().is_ok());
+        for broken in [
+            TenantAccess {
+                policy: "p\"".into(),
+                ..access()
+            },
+            TenantAccess {
+                role: "r/../x".into(),
+                ..access()
+            },
+            TenantAccess {
+                namespace: "".into(),
+                ..access()
+            },
+            TenantAccess {
+                auth_mount: "/kubernetes".into(),
+                ..access()
+            },
+            TenantAccess {
+                token_ttl: "1d".into(),
+                ..access()
+            },
+            TenantAccess {
+                token_ttl: "h".into(),
+                ..access()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+        assert!(
+            TenantAccess {
+                auth_mount: "k8s/prod".into(),
+                token_ttl: "900".into(),
+                ..access()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]
