@@ -15,6 +15,7 @@ use helpr_dataplane::store::{
     NewAttachment, NewInbox, NewMessage, NewSyncJob, NewTenant, PgStore, SealReservation,
     SqliteStore, Store, StoreError, now_ms,
 };
+use helpr_dataplane::store::{SearchTombstone, TombstoneScope};
 use helpr_tests::postgres::{TestDatabase, sqlite_url};
 use helpr_tests::scan::{self, Cell};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -1387,6 +1388,75 @@ mod cases {
         Ok(())
     }
 
+    pub async fn search_tombstones(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tid("acme");
+        let other = tid("beta");
+        let stone = |tenant: &TenantId, id: &str, scope: TombstoneScope, at: i64| SearchTombstone {
+            id: id.to_owned(),
+            tenant_id: tenant.clone(),
+            scope,
+            scope_id: format!("{id}-scope"),
+            cutoff_version: 1_767_225_600_000_000 + at as u64,
+            delete_opstamp: None,
+            created_at_ms: at,
+        };
+        let a = stone(&t, "t1", TombstoneScope::Message, 10);
+        let c = stone(&t, "t2", TombstoneScope::Conversation, 20);
+        let i = stone(&t, "t3", TombstoneScope::Inbox, 30);
+        let whole = stone(&t, "t4", TombstoneScope::Tenant, 40);
+        for x in [&whole, &i, &c, &a] {
+            s.add_search_tombstone(x).await?;
+        }
+        s.add_search_tombstone(&stone(&other, "o1", TombstoneScope::Message, 5))
+            .await?;
+        assert!(matches!(
+            s.add_search_tombstone(&a).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Oldest first, only the tenant's own.
+        let listed = s.list_search_tombstones(&t).await?;
+        assert_eq!(listed, vec![a.clone(), c.clone(), i.clone(), whole.clone()]);
+        assert_eq!(
+            s.search_tombstone_tenants().await?,
+            vec![t.clone(), other.clone()]
+        );
+        // Opstamps are recorded per tenant.
+        assert!(s.set_search_tombstone_opstamp(&t, "t1", 7).await?);
+        assert!(s.set_search_tombstone_opstamp(&t, "t2", 9).await?);
+        assert!(
+            s.set_search_tombstone_opstamp(&t, "t3", u64::MAX >> 1)
+                .await?
+        );
+        assert!(!s.set_search_tombstone_opstamp(&other, "t1", 1).await?);
+        assert!(
+            s.set_search_tombstone_opstamp(&t, "t4", 1 << 63)
+                .await
+                .is_err()
+        );
+        let listed = s.list_search_tombstones(&t).await?;
+        assert_eq!(listed[0].delete_opstamp, Some(7));
+        assert_eq!(listed[3].delete_opstamp, None);
+        // Removing applied tombstones keeps later tasks and tombstones without a task.
+        assert_eq!(s.remove_applied_search_tombstones(&t, 8).await?, 1);
+        let ids: Vec<String> = s
+            .list_search_tombstones(&t)
+            .await?
+            .into_iter()
+            .map(|x| x.id)
+            .collect();
+        assert_eq!(ids, ["t2", "t3", "t4"]);
+        assert_eq!(s.remove_applied_search_tombstones(&t, u64::MAX).await?, 2);
+        let left = s.list_search_tombstones(&t).await?;
+        assert_eq!(left, vec![whole.clone()]);
+        assert_eq!(s.list_search_tombstones(&other).await?.len(), 1);
+        assert_eq!(
+            s.remove_applied_search_tombstones(&other, u64::MAX).await?,
+            0
+        );
+        Ok(())
+    }
+
     pub async fn unavailable_database(b: &Backend) -> anyhow::Result<()> {
         let down = b.unreachable_store().await?;
         let t = tid("acme");
@@ -1462,6 +1532,7 @@ conformance!(
     index_outbox_and_index_keys,
     index_key_rotation,
     audit_events,
+    search_tombstones,
     unavailable_database,
     sync_jobs_enqueue_replay_duplicate_and_claim,
     synced_messages_advance_the_high_water_mark_atomically,
