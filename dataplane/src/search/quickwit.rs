@@ -2076,3 +2076,172 @@ mod tests {
         assert_eq!(stats.documents, 12);
     }
 }
+
+/// mTLS against a real TLS server (rustls) that requires a client certificate, serving the
+/// double; certificates in `tests/fixtures/quickwit-tls`.
+#[cfg(test)]
+mod tls_tests {
+    use std::net::SocketAddr;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::*;
+    use crate::search::blind::Indexer;
+    use crate::search::conformance::{Msg, ids, key, tenant};
+    use crate::search::quickwit_double::QuickwitDouble;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/quickwit-tls")
+            .join(name)
+    }
+
+    struct TlsListener {
+        tcp: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else {
+                    continue;
+                };
+                // A client without an acceptable certificate fails here.
+                if let Ok(tls) = self.acceptor.accept(tcp).await {
+                    return (tls, addr);
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    /// The double behind TLS that requires a client certificate signed by `ca.pem`.
+    async fn serve_mtls(double: &QuickwitDouble) -> String {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(fixture("server.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        let router = double.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        format!("https://127.0.0.1:{port}")
+    }
+
+    async fn client(url: &str, ca: &str, identity: bool, dir: &std::path::Path) -> QuickwitIndex {
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::SqliteStore::connect(&format!(
+                "sqlite://{}",
+                dir.join(format!("{ca}-{identity}.sqlite")).display()
+            ))
+            .await
+            .unwrap(),
+        );
+        let cfg = QuickwitConfig {
+            url: url.to_owned(),
+            commit: CommitMode::Force,
+            ca_cert_file: Some(fixture(ca)),
+            client_cert_file: identity.then(|| fixture("client.pem")),
+            client_key_file: identity.then(|| fixture("client.key")),
+            timeout_secs: 10,
+            ..QuickwitConfig::default()
+        };
+        QuickwitIndex::new(cfg, store).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mtls_connects_with_the_right_ca_and_certificate_only() {
+        let double = QuickwitDouble::default();
+        let url = serve_mtls(&double).await;
+        let dir = tempfile::tempdir().unwrap();
+        let t = tenant("tls");
+        let k = key(31);
+        let ix = Indexer::Blind(&k);
+
+        let good = client(&url, "ca.pem", true, dir.path()).await;
+        good.index(
+            &t,
+            vec![Msg::new("m1", "inbox-a", 0, "hello", "world").doc(&ix)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids(&good, &t, &ix, "hello", &["inbox-a"]).await, ["m1"]);
+
+        for (ca, identity) in [("other-ca.pem", true), ("ca.pem", false)] {
+            let bad = client(&url, ca, identity, dir.path()).await;
+            let err = bad.stats(&t).await.err();
+            assert!(
+                matches!(err, Some(SearchError::Unavailable(_))),
+                "{ca} with client certificate {identity}: {err:?}"
+            );
+        }
+        assert!(double.violations().is_empty());
+    }
+
+    #[test]
+    fn a_key_that_is_not_pem_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, "not a key").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn Store> = rt.block_on(async {
+            Arc::new(
+                crate::store::SqliteStore::connect(&format!(
+                    "sqlite://{}",
+                    dir.path().join("s.sqlite").display()
+                ))
+                .await
+                .unwrap(),
+            )
+        });
+        let cfg = QuickwitConfig {
+            url: "https://quickwit:7280".into(),
+            client_cert_file: Some(fixture("client.pem")),
+            client_key_file: Some(bad),
+            ..QuickwitConfig::default()
+        };
+        let err = QuickwitIndex::new(cfg, store).err();
+        assert!(
+            matches!(err, Some(QuickwitConfigError::InvalidPem { .. })),
+            "{err:?}"
+        );
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(!msg.contains("not a key"), "{msg}");
+    }
+}
