@@ -4,7 +4,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=migrations");
-    let protos = ["proto/helpr/index/v1/index.proto"];
+    let protos = [
+        "proto/helpr/index/v1/index.proto",
+        "proto/helpr/control/v1/control.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -82,6 +82,21 @@ pub struct Settings {
     /// Search (`search.mode`, `search.index_dir`, `search.commit_interval_ms`,
     /// `search.writer_heap_mb`).
     pub search: SearchSettings,
+    /// The control API (`control.token_file`, `control.tls_cert_file`, `control.tls_key_file`).
+    pub control: ControlSettings,
+}
+
+/// The control API server (`helpr-dataplane control`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSettings {
+    /// File holding the bearer token the operator must present (a mounted Secret, mode
+    /// 0600 or stricter). Required: the server refuses to start without it.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain to serve TLS with (together with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (mode 0600 or stricter).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// The embedded search index (tantivy).
@@ -144,6 +159,7 @@ impl Default for Settings {
             google: GoogleConfig::default(),
             sync: SyncConfig::default(),
             search: SearchSettings::default(),
+            control: ControlSettings::default(),
         }
     }
 }

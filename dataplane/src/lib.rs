@@ -6,6 +6,7 @@
 //! | [`kms`] | the `Kms` trait and its `vault` and `local` backends |
 //! | [`keyring`] | per-tenant DEK versions: caching, rotation, seal accounting |
 //! | [`store`] | the database of record (PostgreSQL and SQLite) |
+//! | [`control`] | the control API (gRPC) the operator pushes desired state into |
 //! | [`config`] | settings from a file and `HELPR_*` environment variables |
 //! | [`ingest`] | push verification, Gmail sync, parse / sanitize / quote-strip pipeline |
 //! | [`search`] | tokenizer, blind tokens (HMAC under a per-tenant index key), query language (no I/O) |
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod ids;
 pub mod ingest;

@@ -76,6 +76,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: std::net::SocketAddr,
     },
+    /// Serve the control API (gRPC) the operator pushes tenants, inboxes, grants and
+    /// retention policies into. Requests must carry the bearer token read from
+    /// control.token_file (HELPR_CONTROL__TOKEN_FILE; mode 0600 or stricter); TLS when
+    /// control.tls_cert_file and control.tls_key_file are set. Stops on SIGINT/SIGTERM.
+    Control {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: std::net::SocketAddr,
+    },
     /// Send local messages (.eml file, directory of .eml files, or mbox) through the ingest
     /// pipeline (parse, strip quotes, sanitize, seal, store) and index them.
     Import {
@@ -339,6 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?
         }
         Command::Reindex { tenant } => run_reindex(&settings, &tenant.tenant).await?,
+        Command::Control { listen } => run_control(&settings, listen).await?,
         Command::Index { listen } => {
             let index = std::sync::Arc::new(settings.open_search_index()?);
             let listener = tokio::net::TcpListener::bind(listen)
@@ -785,6 +795,58 @@ async fn run_dev(
         tracing::warn!(error = %e, "final index commit failed");
     }
     println!("stopped");
+    Ok(())
+}
+
+async fn run_control(settings: &Settings, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use helpr_dataplane::control::{ControlService, ControlToken, TlsFiles, serve};
+    // Credentials first: without a usable token file nothing else is opened.
+    let token_file = settings.control.token_file.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "control.token_file (HELPR_CONTROL__TOKEN_FILE) is required: the control api never runs without authentication"
+        )
+    })?;
+    let token = ControlToken::from_file(token_file)?;
+    let tls = match (
+        &settings.control.tls_cert_file,
+        &settings.control.tls_key_file,
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            // The key file gets the same permission check as the token file.
+            ControlToken::from_file(key)
+                .map(drop)
+                .or_else(|e| match e {
+                    helpr_dataplane::control::TokenFileError::Malformed { .. } => Ok(()),
+                    e => Err(e),
+                })?;
+            let read = |p: &std::path::Path| {
+                std::fs::read(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {}", p.display(), e.kind()))
+            };
+            Some(TlsFiles {
+                cert_pem: read(cert)?,
+                key_pem: zeroize::Zeroizing::new(read(key)?),
+            })
+        }
+        _ => anyhow::bail!("control.tls_cert_file and control.tls_key_file go together"),
+    };
+    let keyring = std::sync::Arc::new(settings.open_keyring().await?);
+    let search = settings.open_search_backend(keyring.store().clone())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, tls = tls.is_some(), "control api serving gRPC");
+    println!("control api listening on {addr}");
+    serve(
+        ControlService::new(keyring, search),
+        token,
+        tls,
+        listener,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

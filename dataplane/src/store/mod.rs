@@ -7,8 +7,15 @@
 //! came from a message (subject, addresses, bodies, snippet, attachment names, types and
 //! bytes) arrives here already sealed ([`SealedField`]) and is stored as such.
 
+pub mod control;
 mod sql;
 
+pub use control::{
+    ApplyOutcome, ChangeEvent, ChangeFeed, ControlChange, ControlKind, ControlMeta,
+    ControlObjectRecord, DeletionPolicy, GrantRecord, GrantRole, GrantSpec, InboxSettings,
+    InboxSpec, Rejection, RetentionPolicyRecord, RetentionSpec, SubjectKind, TenantSettings,
+    TenantSpec, TenantState, Visibility,
+};
 pub use sql::{PgStore, SqliteStore};
 
 use async_trait::async_trait;
@@ -594,6 +601,101 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
     /// The tenants that have tombstones, in id order (the reaper's work list).
     async fn search_tombstone_tenants(&self) -> Result<Vec<TenantId>, StoreError>;
+
+    // --- control API (see [`control`]) ----------------------------------------------------
+    //
+    // Every apply/delete judges the object's generation and writes in ONE transaction:
+    // `AlreadyCurrent`, `Stale` and `Rejected` write nothing; `Applied` also appends the
+    // change to the change feed ([`Store::subscribe_changes`]).
+
+    /// What the store recorded of a Kubernetes object.
+    async fn control_object(
+        &self,
+        kind: ControlKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ControlObjectRecord>, StoreError>;
+    /// Applies a Tenant (id = `meta.name`): display name and settings; a stopped tenant
+    /// becomes active again with its managed inboxes. The tenant must exist already
+    /// (provisioned with its keys): `Rejected(UnknownTenant)` otherwise.
+    async fn apply_tenant(
+        &self,
+        meta: &ControlMeta,
+        spec: &TenantSpec,
+    ) -> Result<ApplyOutcome, StoreError>;
+    /// Deletes a Tenant. `Retain`: the tenant is stopped and its inboxes disconnected, data
+    /// kept. `Shred`: every row of the tenant is deleted (the audit trail stays) and the
+    /// records of its inboxes, grants and policy are forgotten; the caller destroys its KMS
+    /// key and search index first.
+    async fn delete_tenant(
+        &self,
+        meta: &ControlMeta,
+        policy: DeletionPolicy,
+    ) -> Result<ApplyOutcome, StoreError>;
+    /// Applies an Inbox: maps the object to the tenant's inbox with this address (created
+    /// if missing, reconnected if disconnected) and stores its access settings. Tenant and
+    /// address may not change once applied.
+    async fn apply_inbox(
+        &self,
+        meta: &ControlMeta,
+        spec: &InboxSpec,
+    ) -> Result<ApplyOutcome, StoreError>;
+    /// Deletes an Inbox: removes its grants and mapping and marks the inbox disconnected.
+    /// Its mail stays (soft delete and purge belong to the lifecycle module).
+    async fn delete_inbox(&self, meta: &ControlMeta) -> Result<ApplyOutcome, StoreError>;
+    /// Applies an InboxGrant; the Inbox object (same namespace) must be applied.
+    async fn apply_grant(
+        &self,
+        meta: &ControlMeta,
+        spec: &GrantSpec,
+    ) -> Result<ApplyOutcome, StoreError>;
+    async fn delete_grant(&self, meta: &ControlMeta) -> Result<ApplyOutcome, StoreError>;
+    /// Applies a RetentionPolicy (one per tenant).
+    async fn apply_retention_policy(
+        &self,
+        meta: &ControlMeta,
+        spec: &RetentionSpec,
+    ) -> Result<ApplyOutcome, StoreError>;
+    async fn delete_retention_policy(&self, meta: &ControlMeta)
+    -> Result<ApplyOutcome, StoreError>;
+    async fn tenant_settings(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<TenantSettings>, StoreError>;
+    /// The inbox an Inbox object manages.
+    async fn inbox_settings(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<InboxSettings>, StoreError>;
+    async fn list_grants_for_inbox(&self, inbox_id: &str) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Grants of one agent or team of the tenant.
+    async fn list_grants_for_subject(
+        &self,
+        tenant: &TenantId,
+        kind: SubjectKind,
+        name: &str,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+    async fn list_grants_for_tenant(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+    async fn retention_policy(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<RetentionPolicyRecord>, StoreError>;
+    /// Up to `limit` entries of the change log after `after_seq`, oldest first.
+    async fn control_changes_since(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<ControlChange>, StoreError>;
+    /// Sequence number of the newest change (0 when none).
+    async fn latest_control_seq(&self) -> Result<i64, StoreError>;
+    /// Follows control changes made from now on by any process on this database
+    /// (PostgreSQL: LISTEN/NOTIFY, with a periodic read of the log as a fallback; SQLite:
+    /// the change counter polled every 100 ms).
+    async fn subscribe_changes(&self) -> Result<ChangeFeed, StoreError>;
 }
 
 /// Opens the store named by a database URL (`postgres://...` or `sqlite://...`) and

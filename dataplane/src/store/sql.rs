@@ -31,6 +31,14 @@ use super::{SearchTombstone, TombstoneScope};
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
 
+mod control;
+
+use super::control::{
+    ApplyOutcome, ChangeFeed, ControlChange, ControlKind, ControlMeta, ControlObjectRecord,
+    DeletionPolicy, GrantRecord, GrantSpec, InboxSettings, InboxSpec, RetentionPolicyRecord,
+    RetentionSpec, SubjectKind, TenantSettings, TenantSpec,
+};
+
 // --- PostgreSQL -------------------------------------------------------------------------
 
 /// The PostgreSQL store (production).
@@ -1985,6 +1993,133 @@ macro_rules! sql_store {
                 rows.iter()
                     .map(|row| to_tenant(T, Self::col(row, T, "tenant_id")?))
                     .collect()
+            }
+
+            // --- control API (implemented in sql/control.rs) ------------------------------
+
+            async fn control_object(
+                &self,
+                kind: ControlKind,
+                namespace: &str,
+                name: &str,
+            ) -> Result<Option<ControlObjectRecord>, StoreError> {
+                self.ctl_object(kind, namespace, name).await
+            }
+
+            async fn apply_tenant(
+                &self,
+                meta: &ControlMeta,
+                spec: &TenantSpec,
+            ) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_apply_tenant(meta, spec).await
+            }
+
+            async fn delete_tenant(
+                &self,
+                meta: &ControlMeta,
+                policy: DeletionPolicy,
+            ) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_delete_tenant(meta, policy).await
+            }
+
+            async fn apply_inbox(
+                &self,
+                meta: &ControlMeta,
+                spec: &InboxSpec,
+            ) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_apply_inbox(meta, spec).await
+            }
+
+            async fn delete_inbox(&self, meta: &ControlMeta) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_delete_inbox(meta).await
+            }
+
+            async fn apply_grant(
+                &self,
+                meta: &ControlMeta,
+                spec: &GrantSpec,
+            ) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_apply_grant(meta, spec).await
+            }
+
+            async fn delete_grant(&self, meta: &ControlMeta) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_delete_grant(meta).await
+            }
+
+            async fn apply_retention_policy(
+                &self,
+                meta: &ControlMeta,
+                spec: &RetentionSpec,
+            ) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_apply_retention(meta, spec).await
+            }
+
+            async fn delete_retention_policy(
+                &self,
+                meta: &ControlMeta,
+            ) -> Result<ApplyOutcome, StoreError> {
+                self.ctl_delete_retention(meta).await
+            }
+
+            async fn tenant_settings(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Option<TenantSettings>, StoreError> {
+                self.ctl_tenant_settings(tenant).await
+            }
+
+            async fn inbox_settings(
+                &self,
+                namespace: &str,
+                name: &str,
+            ) -> Result<Option<InboxSettings>, StoreError> {
+                self.ctl_inbox_settings(namespace, name).await
+            }
+
+            async fn list_grants_for_inbox(
+                &self,
+                inbox_id: &str,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                self.ctl_grants_for_inbox(inbox_id).await
+            }
+
+            async fn list_grants_for_subject(
+                &self,
+                tenant: &TenantId,
+                kind: SubjectKind,
+                name: &str,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                self.ctl_grants_for_subject(tenant, kind, name).await
+            }
+
+            async fn list_grants_for_tenant(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                self.ctl_grants_for_tenant(tenant).await
+            }
+
+            async fn retention_policy(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Option<RetentionPolicyRecord>, StoreError> {
+                self.ctl_retention_policy(tenant).await
+            }
+
+            async fn control_changes_since(
+                &self,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<ControlChange>, StoreError> {
+                self.ctl_changes_since(after_seq, limit).await
+            }
+
+            async fn latest_control_seq(&self) -> Result<i64, StoreError> {
+                self.ctl_latest_seq().await
+            }
+
+            async fn subscribe_changes(&self) -> Result<ChangeFeed, StoreError> {
+                self.ctl_subscribe().await
             }
         }
     };
