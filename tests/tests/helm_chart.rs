@@ -565,6 +565,21 @@ fn data_plane_roles_run_their_subcommands_on_their_ports() {
             false
         );
     }
+    // control reads its bearer token from the mounted Secret (control.token_file).
+    let control = r.get("Deployment", "helpr-control");
+    let c = &control["spec"]["template"]["spec"]["containers"][0];
+    let file = container_env(c, "HELPR_CONTROL__TOKEN_FILE").unwrap()["value"]
+        .as_str()
+        .unwrap();
+    let dir = Path::new(file).parent().unwrap().to_str().unwrap();
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == dir && m["name"] == "control-token")
+    );
+
     let ingest = r.get("Deployment", "helpr-ingest");
     let probe = &ingest["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
     assert_eq!(probe["httpGet"]["path"], "/healthz");
@@ -1434,7 +1449,7 @@ fn dockerfile_builds_both_binaries_and_runs_as_65532() {
     let last_user = text
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .unwrap();
     assert!(last_user.starts_with("65532"), "{last_user}");
     assert!(repo_root().join(".dockerignore").exists());
