@@ -163,10 +163,49 @@ fn every_command_has_help() {
         vec!["search", "--help"],
         vec!["reindex", "--help"],
         vec!["index", "--help"],
+        vec!["control", "--help"],
     ] {
         let out = ok(dir.path(), &args);
         assert!(out.contains("Usage:"), "{args:?}: {out}");
     }
+}
+
+#[test]
+fn control_refuses_to_start_without_a_private_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |token_file: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"));
+        cmd.arg("--data-dir")
+            .arg(dir.path())
+            .args(["control", "--listen", "127.0.0.1:0"])
+            .env_remove("HELPR_CONFIG")
+            .env_remove("HELPR_CONTROL__TOKEN_FILE")
+            .env("HELPR_LOG", "warn");
+        if let Some(f) = token_file {
+            cmd.env("HELPR_CONTROL__TOKEN_FILE", f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "control started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(None);
+    assert!(err.contains("control.token_file"), "{err}");
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-control-token\n").unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = run(Some(&token));
+        assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    std::fs::write(&token, "").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = run(Some(&token));
+    assert!(err.contains("is empty"), "{err}");
+    // Nothing was opened before the credentials were checked.
+    assert!(!dir.path().join("helpr.db").exists());
 }
 
 #[test]

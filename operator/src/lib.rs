@@ -2,6 +2,8 @@
 //!
 //! - [`vault`]: per-tenant Vault/OpenBao provisioning (transit key, a policy limited to that
 //!   key, a Kubernetes-auth role for the tenant's sync pods) and crypto-shredding.
+//! - [`control`]: the client of the data plane's control API (typed errors, bearer token).
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod vault;

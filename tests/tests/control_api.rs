@@ -1,0 +1,594 @@
+//! The control API end to end: the real tonic server (`ControlService` behind its bearer
+//! token interceptor) on a free port, over a real PostgreSQL database (and SQLite), a local
+//! KMS and a tantivy index, driven by the operator's `ControlClient`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use helpr_dataplane::control::{ControlService, ControlToken, serve};
+use helpr_dataplane::crypto::SealContext;
+use helpr_dataplane::ids::TenantId;
+use helpr_dataplane::keyring::{Keyring, KeyringConfig};
+use helpr_dataplane::kms::local::LocalKms;
+use helpr_dataplane::kms::{DekContext, KeyRef, Kms, KmsError, WrappedDek};
+use helpr_dataplane::search::{
+    DeleteScope, IndexDoc, IndexStats, SearchError, SearchIndex, SearchPage, SearchRequest,
+    TantivyConfig, TantivyIndex,
+};
+use helpr_dataplane::store::{
+    ChangeEvent, ControlKind, GrantRole, PgStore, SqliteStore, Store, SubjectKind, Visibility,
+};
+use helpr_operator::control::{ControlClient, ControlError, proto};
+use helpr_tests::postgres::{TestDatabase, sqlite_url};
+use tonic::Code;
+
+// --- harness ------------------------------------------------------------------------------
+
+/// A search index whose `drop_tenant` fails while `down` is set (the search tier is
+/// unreachable); everything else goes to tantivy.
+struct FlakySearch {
+    inner: TantivyIndex,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl SearchIndex for FlakySearch {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn index(&self, t: &TenantId, docs: Vec<IndexDoc>) -> Result<(), SearchError> {
+        self.inner.index(t, docs).await
+    }
+    async fn flush(&self, t: &TenantId) -> Result<(), SearchError> {
+        self.inner.flush(t).await
+    }
+    async fn delete(&self, t: &TenantId, scope: &DeleteScope) -> Result<(), SearchError> {
+        self.inner.delete(t, scope).await
+    }
+    async fn drop_tenant(&self, t: &TenantId) -> Result<(), SearchError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SearchError::Unavailable("search tier unreachable".into()));
+        }
+        self.inner.drop_tenant(t).await
+    }
+    async fn search(&self, t: &TenantId, r: &SearchRequest) -> Result<SearchPage, SearchError> {
+        self.inner.search(t, r).await
+    }
+    async fn stats(&self, t: &TenantId) -> Result<IndexStats, SearchError> {
+        self.inner.stats(t).await
+    }
+}
+
+struct Harness {
+    client: ControlClient,
+    url: String,
+    token: String,
+    store: Arc<dyn Store>,
+    /// A second handle on the same database, as another process would hold.
+    other: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    search: Arc<FlakySearch>,
+    kms_dir: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _db: Option<TestDatabase>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn postgres() -> Harness {
+        let db = TestDatabase::create().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url).await.unwrap());
+        let other: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url).await.unwrap());
+        Self::start(store, other, Some(db), tempfile::tempdir().unwrap()).await
+    }
+
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(dir.path());
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
+        let other: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
+        Self::start(store, other, None, dir).await
+    }
+
+    async fn start(
+        store: Arc<dyn Store>,
+        other: Arc<dyn Store>,
+        db: Option<TestDatabase>,
+        dir: tempfile::TempDir,
+    ) -> Harness {
+        let kms_dir = dir.path().join("kms");
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&kms_dir).unwrap());
+        let keyring = Arc::new(Keyring::new(kms, store.clone(), KeyringConfig::default()));
+        let search = Arc::new(FlakySearch {
+            inner: TantivyIndex::open(TantivyConfig::new(dir.path().join("index"))).unwrap(),
+            down: AtomicBool::new(false),
+        });
+        let token = format!("control-token-{}", uuid::Uuid::new_v4().simple());
+        let server_token = ControlToken::new(token.as_bytes());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = ControlService::new(keyring.clone(), search.clone());
+        let server = tokio::spawn(async move {
+            serve(service, server_token, None, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = ControlClient::connect(&url, &token).unwrap();
+        Harness {
+            client,
+            url,
+            token,
+            store,
+            other,
+            keyring,
+            search,
+            kms_dir,
+            stop: Some(stop),
+            server: Some(server),
+            _db: db,
+            _dir: dir,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+}
+
+fn meta(namespace: &str, name: &str, uid: &str, generation: i64) -> proto::ObjectMeta {
+    proto::ObjectMeta {
+        namespace: namespace.into(),
+        name: name.into(),
+        uid: uid.into(),
+        generation,
+    }
+}
+
+fn tenant_req(
+    name: &str,
+    generation: i64,
+    policy: proto::DeletionPolicy,
+) -> proto::UpsertTenantRequest {
+    proto::UpsertTenantRequest {
+        meta: Some(meta("acme-ns", name, &format!("uid-{name}"), generation)),
+        spec: Some(proto::TenantSpec {
+            display_name: format!("Tenant {name}"),
+            deletion_policy: policy.into(),
+            search_mode: proto::SearchMode::Blind.into(),
+        }),
+    }
+}
+
+fn inbox_req(
+    name: &str,
+    tenant: &str,
+    generation: i64,
+    visibility: proto::Visibility,
+) -> proto::UpsertInboxRequest {
+    proto::UpsertInboxRequest {
+        meta: Some(meta("acme-ns", name, &format!("uid-{name}"), generation)),
+        spec: Some(proto::InboxSpec {
+            tenant: tenant.into(),
+            gmail_address: format!("{name}@acme.example"),
+            visibility: visibility.into(),
+            team: if visibility == proto::Visibility::Team {
+                "tier-1".into()
+            } else {
+                String::new()
+            },
+            assignment_limits_visibility: false,
+        }),
+    }
+}
+
+fn grant_req(name: &str, inbox: &str, agent: &str, generation: i64) -> proto::UpsertGrantRequest {
+    proto::UpsertGrantRequest {
+        meta: Some(meta("acme-ns", name, &format!("uid-{name}"), generation)),
+        spec: Some(proto::GrantSpec {
+            inbox: inbox.into(),
+            subject_kind: proto::SubjectKind::Agent.into(),
+            subject_name: agent.into(),
+            role: proto::Role::Reply.into(),
+            expiration_time: Some(4_102_444_800_000),
+        }),
+    }
+}
+
+fn tid(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+fn outcome(r: Result<helpr_operator::control::ApplyResult, ControlError>) -> proto::Outcome {
+    r.unwrap_or_else(|e| panic!("control call failed: {e}"))
+        .outcome
+}
+
+/// Waits for the feed to deliver a change of `kind` (other changes may come first).
+async fn expect_change(
+    feed: &mut helpr_dataplane::store::ChangeFeed,
+    kind: ControlKind,
+    deleted: bool,
+) {
+    let wait = async {
+        loop {
+            match feed.next().await.expect("feed ended") {
+                ChangeEvent::Change(c) if c.kind == kind && c.deleted == deleted => return c,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("no notification within 10 s");
+}
+
+// --- scenarios ----------------------------------------------------------------------------
+
+/// Tenant → inbox → grant, idempotency, stale generations, revocation seen by another
+/// store handle through the change feed.
+async fn apply_revoke_and_notify(h: &mut Harness) {
+    use proto::Outcome::{AlreadyCurrent, Applied, Stale};
+    let acme = tid("acme");
+
+    // Tenant: created with its keys.
+    let req = tenant_req("acme", 1, proto::DeletionPolicy::Retain);
+    assert_eq!(outcome(h.client.upsert_tenant(req.clone()).await), Applied);
+    let tenant = h
+        .store
+        .get_tenant(&acme)
+        .await
+        .unwrap()
+        .expect("tenant exists");
+    assert_eq!(tenant.display_name, "Tenant acme");
+    assert!(
+        h.store.current_key_version(&acme).await.unwrap().is_some(),
+        "tenant has a dek"
+    );
+    // Same generation again: nothing to do.
+    assert_eq!(outcome(h.client.upsert_tenant(req).await), AlreadyCurrent);
+    assert_eq!(h.store.list_key_versions(&acme).await.unwrap().len(), 1);
+
+    // Inbox and grant.
+    let inbox = inbox_req("support", "acme", 3, proto::Visibility::Team);
+    assert_eq!(outcome(h.client.upsert_inbox(inbox).await), Applied);
+    let settings = h
+        .store
+        .inbox_settings("acme-ns", "support")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settings.visibility, Visibility::Team);
+    assert_eq!(settings.team.as_deref(), Some("tier-1"));
+    assert_eq!(settings.generation, 3);
+    let grant = grant_req("ann-support", "support", "ann", 1);
+    assert_eq!(outcome(h.client.upsert_grant(grant.clone()).await), Applied);
+    let grants = h
+        .store
+        .list_grants_for_inbox(&settings.inbox_id)
+        .await
+        .unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].subject_kind, SubjectKind::Agent);
+    assert_eq!(grants[0].role, GrantRole::Reply);
+    assert_eq!(
+        h.other
+            .list_grants_for_subject(&acme, SubjectKind::Agent, "ann")
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "another process reads the grant"
+    );
+
+    // A stale inbox generation writes nothing.
+    let stale = h
+        .client
+        .upsert_inbox(inbox_req("support", "acme", 2, proto::Visibility::Org))
+        .await
+        .unwrap();
+    assert_eq!(stale.outcome, Stale);
+    assert_eq!(stale.applied_generation, 3);
+    let after = h
+        .store
+        .inbox_settings("acme-ns", "support")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, settings, "a stale generation changed nothing");
+
+    // Revocation: gone, and the other handle is told.
+    let mut feed = h.other.subscribe_changes().await.unwrap();
+    let applied = h
+        .client
+        .delete_grant(meta("acme-ns", "ann-support", "uid-ann-support", 2))
+        .await
+        .unwrap();
+    assert_eq!(applied.outcome, Applied);
+    expect_change(&mut feed, ControlKind::Grant, true).await;
+    assert!(
+        h.store
+            .list_grants_for_inbox(&settings.inbox_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The deleted grant is not resurrected by a late upsert of the same object.
+    assert_eq!(outcome(h.client.upsert_grant(grant).await), Stale);
+    assert!(
+        h.other
+            .list_grants_for_inbox(&settings.inbox_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let status = h.client.tenant_status("acme").await.unwrap();
+    assert_eq!(status.state(), proto::TenantState::Active);
+    assert_eq!(status.applied_generation, 1);
+    assert_eq!(status.inbox_count, 1);
+    assert_eq!(status.grant_count, 0);
+    assert_eq!(status.keys.unwrap().versions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_applies_revokes_and_notifies() {
+    let mut h = Harness::postgres().await;
+    apply_revoke_and_notify(&mut h).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_applies_revokes_and_notifies() {
+    let mut h = Harness::sqlite().await;
+    apply_revoke_and_notify(&mut h).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_or_wrong_token_is_unauthenticated_and_writes_nothing() {
+    let h = Harness::postgres().await;
+    let mut wrong = ControlClient::connect(&h.url, "not-the-token").unwrap();
+    let e = wrong
+        .upsert_tenant(tenant_req("acme", 1, proto::DeletionPolicy::Retain))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(e.code(), Some(Code::Unauthenticated), "{e}");
+    assert!(!e.is_retryable());
+    assert!(!e.to_string().contains(&h.token), "{e}");
+
+    // No authorization header at all.
+    let channel = tonic::transport::Endpoint::from_shared(h.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = proto::control_client::ControlClient::new(channel);
+    let status = raw
+        .upsert_tenant(tenant_req("acme", 1, proto::DeletionPolicy::Retain))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = raw
+        .get_tenant_status(proto::GetTenantStatusRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    assert!(h.store.get_tenant(&tid("acme")).await.unwrap().is_none());
+    assert!(h.store.list_tenants().await.unwrap().is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_references_and_bad_requests_are_clear_errors() {
+    let mut h = Harness::postgres().await;
+    let e = h
+        .client
+        .upsert_inbox(inbox_req("support", "ghost", 1, proto::Visibility::Org))
+        .await
+        .expect_err("unknown tenant");
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    assert!(e.to_string().contains("tenant ghost"), "{e}");
+    assert!(
+        !e.to_string().contains("@acme.example"),
+        "no address in errors: {e}"
+    );
+
+    outcome(
+        h.client
+            .upsert_tenant(tenant_req("acme", 1, proto::DeletionPolicy::Retain))
+            .await,
+    );
+    let e = h
+        .client
+        .upsert_grant(grant_req("g", "no-such-inbox", "ann", 1))
+        .await
+        .expect_err("unknown inbox");
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    assert!(e.to_string().contains("acme-ns/no-such-inbox"), "{e}");
+
+    let e = h
+        .client
+        .upsert_grant(grant_req("g", "support", "ann", 0))
+        .await
+        .expect_err("generation 0");
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    let mut bad = inbox_req("support", "acme", 1, proto::Visibility::Org);
+    bad.spec.as_mut().unwrap().gmail_address = "not an address".into();
+    let e = h.client.upsert_inbox(bad).await.expect_err("bad address");
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    let mut bad = tenant_req("acme", 2, proto::DeletionPolicy::Retain);
+    bad.spec.as_mut().unwrap().deletion_policy = proto::DeletionPolicy::Unspecified.into();
+    let e = h.client.upsert_tenant(bad).await.expect_err("no policy");
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+
+    // A live object of the same name with another uid is refused.
+    let mut other = tenant_req("acme", 5, proto::DeletionPolicy::Retain);
+    other.meta.as_mut().unwrap().uid = "another-uid".into();
+    let e = h
+        .client
+        .upsert_tenant(other)
+        .await
+        .expect_err("uid mismatch");
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+
+    // Nothing of the refused calls was written.
+    assert!(h.store.list_inboxes(&tid("acme")).await.unwrap().is_empty());
+    assert!(
+        h.store
+            .list_grants_for_tenant(&tid("acme"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        h.store
+            .tenant_settings(&tid("acme"))
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        1
+    );
+    h.shutdown().await;
+}
+
+/// RETAIN keeps the data and disconnects; SHRED destroys the key (a sealed value can no
+/// longer be opened), survives a search outage with UNAVAILABLE, and is idempotent.
+async fn delete_tenants(h: &mut Harness) {
+    use proto::Outcome::{AlreadyCurrent, Applied};
+    // Retain.
+    outcome(
+        h.client
+            .upsert_tenant(tenant_req("keep", 1, proto::DeletionPolicy::Retain))
+            .await,
+    );
+    outcome(
+        h.client
+            .upsert_inbox(inbox_req("keep-inbox", "keep", 1, proto::Visibility::Org))
+            .await,
+    );
+    let deleted = h
+        .client
+        .delete_tenant(meta("acme-ns", "keep", "uid-keep", 2))
+        .await;
+    assert_eq!(outcome(deleted), Applied);
+    let keep = tid("keep");
+    assert!(
+        h.store.get_tenant(&keep).await.unwrap().is_some(),
+        "retained"
+    );
+    let inboxes = h.store.list_inboxes(&keep).await.unwrap();
+    assert_eq!(inboxes.len(), 1);
+    assert_eq!(inboxes[0].status, "disconnected");
+    assert_eq!(
+        h.client.tenant_status("keep").await.unwrap().state(),
+        proto::TenantState::Stopped
+    );
+    let e = h
+        .client
+        .upsert_inbox(inbox_req("late-inbox", "keep", 1, proto::Visibility::Org))
+        .await
+        .expect_err("stopped tenant");
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+
+    // Shred.
+    outcome(
+        h.client
+            .upsert_tenant(tenant_req("gone", 1, proto::DeletionPolicy::Shred))
+            .await,
+    );
+    let gone = tid("gone");
+    let sealed = h
+        .keyring
+        .seal(
+            &SealContext::new("gone", "rec-1", "test.field"),
+            b"secret words",
+        )
+        .await
+        .unwrap();
+    let key = h.store.current_key_version(&gone).await.unwrap().unwrap();
+    let delete = meta("acme-ns", "gone", "uid-gone", 2);
+
+    h.search.down.store(true, Ordering::SeqCst);
+    let e = h
+        .client
+        .delete_tenant(delete.clone())
+        .await
+        .expect_err("search down");
+    assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+    assert!(e.is_retryable());
+    assert!(
+        h.store.get_tenant(&gone).await.unwrap().is_some(),
+        "nothing recorded yet"
+    );
+    h.search.down.store(false, Ordering::SeqCst);
+
+    assert_eq!(
+        outcome(h.client.delete_tenant(delete.clone()).await),
+        Applied
+    );
+    assert_eq!(
+        outcome(h.client.delete_tenant(delete).await),
+        AlreadyCurrent
+    );
+    assert!(h.store.get_tenant(&gone).await.unwrap().is_none());
+    assert!(h.store.list_key_versions(&gone).await.unwrap().is_empty());
+    assert_eq!(
+        h.client.tenant_status("gone").await.unwrap().state(),
+        proto::TenantState::Absent
+    );
+    // The wrapped DEK no longer unwraps, in a fresh process's KMS: the sealed value is lost.
+    let kms = LocalKms::open(&h.kms_dir).unwrap();
+    let key_ref = KeyRef::new(key.kms_key_ref.clone());
+    let unwrapped = kms
+        .unwrap_dek(
+            DekContext {
+                tenant: &gone,
+                key: &key_ref,
+                version: key.version,
+            },
+            &WrappedDek::new(key.wrapped_dek.clone()),
+        )
+        .await;
+    assert!(
+        matches!(unwrapped, Err(KmsError::KeyNotFound { .. })),
+        "{:?}",
+        unwrapped.err()
+    );
+    let fresh = Keyring::new(Arc::new(kms), h.store.clone(), KeyringConfig::default());
+    assert!(
+        fresh
+            .open(&SealContext::new("gone", "rec-1", "test.field"), &sealed)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_tenant_deletion_retains_or_shreds() {
+    let mut h = Harness::postgres().await;
+    delete_tenants(&mut h).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_tenant_deletion_retains_or_shreds() {
+    let mut h = Harness::sqlite().await;
+    delete_tenants(&mut h).await;
+    h.shutdown().await;
+}
