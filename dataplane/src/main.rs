@@ -513,9 +513,17 @@ async fn run_sync(settings: &Settings, tenant: &TenantId, once: bool) -> anyhow:
         store.get_tenant(tenant).await?.is_some(),
         "tenant {tenant} does not exist"
     );
+    // The worker holds the plaintext, so it also turns stored messages into index terms
+    // (blind tokens) and hands them to the search tier (the index role, Quickwit, or the
+    // embedded index), driven by the index markers in the store.
+    let service = std::sync::Arc::new(helpr_dataplane::search::service::SearchService::new(
+        keyring.clone(),
+        settings.open_search_backend(store.clone())?,
+        settings.search.mode,
+    ));
     let worker = std::sync::Arc::new(SyncWorker::new(
         tenant.clone(),
-        store,
+        store.clone(),
         keyring,
         GmailClient::new(settings.gmail.clone())?,
         TokenSource::new(&settings.google)?,
@@ -524,14 +532,33 @@ async fn run_sync(settings: &Settings, tenant: &TenantId, once: bool) -> anyhow:
     if once {
         let jobs = worker.run_once().await?;
         let polled = worker.poll_due().await;
-        println!("synced {jobs} inbox(es) with jobs and {polled} by poll");
+        let indexed = match service.index_all_pending(tenant, 200, |_, _| {}).await {
+            Ok(n) => n.to_string(),
+            Err(helpr_dataplane::search::service::ServiceError::Search(
+                helpr_dataplane::search::SearchError::Locked { holder, .. },
+            )) => format!("0 (the index is held by {holder}, which indexes them)"),
+            Err(e) => return Err(e.into()),
+        };
+        println!("synced {jobs} inbox(es) with jobs and {polled} by poll; indexed {indexed}");
         return Ok(());
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let handle = tokio::spawn(worker.run(rx));
+    let handle = tokio::spawn(worker.run(rx.clone()));
+    let interval = std::time::Duration::from_millis(settings.search.commit_interval_ms.max(100));
+    let indexer = tokio::spawn(helpr_dataplane::tools::run_indexer(
+        service.clone(),
+        store,
+        interval,
+        Some(tenant.clone()),
+        rx,
+    ));
     shutdown_signal().await;
     let _ = tx.send(true);
     let _ = handle.await;
+    let _ = indexer.await;
+    if let Err(e) = service.index().flush(tenant).await {
+        tracing::warn!(error = %e, "final index commit failed");
+    }
     Ok(())
 }
 
@@ -703,6 +730,7 @@ async fn run_dev(
         service.clone(),
         store.clone(),
         interval,
+        None,
         stop_rx.clone(),
     ));
     if let Some(path) = import {

@@ -250,39 +250,64 @@ pub async fn import(
     Ok(report)
 }
 
-/// Indexes whatever is pending for every tenant, every `interval`, until `shutdown` turns
-/// true. A tenant whose index another process holds is skipped (and logged once) until the
-/// holder lets go; other failures are logged and retried on the next round.
+/// How often [`run_indexer`] runs the search backend's housekeeping
+/// ([`crate::search::SearchIndex::maintain`]).
+pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Indexes whatever is pending for every tenant (or only `only`), every `interval`, until
+/// `shutdown` turns true, and runs the backend's housekeeping every
+/// [`MAINTENANCE_INTERVAL`]. A tenant whose index another process holds is skipped (and
+/// logged once) until the holder lets go; other failures are logged and retried on the
+/// next round.
 pub async fn run_indexer(
     service: std::sync::Arc<SearchService>,
     store: std::sync::Arc<dyn crate::store::Store>,
     interval: std::time::Duration,
+    only: Option<TenantId>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut held_elsewhere: std::collections::HashSet<TenantId> = Default::default();
+    let mut last_maintenance: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {
-        match store.list_tenants().await {
+        let tenants = match &only {
+            Some(t) => Ok(vec![t.clone()]),
+            None => store
+                .list_tenants()
+                .await
+                .map(|ts| ts.into_iter().map(|t| t.id).collect()),
+        };
+        match tenants {
             Ok(tenants) => {
                 for t in tenants {
-                    match service.index_all_pending(&t.id, 200, |_, _| {}).await {
+                    match service.index_all_pending(&t, 200, |_, _| {}).await {
                         Ok(n) => {
                             if n > 0 {
-                                tracing::info!(tenant = %t.id, indexed = n, "indexed new messages");
+                                tracing::info!(tenant = %t, indexed = n, "indexed new messages");
                             }
-                            held_elsewhere.remove(&t.id);
+                            held_elsewhere.remove(&t);
                         }
                         Err(ServiceError::Search(SearchError::Locked { holder, .. })) => {
-                            if held_elsewhere.insert(t.id.clone()) {
-                                tracing::warn!(tenant = %t.id, %holder, "search index held by another process; it indexes this tenant");
+                            if held_elsewhere.insert(t.clone()) {
+                                tracing::warn!(tenant = %t, %holder, "search index held by another process; it indexes this tenant");
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(tenant = %t.id, error = %e, "indexing failed; retrying");
+                            tracing::warn!(tenant = %t, error = %e, "indexing failed; retrying");
                         }
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing tenants failed; retrying"),
+        }
+        if last_maintenance.is_none_or(|at| at.elapsed() >= MAINTENANCE_INTERVAL) {
+            last_maintenance = Some(std::time::Instant::now());
+            match service.index().maintain().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(cleared = n, "search backend housekeeping"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "search backend housekeeping failed; retrying")
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

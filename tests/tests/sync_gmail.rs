@@ -665,10 +665,16 @@ async fn a_sync_worker_killed_mid_batch_resumes_without_loss_or_duplicates() {
             .unwrap()
             .len();
         let done = env.jobs().await.iter().all(|(s, _)| s == "done");
-        if n == total as usize && done {
+        // The worker also indexes what it stored (blind tokens into the configured search
+        // backend, here the embedded index under its data directory): markers cleared.
+        let (pending, indexed_total) = env.store.index_progress(&env.tenant).await.unwrap();
+        if n == total as usize && done && pending == 0 && indexed_total == total as u64 {
             break;
         }
-        assert!(Instant::now() < deadline, "resumed worker stalled at {n}");
+        assert!(
+            Instant::now() < deadline,
+            "resumed worker stalled at {n} stored, {pending} not indexed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();

@@ -202,6 +202,12 @@ pub trait SearchIndex: Send + Sync + 'static {
     ) -> Result<SearchPage, SearchError>;
 
     async fn stats(&self, tenant: &TenantId) -> Result<IndexStats, SearchError>;
+
+    /// Periodic housekeeping the indexing processes run (Quickwit: dropping delete
+    /// tombstones whose delete task has been applied). Returns how many items it cleared.
+    async fn maintain(&self) -> Result<u64, SearchError> {
+        Ok(0)
+    }
 }
 
 /// Checks what every backend refuses before it touches an index.

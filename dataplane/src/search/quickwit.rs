@@ -1251,6 +1251,10 @@ impl QuickwitIndex {
 
 #[async_trait]
 impl SearchIndex for QuickwitIndex {
+    async fn maintain(&self) -> Result<u64, SearchError> {
+        self.reap_all_tombstones().await
+    }
+
     fn backend(&self) -> &'static str {
         "quickwit"
     }
