@@ -1457,6 +1457,157 @@ mod cases {
         Ok(())
     }
 
+    pub async fn control_changes_are_generation_checked(b: &Backend) -> anyhow::Result<()> {
+        use helpr_dataplane::search::Mode;
+        use helpr_dataplane::store::{
+            ApplyOutcome, ControlMeta, DeletionPolicy, GrantRole, GrantSpec, InboxSpec, Rejection,
+            RetentionSpec, SubjectKind, TenantSpec, Visibility,
+        };
+        let s = b.store();
+        let m = |ns: &str, name: &str, generation: i64| ControlMeta {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            generation,
+        };
+        let spec = |policy| TenantSpec {
+            display_name: "Acme".into(),
+            deletion_policy: policy,
+            search_mode: Mode::Blind,
+        };
+        // A Tenant needs its tenant row (provisioned with keys first).
+        assert_eq!(
+            s.apply_tenant(&m("", "acme", 1), &spec(DeletionPolicy::Shred))
+                .await?,
+            ApplyOutcome::Rejected(Rejection::UnknownTenant)
+        );
+        let acme = tenant(s, "acme").await;
+        let seq0 = s.latest_control_seq().await?;
+        assert_eq!(
+            s.apply_tenant(&m("", "acme", 2), &spec(DeletionPolicy::Shred))
+                .await?,
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            s.apply_tenant(&m("", "acme", 2), &spec(DeletionPolicy::Retain))
+                .await?,
+            ApplyOutcome::AlreadyCurrent
+        );
+        assert_eq!(
+            s.apply_tenant(&m("", "acme", 1), &spec(DeletionPolicy::Retain))
+                .await?,
+            ApplyOutcome::Stale {
+                applied_generation: 2
+            }
+        );
+        let settings = s.tenant_settings(&acme).await?.unwrap();
+        assert_eq!(
+            (settings.deletion_policy, settings.generation),
+            (DeletionPolicy::Shred, 2)
+        );
+        assert_eq!(
+            s.latest_control_seq().await?,
+            seq0 + 1,
+            "only the applied change is logged"
+        );
+
+        let inbox = |tenant: &str| InboxSpec {
+            tenant: tid(tenant),
+            address: "support@acme.example".into(),
+            visibility: Visibility::Org,
+            team: None,
+            assignment_limits_visibility: true,
+        };
+        assert_eq!(
+            s.apply_inbox(&m("ns", "support", 1), &inbox("ghost"))
+                .await?,
+            ApplyOutcome::Rejected(Rejection::UnknownTenant)
+        );
+        let grant = GrantSpec {
+            inbox_name: "support".into(),
+            subject_kind: SubjectKind::Agent,
+            subject_name: "ann".into(),
+            role: GrantRole::Configure,
+            expires_at_ms: None,
+        };
+        assert_eq!(
+            s.apply_grant(&m("ns", "ann", 1), &grant).await?,
+            ApplyOutcome::Rejected(Rejection::UnknownInbox)
+        );
+        assert_eq!(
+            s.apply_inbox(&m("ns", "support", 1), &inbox("acme"))
+                .await?,
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            s.apply_grant(&m("ns", "ann", 1), &grant).await?,
+            ApplyOutcome::Applied
+        );
+        let mapped = s.inbox_settings("ns", "support").await?.unwrap();
+        assert_eq!(s.list_grants_for_inbox(&mapped.inbox_id).await?.len(), 1);
+        let retention = RetentionSpec {
+            tenant: acme.clone(),
+            grace_period_days: 30,
+            delete_after_days: Some(365),
+            legal_hold: false,
+        };
+        assert_eq!(
+            s.apply_retention_policy(&m("ns", "keep", 1), &retention)
+                .await?,
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            s.apply_retention_policy(&m("ns", "second", 1), &retention)
+                .await?,
+            ApplyOutcome::Rejected(Rejection::PolicyExists)
+        );
+        assert_eq!(
+            s.retention_policy(&acme).await?.unwrap().delete_after_days,
+            Some(365)
+        );
+
+        // Deleting the inbox takes its grants and disconnects it; the mail row stays.
+        assert_eq!(
+            s.delete_inbox(&m("ns", "support", 1)).await?,
+            ApplyOutcome::Applied
+        );
+        assert!(s.list_grants_for_inbox(&mapped.inbox_id).await?.is_empty());
+        assert_eq!(
+            s.get_inbox(&mapped.inbox_id).await?.unwrap().status,
+            "disconnected"
+        );
+        assert_eq!(
+            s.delete_inbox(&m("ns", "support", 1)).await?,
+            ApplyOutcome::AlreadyCurrent
+        );
+        assert_eq!(
+            s.apply_inbox(&m("ns", "support", 2), &inbox("acme"))
+                .await?,
+            ApplyOutcome::Stale {
+                applied_generation: 1
+            },
+            "a deleted object is not resurrected"
+        );
+        let changes = s.control_changes_since(seq0, 100).await?;
+        assert!(
+            changes.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "no gaps"
+        );
+        assert!(changes.iter().any(|c| c.deleted && c.name == "support"));
+
+        // Shredding removes every row of the tenant.
+        assert_eq!(
+            s.delete_tenant(&m("", "acme", 3), DeletionPolicy::Shred)
+                .await?,
+            ApplyOutcome::Applied
+        );
+        assert!(s.get_tenant(&acme).await?.is_none());
+        assert!(s.get_inbox(&mapped.inbox_id).await?.is_none());
+        assert!(s.retention_policy(&acme).await?.is_none());
+        assert!(s.tenant_settings(&acme).await?.is_none());
+        Ok(())
+    }
+
     pub async fn unavailable_database(b: &Backend) -> anyhow::Result<()> {
         let down = b.unreachable_store().await?;
         let t = tid("acme");
@@ -1537,6 +1688,7 @@ conformance!(
     sync_jobs_enqueue_replay_duplicate_and_claim,
     synced_messages_advance_the_high_water_mark_atomically,
     inbox_status_and_refresh_token_compare_and_swap,
+    control_changes_are_generation_checked,
 );
 
 #[tokio::test]
