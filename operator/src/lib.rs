@@ -2,8 +2,12 @@
 //!
 //! - [`vault`]: per-tenant Vault/OpenBao provisioning (transit key, a policy limited to that
 //!   key, a Kubernetes-auth role for the tenant's sync pods) and crypto-shredding.
+//! - [`settings`]: the operator's own settings (sync image, Vault naming, egress targets).
+//! - [`tenant`]: the Tenant controller (validate, build, reconcile).
 //! - [`control`]: the client of the data plane's control API (typed errors, bearer token).
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod settings;
+pub mod tenant;
 pub mod vault;
