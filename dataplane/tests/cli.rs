@@ -194,7 +194,7 @@ fn control_refuses_to_start_without_a_private_token_file() {
 
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-control-token\n").unwrap();
-    for mode in [0o644, 0o640, 0o604] {
+    for mode in [0o644, 0o660, 0o604] {
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
         let err = run(Some(&token));
         assert!(err.contains("chmod 600"), "{mode:o}: {err}");

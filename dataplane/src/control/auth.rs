@@ -25,7 +25,7 @@ pub enum TokenFileError {
         kind: std::io::ErrorKind,
     },
     #[error(
-        "control token file {path} has mode {mode:o}: group or others may read it; run chmod 600 on it (in Kubernetes: defaultMode 0400)"
+        "control token file {path} has mode {mode:o}: others may access it or its group may change it; run chmod 600 on it (in Kubernetes: defaultMode 0400, which an fsGroup turns into 0440)"
     )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("control token file {path} is empty")]
@@ -51,9 +51,10 @@ impl ControlToken {
         }
     }
 
-    /// Reads the token from `path`: refuses a file group or others may access, an empty
-    /// one, and one with non-printable bytes (surrounding whitespace and a trailing newline
-    /// are ignored).
+    /// Reads the token from `path`: refuses a file that others may access or its group may
+    /// write or execute (group read is allowed: Kubernetes mounts a Secret `0440` when the
+    /// pod has an `fsGroup`), an empty one, and one with non-printable bytes (surrounding
+    /// whitespace and a trailing newline are ignored).
     pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
         let unreadable = |e: std::io::Error| TokenFileError::Unreadable {
             path: path.to_owned(),
@@ -65,7 +66,7 @@ impl ControlToken {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
+            if mode & 0o037 != 0 {
                 return Err(TokenFileError::Permissions {
                     path: path.to_owned(),
                     mode,
@@ -152,7 +153,7 @@ mod tests {
     #[test]
     fn token_file_must_be_private_and_not_empty() {
         let dir = tempfile::tempdir().unwrap();
-        for mode in [0o644, 0o640, 0o604, 0o660] {
+        for mode in [0o644, 0o604, 0o660, 0o620, 0o650] {
             let path = write(dir.path(), b"s3cret-token", mode);
             let err = ControlToken::from_file(&path).err().expect("must refuse");
             assert!(matches!(err, TokenFileError::Permissions { .. }), "{err}");
@@ -173,6 +174,11 @@ mod tests {
             ControlToken::from_file(&dir.path().join("missing")),
             Err(TokenFileError::Unreadable { .. })
         ));
+        // Group read only, as a Secret volume with an fsGroup mounts it.
+        for mode in [0o440, 0o640] {
+            let path = write(dir.path(), b"s3cret-token", mode);
+            assert!(ControlToken::from_file(&path).is_ok(), "{mode:o}");
+        }
         let path = write(dir.path(), b"s3cret-token\n", 0o400);
         let token = ControlToken::from_file(&path).unwrap();
         assert!(token.matches(b"s3cret-token"));
