@@ -2,6 +2,7 @@
 //! `crds/yaml/` and `charts/helpr/crds/` of the workspace, removing stale `.yaml` files there.
 //!
 //! `crdgen --check` writes nothing and exits 1 naming every file that differs from the types.
+//! `--root DIR` works on another checkout than the one crdgen was built from.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -21,20 +22,25 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let mut check = false;
-    for arg in std::env::args().skip(1) {
+    let mut root = manifests::workspace_root();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--check" => check = true,
+            "--root" => match args.next() {
+                Some(dir) => root = dir.into(),
+                None => bail!("--root needs a directory"),
+            },
             "-h" | "--help" => {
                 println!(
-                    "usage: crdgen [--check]\n\nwrites one yaml file per crd into {} (relative to the workspace root);\n--check writes nothing and fails naming the files that differ",
+                    "usage: crdgen [--check] [--root DIR]\n\nwrites one yaml file per crd into {} (relative to the workspace root);\n--check writes nothing and fails naming the files that differ",
                     OUTPUT_DIRS.join(" and ")
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            other => bail!("unknown argument {other:?} (usage: crdgen [--check])"),
+            other => bail!("unknown argument {other:?} (usage: crdgen [--check] [--root DIR])"),
         }
     }
-    let root = manifests::workspace_root();
     let files = manifests::files().context("render crds")?;
     let drifts = manifests::drift(&root, &files).context("read checked-in crds")?;
 
