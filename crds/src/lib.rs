@@ -15,8 +15,8 @@
 //!   ([`HelprResource::status_mut`] creates the status; [`HelprResource::is_status_current`]
 //!   compares `status.observedGeneration` with `metadata.generation`).
 //! - **Conditions** — [`conditions`] holds the [`Condition`] type (the `metav1.Condition`
-//!   shape with bounds), the condition [types](conditions::types) and
-//!   [reasons](conditions::reasons) as constants, and [`StatusConditions`], whose setters keep
+//!   shape with bounds), the condition types ([`conditions::types`]) and
+//!   reasons ([`conditions::reasons`]) as constants, and [`StatusConditions`], whose setters keep
 //!   `lastTransitionTime` when the status does not change and drop the kstatus conditions
 //!   `Reconciling`/`Stalled` unless they are True. Write `Ready` (and the kind's domain
 //!   conditions) as Unknown on the first reconcile with [`StatusConditions::init_conditions`].
@@ -35,7 +35,7 @@
 //!   YAML in `crds/yaml/` and `charts/helpr/crds/`; `crdgen --check` fails on drift.
 //! - **Test fixtures** — with the `testing` feature (or in this crate's tests),
 //!   `Tenant::test("acme")`, `Inbox::test("support", "acme")`, `InboxGrant::test(..)` and
-//!   `RetentionPolicy::test(..)` build valid objects with `with_...` modifiers; see [`testing`].
+//!   `RetentionPolicy::test(..)` build valid objects with `with_...` modifiers; see the `testing` module.
 #![forbid(unsafe_code)]
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -110,7 +110,7 @@ pub struct TenantSpec {
 #[x_kube(validation = Rule::new("(has(self.auth.kubernetes) ? 1 : 0) + (has(self.auth.tokenSecretRef) ? 1 : 0) == 1").message("exactly one of auth.kubernetes or auth.tokenSecretRef must be set").field_path(".auth"))]
 #[serde(rename_all = "camelCase")]
 pub struct VaultKms {
-    /// Base URL of the server, e.g. https://vault.vault.svc:8200. No credentials, query or
+    /// Base URL of the server, e.g. `https://vault.vault.svc:8200`. No credentials, query or
     /// fragment.
     #[schemars(length(min = 1, max = 2048), pattern(VAULT_SERVER_PATTERN))]
     pub server: String,
