@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod metrics;
 pub mod settings;
 pub mod tenant;
 pub mod vault;

@@ -6,10 +6,13 @@
 //! tenant record) → status (Ready, KMSProvisioned, DataPlaneSynced). See [`reconcile`].
 
 pub mod children;
+pub mod kms;
 pub mod model;
+pub mod reconcile;
 
 pub use children::{Children, build};
 pub use model::{KmsAuth, ValidTenant, validate};
+pub use reconcile::{Context, DataPlane, VaultProvisioner, error_policy, reconcile};
 
 use helpr_crds::SpecErrors;
 use helpr_crds::conditions::reasons;
@@ -183,3 +186,6 @@ fn kms_reason(error: &KmsError) -> &'static str {
         _ => reasons::KMS_UNAVAILABLE,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,618 @@
+//! Apply and cleanup of a Tenant, behind kube-runtime's `finalizer()`.
+//!
+//! - **apply**: validate → Vault provisioning ([`VaultProvisioner`]) → server-side apply of
+//!   the children (field manager `helpr-operator`, forced) → the data plane's tenant record
+//!   ([`DataPlane`]) → status (server-side apply on the status subresource). A failed step
+//!   writes Ready=False with the step's reason, emits a Warning Event and returns the error
+//!   (requeued with backoff by [`error_policy`]). A validation failure writes Stalled=True
+//!   and waits for a change of the Tenant (no requeue loop).
+//! - **cleanup** (`deletionPolicy`): Retain deletes the sync Deployment, removes the sync
+//!   role and policy from Vault (the key stays) and asks the data plane to stop the tenant;
+//!   Shred waits while a RetentionPolicy of the tenant has `legalHold`, then deletes the
+//!   Deployment, destroys the transit key (crypto-shredding) and asks the data plane to drop
+//!   the tenant's data and index. Every step treats "already gone" (404) as done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use helpr_crds::conditions::{Condition, ConditionStatus, reasons, types};
+use helpr_crds::tenant::DeletionPolicy;
+use helpr_crds::{HelprResource, RetentionPolicy, StatusConditions, Tenant, TenantStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::children::{FIELD_MANAGER, build};
+use super::{TenantError, ValidTenant, validate};
+use crate::control::{ApplyResult, ControlClient, ControlError, proto};
+use crate::metrics::Metrics;
+use crate::settings::OperatorSettings;
+
+/// Periodic re-check of a Ready tenant (Vault objects can drift outside Kubernetes).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// Longest wait between retries of a failing tenant, and the wait of a legal hold.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// First wait after a failure; doubled per consecutive failure.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(5);
+/// Attempts of a status write that meets a conflict.
+const STATUS_ATTEMPTS: usize = 3;
+
+/// The tenant's Vault, as the controller uses it (the real one is
+/// [`crate::tenant::kms::KubeVault`]; tests count calls on a fake).
+#[async_trait]
+pub trait VaultProvisioner: Send + Sync {
+    /// Creates or confirms the transit key, the sync policy and the Kubernetes-auth role.
+    async fn provision(&self, tenant: &ValidTenant) -> Result<(), TenantError>;
+    /// `Retain`: removes the role and policy, keeps the key.
+    async fn retain(&self, tenant: &ValidTenant) -> Result<(), TenantError>;
+    /// `Shred`: removes the role and policy and destroys the key.
+    async fn shred(&self, tenant: &ValidTenant) -> Result<(), TenantError>;
+}
+
+/// The data plane's tenant record (the real one is [`ControlClient`]).
+#[async_trait]
+pub trait DataPlane: Send + Sync {
+    /// Creates or updates the tenant at the Tenant's generation.
+    async fn upsert_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError>;
+    /// Deletes the tenant with the policy of its last upsert (RETAIN stops it, SHRED drops
+    /// its data and index).
+    async fn delete_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError>;
+}
+
+fn object_meta(tenant: &ValidTenant) -> proto::ObjectMeta {
+    proto::ObjectMeta {
+        namespace: tenant.namespace.clone(),
+        name: tenant.id.as_str().to_owned(),
+        uid: tenant.uid.clone(),
+        generation: tenant.generation,
+    }
+}
+
+#[async_trait]
+impl DataPlane for ControlClient {
+    async fn upsert_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError> {
+        let spec = proto::TenantSpec {
+            display_name: tenant.display_name.clone(),
+            deletion_policy: match tenant.deletion_policy {
+                DeletionPolicy::Retain => proto::DeletionPolicy::Retain,
+                DeletionPolicy::Shred => proto::DeletionPolicy::Shred,
+            }
+            .into(),
+            search_mode: match tenant.search_mode {
+                helpr_crds::tenant::SearchMode::Blind => proto::SearchMode::Blind,
+                helpr_crds::tenant::SearchMode::Plaintext => proto::SearchMode::Plaintext,
+            }
+            .into(),
+        };
+        let request = proto::UpsertTenantRequest {
+            meta: Some(object_meta(tenant)),
+            spec: Some(spec),
+        };
+        ControlClient::upsert_tenant(&mut self.clone(), request).await
+    }
+
+    async fn delete_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError> {
+        ControlClient::delete_tenant(&mut self.clone(), object_meta(tenant)).await
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub settings: OperatorSettings,
+    pub vault: Arc<dyn VaultProvisioner>,
+    pub data_plane: Arc<dyn DataPlane>,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per tenant (`namespace/name`), for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        recorder: Recorder,
+        settings: OperatorSettings,
+        vault: Arc<dyn VaultProvisioner>,
+        data_plane: Arc<dyn DataPlane>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            settings,
+            vault,
+            data_plane,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn note_success(&self, key: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+
+    /// Records a failure; returns the wait before the next attempt.
+    fn note_failure(&self, key: &str) -> Duration {
+        let n = self
+            .failures
+            .lock()
+            .map(|mut f| {
+                let n = f.entry(key.to_owned()).or_default();
+                *n = n.saturating_add(1);
+                *n
+            })
+            .unwrap_or(1);
+        backoff(n)
+    }
+}
+
+/// The wait after `failures` consecutive failures: 5 s doubling up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    MIN_BACKOFF.saturating_mul(1u32 << exp).min(MAX_BACKOFF)
+}
+
+fn key_of(tenant: &Tenant) -> String {
+    format!(
+        "{}/{}",
+        tenant.namespace().unwrap_or_default(),
+        tenant.name_any()
+    )
+}
+
+/// Reconciles one Tenant: adds the finalizer, then [`apply`] or, once deleted, [`cleanup`].
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, TenantError> {
+    ctx.metrics.reconcile();
+    let key = key_of(&tenant);
+    let namespace = tenant.namespace().unwrap_or_default();
+    let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let action = finalizer(&api, Tenant::FINALIZER, tenant, |event| async {
+        match event {
+            Finalizer::Apply(tenant) => apply(&tenant, &ctx).await,
+            Finalizer::Cleanup(tenant) => cleanup(&tenant, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|source| TenantError::Finalizer {
+        tenant: key.clone(),
+        source: Box::new(source),
+    })?;
+    ctx.note_success(&key);
+    Ok(action)
+}
+
+/// Requeue with backoff; a permanent error (invalid spec) waits for a change instead.
+pub fn error_policy(tenant: Arc<Tenant>, error: &TenantError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.category());
+    tracing::warn!(
+        tenant = %key_of(&tenant),
+        category = error.category(),
+        error = %error,
+        "reconcile failed"
+    );
+    if error.is_permanent() {
+        return Action::requeue(MAX_BACKOFF);
+    }
+    Action::requeue(ctx.note_failure(&key_of(&tenant)))
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// The status under construction: the current one, so unchanged conditions keep their
+/// `lastTransitionTime`.
+struct StatusDraft {
+    status: TenantStatus,
+    generation: Option<i64>,
+    now: Time,
+}
+
+impl StatusDraft {
+    fn new(tenant: &Tenant) -> Self {
+        let generation = tenant.meta().generation;
+        let now = now();
+        let mut status = tenant.status.clone().unwrap_or_default();
+        status.init_conditions(Tenant::CONDITION_TYPES, generation, &now);
+        status.set_observed_generation(generation);
+        Self {
+            status,
+            generation,
+            now,
+        }
+    }
+
+    fn set(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: String) {
+        self.status.set_condition(
+            Condition::new(type_, status, reason, message, self.now.clone())
+                .with_observed_generation(self.generation),
+        );
+    }
+
+    fn was_true(tenant: &Tenant, type_: &str) -> bool {
+        tenant
+            .status
+            .as_ref()
+            .is_some_and(|s| s.is_condition_true(type_))
+    }
+
+    fn failed(&mut self, reason: &str, message: String) {
+        self.set(
+            types::READY,
+            ConditionStatus::False,
+            reason,
+            message.clone(),
+        );
+        self.status
+            .set_reconciling(reasons::PROGRESSING, message, self.generation, &self.now);
+    }
+}
+
+async fn publish(ctx: &Context, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+        tracing::warn!(tenant = %key_of(tenant), %error, "event not published");
+    }
+}
+
+/// Writes `status` with server-side apply on the status subresource, retrying a conflict.
+async fn patch_status(
+    ctx: &Context,
+    tenant: &Tenant,
+    status: &TenantStatus,
+) -> Result<(), TenantError> {
+    let namespace = tenant.namespace().unwrap_or_default();
+    let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = Patch::Apply(serde_json::json!({
+        "apiVersion": helpr_crds::api_version(),
+        "kind": "Tenant",
+        "status": status,
+    }));
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match api.patch_status(&tenant.name_any(), &params, &patch).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < STATUS_ATTEMPTS => {
+                tracing::debug!(tenant = %key_of(tenant), attempt, "status conflict, retrying");
+            }
+            Err(source) => {
+                return Err(TenantError::PatchStatus {
+                    tenant: key_of(tenant),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Server-side applies `child` (forced, one field manager).
+async fn apply_child<K>(
+    client: &kube::Client,
+    namespace: &str,
+    child: &K,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut child = child.clone();
+    // SSA wants apiVersion and kind in the body.
+    let mut body = serde_json::to_value(&mut child).map_err(kube::Error::SerdeError)?;
+    if let Some(map) = body.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    let name = child.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Converges the tenant's Vault objects, children and data plane record; writes status.
+pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError> {
+    let mut draft = StatusDraft::new(tenant);
+    let name = tenant.name_any();
+
+    // Validate (pure). A bad spec stalls until the Tenant changes.
+    let valid = match validate(tenant, &ctx.settings) {
+        Ok(valid) => valid,
+        Err(error) => {
+            let message = error.to_string();
+            draft.set(
+                types::READY,
+                ConditionStatus::False,
+                error.category(),
+                message.clone(),
+            );
+            draft.status.clear_reconciling();
+            draft.status.set_stalled(
+                error.category(),
+                message.clone(),
+                draft.generation,
+                &draft.now,
+            );
+            ctx.metrics.failure(error.category());
+            publish(ctx, tenant, EventType::Warning, error.category(), message).await;
+            patch_status(ctx, tenant, &draft.status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    draft.status.remove_condition(types::STALLED);
+
+    // Vault: transit key, policy, role.
+    if let Err(error) = ctx.vault.provision(&valid).await {
+        let message = error.to_string();
+        draft.set(
+            types::KMS_PROVISIONED,
+            ConditionStatus::False,
+            error.category(),
+            message.clone(),
+        );
+        draft.failed(error.category(), message.clone());
+        publish(ctx, tenant, EventType::Warning, error.category(), message).await;
+        patch_status(ctx, tenant, &draft.status).await?;
+        return Err(error);
+    }
+    if !StatusDraft::was_true(tenant, types::KMS_PROVISIONED) {
+        publish(
+            ctx,
+            tenant,
+            EventType::Normal,
+            reasons::KEY_PROVISIONED,
+            format!(
+                "transit key {} and sync role {} provisioned for tenant {name}",
+                valid.vault.key.as_str(),
+                valid.vault.access.role
+            ),
+        )
+        .await;
+    }
+    draft.set(
+        types::KMS_PROVISIONED,
+        ConditionStatus::True,
+        reasons::KEY_PROVISIONED,
+        format!(
+            "transit key {} and its sync policy and role exist",
+            valid.vault.key.as_str()
+        ),
+    );
+    draft.status.transit_key_name = Some(valid.vault.key.as_str().to_owned());
+
+    // Children (pure build, then server-side apply).
+    let children = build(&valid, &ctx.settings);
+    let ns = valid.namespace.as_str();
+    let child_name = valid.sync_name.clone();
+    let applied = async {
+        apply_child::<ServiceAccount>(&ctx.client, ns, &children.service_account)
+            .await
+            .map_err(|source| TenantError::ApplyServiceAccount {
+                tenant: key_of(tenant),
+                name: child_name.clone(),
+                source,
+            })?;
+        apply_child::<NetworkPolicy>(&ctx.client, ns, &children.network_policy)
+            .await
+            .map_err(|source| TenantError::ApplyNetworkPolicy {
+                tenant: key_of(tenant),
+                name: child_name.clone(),
+                source,
+            })?;
+        apply_child::<Deployment>(&ctx.client, ns, &children.deployment)
+            .await
+            .map_err(|source| TenantError::ApplyDeployment {
+                tenant: key_of(tenant),
+                name: child_name.clone(),
+                source,
+            })
+    }
+    .await;
+    if let Err(error) = applied {
+        let message = error.to_string();
+        draft.failed(error.category(), message.clone());
+        publish(ctx, tenant, EventType::Warning, error.category(), message).await;
+        patch_status(ctx, tenant, &draft.status).await?;
+        return Err(error);
+    }
+
+    // The data plane's tenant record.
+    let action = match ctx.data_plane.upsert_tenant(&valid).await {
+        Ok(result) if result.outcome == proto::Outcome::Stale => {
+            // The data plane has a newer generation than this view: re-read soon.
+            draft.set(
+                types::DATA_PLANE_SYNCED,
+                ConditionStatus::Unknown,
+                reasons::PROGRESSING,
+                format!(
+                    "the data plane has generation {} of tenant {name}, newer than {}",
+                    result.applied_generation, valid.generation
+                ),
+            );
+            draft.failed(
+                reasons::PROGRESSING,
+                "waiting for a current view of the tenant".to_owned(),
+            );
+            Action::requeue(MIN_BACKOFF)
+        }
+        Ok(result) => {
+            draft.set(
+                types::DATA_PLANE_SYNCED,
+                ConditionStatus::True,
+                reasons::SYNCED,
+                format!(
+                    "the data plane applied generation {} of tenant {name}",
+                    result.applied_generation
+                ),
+            );
+            draft.set(
+                types::READY,
+                ConditionStatus::True,
+                reasons::RECONCILED,
+                format!("tenant {name}: key provisioned, sync workers applied, data plane synced"),
+            );
+            draft.status.clear_reconciling();
+            Action::requeue(RESYNC_INTERVAL)
+        }
+        Err(source) => {
+            let error = TenantError::SyncDataPlane {
+                tenant: key_of(tenant),
+                source,
+            };
+            let message = error.to_string();
+            draft.set(
+                types::DATA_PLANE_SYNCED,
+                ConditionStatus::False,
+                error.category(),
+                message.clone(),
+            );
+            draft.failed(error.category(), message.clone());
+            publish(ctx, tenant, EventType::Warning, error.category(), message).await;
+            patch_status(ctx, tenant, &draft.status).await?;
+            return Err(error);
+        }
+    };
+    patch_status(ctx, tenant, &draft.status).await?;
+    Ok(action)
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Stops the tenant's sync and applies its deletion policy. Idempotent; 404s are done.
+pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError> {
+    let name = tenant.name_any();
+    let valid = match validate(tenant, &ctx.settings) {
+        Ok(valid) => valid,
+        Err(error) => {
+            // Without a valid model there is no Vault to clean: the deletion waits.
+            publish(
+                ctx,
+                tenant,
+                EventType::Warning,
+                error.category(),
+                format!("deletion waits: {error}"),
+            )
+            .await;
+            return Err(error);
+        }
+    };
+    if valid.deletion_policy == DeletionPolicy::Shred {
+        let policies: Api<RetentionPolicy> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+        let list = policies
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| TenantError::ListRetentionPolicies {
+                tenant: key_of(tenant),
+                source,
+            })?;
+        if let Some(held) = list
+            .items
+            .iter()
+            .find(|p| p.spec.tenant_ref.name == name && p.spec.legal_hold)
+        {
+            let error = TenantError::LegalHold {
+                tenant: key_of(tenant),
+                policy: held.name_any(),
+            };
+            publish(
+                ctx,
+                tenant,
+                EventType::Warning,
+                error.category(),
+                error.to_string(),
+            )
+            .await;
+            return Err(error);
+        }
+    }
+
+    // Stop sync: the workers go with their Deployment.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    match deployments
+        .delete(&valid.sync_name, &DeleteParams::foreground())
+        .await
+    {
+        Ok(_) => {}
+        Err(error) if is_not_found(&error) => {}
+        Err(source) => {
+            return Err(TenantError::DeleteDeployment {
+                tenant: key_of(tenant),
+                name: valid.sync_name.clone(),
+                source,
+            });
+        }
+    }
+
+    let (reason, note) = match valid.deletion_policy {
+        DeletionPolicy::Retain => {
+            ctx.vault.retain(&valid).await?;
+            (
+                "Retained",
+                format!(
+                    "tenant {name} deleted: sync stopped, transit key {} kept",
+                    valid.vault.key.as_str()
+                ),
+            )
+        }
+        DeletionPolicy::Shred => {
+            ctx.vault.shred(&valid).await?;
+            (
+                "Shredded",
+                format!(
+                    "tenant {name} deleted: transit key {} destroyed, data plane asked to drop its data and index",
+                    valid.vault.key.as_str()
+                ),
+            )
+        }
+    };
+    match ctx.data_plane.delete_tenant(&valid).await {
+        Ok(_) | Err(ControlError::NotFound(_)) => {}
+        Err(source) => {
+            let error = TenantError::DeleteFromDataPlane {
+                tenant: key_of(tenant),
+                source,
+            };
+            publish(
+                ctx,
+                tenant,
+                EventType::Warning,
+                error.category(),
+                error.to_string(),
+            )
+            .await;
+            return Err(error);
+        }
+    }
+    publish(ctx, tenant, EventType::Normal, reason, note).await;
+    Ok(Action::await_change())
+}

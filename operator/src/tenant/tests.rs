@@ -1,0 +1,571 @@
+//! Reconcile flows against a scripted mock apiserver (kube's tower-test pattern, as in
+//! kube-rs/controller-rs's `fixtures.rs`): every request the controller makes is checked in
+//! order (method, path, field manager, body) and answered from the script. Vault and the
+//! data plane are fakes that record their calls.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use helpr_crds::conditions::{reasons, types};
+use helpr_crds::tenant::DeletionPolicy;
+use helpr_crds::testing::{Fixture, time};
+use helpr_crds::{RetentionPolicy, Tenant};
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use serde_json::{Value, json};
+
+use super::reconcile::{Context, DataPlane, VaultProvisioner, reconcile};
+use super::{TenantError, ValidTenant};
+use crate::control::{ApplyResult, ControlError, proto};
+use crate::metrics::Metrics;
+use crate::settings::tests::settings;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Records what the controller asked Vault to do.
+#[derive(Default)]
+struct FakeVault {
+    calls: Mutex<Vec<String>>,
+    fail_provision: bool,
+}
+
+#[async_trait]
+impl VaultProvisioner for FakeVault {
+    async fn provision(&self, tenant: &ValidTenant) -> Result<(), TenantError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("provision {}", tenant.vault.key.as_str()));
+        if self.fail_provision {
+            return Err(TenantError::ProvisionKms {
+                tenant: tenant.id.as_str().to_owned(),
+                source: helpr_dataplane::kms::KmsError::Denied { backend: "vault" },
+            });
+        }
+        Ok(())
+    }
+    async fn retain(&self, tenant: &ValidTenant) -> Result<(), TenantError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("retain {}", tenant.vault.access.role));
+        Ok(())
+    }
+    async fn shred(&self, tenant: &ValidTenant) -> Result<(), TenantError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("shred {}", tenant.vault.key.as_str()));
+        Ok(())
+    }
+}
+
+/// Records what the controller told the data plane.
+#[derive(Default)]
+struct FakeDataPlane {
+    calls: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl DataPlane for FakeDataPlane {
+    async fn upsert_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError> {
+        self.calls.lock().unwrap().push(format!(
+            "upsert {} g{}",
+            tenant.id.as_str(),
+            tenant.generation
+        ));
+        Ok(ApplyResult {
+            outcome: proto::Outcome::Applied,
+            applied_generation: tenant.generation,
+        })
+    }
+    async fn delete_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete {}", tenant.id.as_str()));
+        Ok(ApplyResult {
+            outcome: proto::Outcome::Applied,
+            applied_generation: tenant.generation,
+        })
+    }
+}
+
+struct Harness {
+    ctx: Arc<Context>,
+    vault: Arc<FakeVault>,
+    data_plane: Arc<FakeDataPlane>,
+    server: ApiServer,
+}
+
+fn harness(vault: FakeVault) -> Harness {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let vault = Arc::new(vault);
+    let data_plane = Arc::new(FakeDataPlane::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client, "helpr-operator".into()),
+        settings(),
+        vault.clone(),
+        data_plane.clone(),
+        Arc::new(Metrics::default()),
+    ));
+    Harness {
+        ctx,
+        vault,
+        data_plane,
+        server: ApiServer(handle),
+    }
+}
+
+/// One request the script expects and its answer.
+struct Seen {
+    path: String,
+    query: String,
+    body: Value,
+}
+
+struct ApiServer(Handle);
+
+const TENANTS: &str = "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/tenants";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/helpr-test/events";
+
+impl ApiServer {
+    /// Waits for the next request, checks its method and path, answers `status` + `body`
+    /// (`None`: echo the request body).
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        status: u16,
+        body: Option<Value>,
+    ) -> Seen {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+            .unwrap_or_else(|| panic!("client gone before {method} {path}"));
+        assert_eq!(request.method(), method, "method of {}", request.uri());
+        assert_eq!(request.uri().path(), path);
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let seen: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let answer = body.unwrap_or_else(|| seen.clone());
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        Seen {
+            path: path.to_owned(),
+            query,
+            body: seen,
+        }
+    }
+
+    async fn expect_event(&mut self, type_: &str, reason: &str) -> Seen {
+        let seen = self.expect(Method::POST, EVENTS, 201, None).await;
+        assert_eq!(seen.body["type"], type_, "{}", seen.body);
+        assert_eq!(seen.body["reason"], reason, "{}", seen.body);
+        assert_eq!(seen.body["regarding"]["kind"], "Tenant");
+        seen
+    }
+
+    /// A server-side apply of a child, with the operator's field manager, forced.
+    async fn expect_apply(&mut self, path: &str) -> Seen {
+        let seen = self.expect(Method::PATCH, path, 200, None).await;
+        assert!(
+            seen.query.contains("fieldManager=helpr-operator"),
+            "{}: {}",
+            seen.path,
+            seen.query
+        );
+        assert!(seen.query.contains("force=true"), "{}", seen.query);
+        assert_eq!(
+            seen.body["metadata"]["ownerReferences"][0]["kind"], "Tenant",
+            "{}",
+            seen.body
+        );
+        seen
+    }
+
+    async fn expect_status(&mut self, tenant: &Tenant, status: u16) -> Seen {
+        let answer = if status == 200 {
+            serde_json::to_value(tenant).unwrap()
+        } else {
+            not_ok(status, "Conflict")
+        };
+        let seen = self
+            .expect(
+                Method::PATCH,
+                &format!("{TENANTS}/acme/status"),
+                status,
+                Some(answer),
+            )
+            .await;
+        assert!(seen.query.contains("fieldManager=helpr-operator"));
+        assert!(seen.query.contains("force=true"));
+        assert_eq!(seen.body["kind"], "Tenant");
+        seen
+    }
+}
+
+fn not_ok(code: u16, reason: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("the server says {reason}"), "reason": reason, "code": code,
+    })
+}
+
+fn condition<'a>(status_body: &'a Value, type_: &str) -> Option<&'a Value> {
+    status_body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+async fn run(tenant: Tenant, h: &Harness) -> tokio::task::JoinHandle<Result<Action, TenantError>> {
+    let ctx = h.ctx.clone();
+    tokio::spawn(async move { reconcile(Arc::new(tenant), ctx).await })
+}
+
+#[tokio::test]
+async fn a_new_tenant_gets_the_finalizer_and_nothing_else() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme");
+    let task = run(tenant.clone(), &h).await;
+    let answer = serde_json::to_value(tenant.clone().with_finalizer()).unwrap();
+    let seen = h
+        .server
+        .expect(Method::PATCH, &format!("{TENANTS}/acme"), 200, Some(answer))
+        .await;
+    let ops = seen.body.as_array().unwrap();
+    assert_eq!(ops[0]["op"], "test");
+    assert_eq!(ops[1]["op"], "add");
+    assert_eq!(ops[1]["path"], "/metadata/finalizers");
+    assert_eq!(ops[1]["value"], json!(["tenant.mail.helpr.dev/cleanup"]));
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    assert!(h.vault.calls.lock().unwrap().is_empty());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+/// The script of a successful apply: KeyProvisioned event, three children, status.
+async fn expect_children(server: &mut ApiServer) {
+    server
+        .expect_apply("/api/v1/namespaces/helpr-test/serviceaccounts/helpr-sync-acme")
+        .await;
+    let np = server
+        .expect_apply(
+            "/apis/networking.k8s.io/v1/namespaces/helpr-test/networkpolicies/helpr-sync-acme",
+        )
+        .await;
+    assert_eq!(np.body["kind"], "NetworkPolicy");
+    assert_eq!(np.body["apiVersion"], "networking.k8s.io/v1");
+    let deployment = server
+        .expect_apply("/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme")
+        .await;
+    assert_eq!(deployment.body["kind"], "Deployment");
+    assert_eq!(
+        deployment.body["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["sync", "--tenant", "acme"])
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_with_the_finalizer_gets_its_children_applied_and_ready_status() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer().with_generation(2);
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+
+    assert_eq!(status.body["status"]["observedGeneration"], 2);
+    assert_eq!(status.body["status"]["transitKeyName"], "helpr-tenant-acme");
+    let ready = condition(&status.body, types::READY).unwrap();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["reason"], reasons::RECONCILED);
+    assert_eq!(ready["observedGeneration"], 2);
+    assert_eq!(
+        condition(&status.body, types::KMS_PROVISIONED).unwrap()["status"],
+        "True"
+    );
+    let synced = condition(&status.body, types::DATA_PLANE_SYNCED).unwrap();
+    assert_eq!(synced["status"], "True");
+    assert_eq!(synced["reason"], reasons::SYNCED);
+    assert!(condition(&status.body, types::RECONCILING).is_none());
+    assert!(condition(&status.body, types::STALLED).is_none());
+
+    assert_eq!(
+        *h.vault.calls.lock().unwrap(),
+        ["provision helpr-tenant-acme"]
+    );
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["upsert acme g2"]);
+}
+
+#[tokio::test]
+async fn an_already_provisioned_tenant_emits_no_new_provisioning_event() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme")
+        .with_finalizer()
+        .with_ready()
+        .with_condition(
+            types::KMS_PROVISIONED,
+            helpr_crds::ConditionStatus::True,
+            reasons::KEY_PROVISIONED,
+        );
+    let task = run(tenant.clone(), &h).await;
+    // Straight to the children: no Event.
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+    // The unchanged Ready keeps its lastTransitionTime.
+    let ready = condition(&status.body, types::READY).unwrap();
+    assert_eq!(ready["lastTransitionTime"], "1970-01-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn a_status_conflict_is_retried() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    h.server.expect_status(&tenant, 409).await;
+    let second = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        condition(&second.body, types::READY).unwrap()["status"],
+        "True"
+    );
+    assert!(task.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn repeated_status_conflicts_fail_the_reconcile_for_a_backoff_retry() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    for _ in 0..3 {
+        h.server.expect_status(&tenant, 409).await;
+    }
+    let error = task.await.unwrap().unwrap_err();
+    assert_eq!(error.category(), "StatusUpdateFailed");
+    assert!(!error.is_permanent());
+    let action = super::error_policy(Arc::new(tenant), &error, h.ctx.clone());
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(h.ctx.metrics.failures("StatusUpdateFailed"), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_stalls_with_a_reason_and_a_warning_event() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer().with_replicas(99);
+    let task = run(tenant.clone(), &h).await;
+    let event = h
+        .server
+        .expect_event("Warning", reasons::INVALID_SPEC)
+        .await;
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.sync.replicas"),
+        "{}",
+        event.body
+    );
+    let status = h.server.expect_status(&tenant, 200).await;
+    // No hot loop: wait for the Tenant to change.
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    let stalled = condition(&status.body, types::STALLED).unwrap();
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], reasons::INVALID_SPEC);
+    let ready = condition(&status.body, types::READY).unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::INVALID_SPEC);
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.sync.replicas")
+    );
+    assert!(h.vault.calls.lock().unwrap().is_empty());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+    assert_eq!(h.ctx.metrics.failures(reasons::INVALID_SPEC), 1);
+}
+
+#[tokio::test]
+async fn a_vault_refusal_sets_kms_provisioned_false_and_applies_nothing() {
+    let mut h = harness(FakeVault {
+        fail_provision: true,
+        ..FakeVault::default()
+    });
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect_event("Warning", reasons::KMS_AUTH_FAILED)
+        .await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert_eq!(error.category(), reasons::KMS_AUTH_FAILED);
+    let kms = condition(&status.body, types::KMS_PROVISIONED).unwrap();
+    assert_eq!(kms["status"], "False");
+    assert_eq!(kms["reason"], reasons::KMS_AUTH_FAILED);
+    assert_eq!(
+        condition(&status.body, types::READY).unwrap()["status"],
+        "False"
+    );
+    assert_eq!(
+        condition(&status.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
+    // The data plane heard nothing; no secret appears anywhere in the status.
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn retain_deletion_treats_a_missing_deployment_as_done_and_removes_the_finalizer() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme")
+        .with_finalizer()
+        .with_deleted_at(time(1_800_000_000));
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme",
+            404,
+            Some(not_ok(404, "NotFound")),
+        )
+        .await;
+    h.server.expect_event("Normal", "Retained").await;
+    let answer = serde_json::to_value(&tenant).unwrap();
+    let seen = h
+        .server
+        .expect(Method::PATCH, &format!("{TENANTS}/acme"), 200, Some(answer))
+        .await;
+    let ops = seen.body.as_array().unwrap();
+    assert_eq!(ops[0]["op"], "test");
+    assert_eq!(ops[0]["value"], "tenant.mail.helpr.dev/cleanup");
+    assert_eq!(ops[1]["op"], "remove");
+    assert_eq!(ops[1]["path"], "/metadata/finalizers/0");
+    task.await.unwrap().unwrap();
+    assert_eq!(*h.vault.calls.lock().unwrap(), ["retain helpr-sync-acme"]);
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["delete acme"]);
+}
+
+fn policy_list(items: Vec<RetentionPolicy>) -> Value {
+    json!({
+        "apiVersion": "mail.helpr.dev/v1alpha1",
+        "kind": "RetentionPolicyList",
+        "metadata": {"resourceVersion": "7"},
+        "items": items,
+    })
+}
+
+#[tokio::test]
+async fn shred_deletion_destroys_the_key_and_asks_the_data_plane_to_drop_the_tenant() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme")
+        .with_deletion_policy(DeletionPolicy::Shred)
+        .with_finalizer()
+        .with_deleted_at(time(1_800_000_000));
+    let task = run(tenant.clone(), &h).await;
+    // Another tenant's legal hold does not hold this one.
+    let other = RetentionPolicy::test("other", "globex").with_legal_hold(true);
+    h.server
+        .expect(
+            Method::GET,
+            "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/retentionpolicies",
+            200,
+            Some(policy_list(vec![other])),
+        )
+        .await;
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "helpr-sync-acme", "namespace": "helpr-test"},
+        "spec": {"selector": {}, "template": {}},
+    });
+    h.server
+        .expect(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme",
+            200,
+            Some(deployment),
+        )
+        .await;
+    h.server.expect_event("Normal", "Shredded").await;
+    h.server
+        .expect(
+            Method::PATCH,
+            &format!("{TENANTS}/acme"),
+            200,
+            Some(serde_json::to_value(&tenant).unwrap()),
+        )
+        .await;
+    task.await.unwrap().unwrap();
+    assert_eq!(*h.vault.calls.lock().unwrap(), ["shred helpr-tenant-acme"]);
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["delete acme"]);
+}
+
+#[tokio::test]
+async fn shred_waits_while_a_retention_policy_of_the_tenant_has_legal_hold() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme")
+        .with_deletion_policy(DeletionPolicy::Shred)
+        .with_finalizer()
+        .with_deleted_at(time(1_800_000_000));
+    let task = run(tenant.clone(), &h).await;
+    let held = RetentionPolicy::test("acme-retention", "acme").with_legal_hold(true);
+    h.server
+        .expect(
+            Method::GET,
+            "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/retentionpolicies",
+            200,
+            Some(policy_list(vec![held])),
+        )
+        .await;
+    let event = h.server.expect_event("Warning", reasons::LEGAL_HOLD).await;
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("acme-retention")
+    );
+    let error = task.await.unwrap().unwrap_err();
+    assert_eq!(error.category(), reasons::LEGAL_HOLD);
+    // Nothing destroyed, the finalizer stays (no PATCH was scripted).
+    assert!(h.vault.calls.lock().unwrap().is_empty());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn backoff_doubles_from_five_seconds_to_five_minutes() {
+    use super::reconcile::backoff;
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(2), Duration::from_secs(10));
+    assert_eq!(backoff(4), Duration::from_secs(40));
+    assert_eq!(backoff(30), Duration::from_secs(300));
+}
