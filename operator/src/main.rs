@@ -1,15 +1,260 @@
-//! helpr-operator: reconciles Tenant, Inbox, InboxGrant and RetentionPolicy resources.
+//! helpr-operator: reconciles helpr vault's custom resources.
 //!
-//! The controllers are built in step 4 of the roadmap (issue 5). Until then this binary
-//! refuses to run rather than pretending to reconcile anything.
+//! - `run`: the Tenant controller (owned Deployments, ServiceAccounts and NetworkPolicies
+//!   watched), after the CRDs are Established; `/healthz`, `/readyz` (ready after the first
+//!   successful list of Tenants) and `/metrics` on `--http-addr`; graceful shutdown on SIGTERM
+//!   or Ctrl-C. The Inbox, InboxGrant and RetentionPolicy controllers are not built yet, and
+//!   there is no leader election yet: run one replica.
+//! - `crds`: prints the CRDs as YAML; `--apply` server-side-applies them and waits until
+//!   they are Established (the chart's pre-upgrade hook).
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "helpr-operator: the controllers for {} are not built yet (roadmap step 4); nothing was reconciled",
-        helpr_crds::api_version()
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use helpr_crds::{HelprResource, Tenant};
+use helpr_operator::control::ControlClient;
+use helpr_operator::metrics::Metrics;
+use helpr_operator::settings::OperatorSettings;
+use helpr_operator::tenant::kms::KubeVault;
+use helpr_operator::tenant::{Context, error_policy, reconcile};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{Controller, watcher};
+use zeroize::Zeroizing;
+
+/// Field manager of the CRDs the operator applies.
+const FIELD_MANAGER: &str = "helpr-operator";
+
+#[derive(Parser)]
+#[command(
+    name = "helpr-operator",
+    version,
+    about = "Kubernetes operator of helpr vault"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers until SIGTERM.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML (or apply them with --apply).
+    Crds {
+        /// Server-side apply the CRDs to the cluster and wait until they are Established.
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Operator settings (YAML): sync image, Vault naming, egress targets.
+    #[arg(long, env = "HELPR_OPERATOR_SETTINGS", value_name = "FILE")]
+    settings: PathBuf,
+    /// gRPC URL of the data plane's control API.
+    #[arg(long, env = "HELPR_CONTROL_URL")]
+    control_url: String,
+    /// File holding the control API's bearer token (a mounted Secret).
+    #[arg(long, env = "HELPR_CONTROL_TOKEN_FILE", value_name = "FILE")]
+    control_token_file: PathBuf,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HELPR_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Writable directory for short-lived credential files of Vault logins.
+    #[arg(long, env = "HELPR_OPERATOR_WORK_DIR", default_value = "/tmp")]
+    work_dir: PathBuf,
+    /// How long to wait for the CRDs to be Established.
+    #[arg(long, default_value_t = 300)]
+    crd_wait_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // kube's TLS uses the process-wide rustls provider; two are compiled in, so pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .json()
+        .init();
+    match Cli::parse().command {
+        Command::Crds { apply: false } => {
+            print!("{}", helpr_crds::manifests::multi_document()?);
+            Ok(())
+        }
+        Command::Crds { apply: true } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connect to the kubernetes api")?;
+            apply_crds(&client).await?;
+            wait_for_crds(&client, Duration::from_secs(300)).await
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn apply_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in helpr_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let mut body = serde_json::to_value(&crd)?;
+        if let Some(map) = body.as_object_mut() {
+            map.insert("apiVersion".into(), "apiextensions.k8s.io/v1".into());
+            map.insert("kind".into(), "CustomResourceDefinition".into());
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .with_context(|| format!("apply custom resource definition {name}"))?;
+        tracing::info!(crd = %name, "custom resource definition applied");
+    }
+    Ok(())
+}
+
+async fn wait_for_crds(client: &kube::Client, timeout: Duration) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in helpr_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        tracing::info!(crd = %name, "waiting for the custom resource definition to be established");
+        tokio::time::timeout(
+            timeout,
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("custom resource definition {name} not established in time"))?
+        .with_context(|| format!("watch custom resource definition {name}"))?;
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = OperatorSettings::load(&args.settings)?;
+    let token = Zeroizing::new(
+        std::fs::read_to_string(&args.control_token_file).with_context(|| {
+            format!(
+                "read the control api token file {}",
+                args.control_token_file.display()
+            )
+        })?,
     );
-    ExitCode::from(2)
+    if token.trim().is_empty() {
+        bail!(
+            "the control api token file {} is empty",
+            args.control_token_file.display()
+        );
+    }
+    let control = ControlClient::connect(&args.control_url, token.trim())
+        .context("prepare the control api client")?;
+    drop(token);
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connect to the kubernetes api")?;
+    let metrics = Arc::new(Metrics::default());
+
+    // Health and metrics first, so liveness holds while the CRDs are awaited.
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("listen on {}", args.http_addr))?;
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    wait_for_crds(&client, Duration::from_secs(args.crd_wait_secs)).await?;
+
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("list tenants (check the operator's RBAC)")?;
+    metrics.set_ready();
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        settings.clone(),
+        Arc::new(KubeVault::new(client.clone(), &settings, args.work_dir)),
+        Arc::new(control),
+        metrics.clone(),
+    ));
+    tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
+    Controller::new(tenants, watcher::Config::default())
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<NetworkPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(tenant = %object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile error"),
+            }
+        })
+        .await;
+    tracing::info!("tenant controller stopped, shutting down");
+    let _ = stop_http.send(());
+    http.await
+        .context("join the http server")?
+        .context("http server")?;
+    Ok(())
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if metrics.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the custom resource definitions",
+        )
+    }
+}
+
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> String {
+    metrics.render()
 }
