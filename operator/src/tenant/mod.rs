@@ -29,6 +29,19 @@ pub enum TenantError {
     InvalidTenant { tenant: String, reason: String },
     #[error("tenant {tenant}: invalid spec: {errors}")]
     InvalidSpec { tenant: String, errors: SpecErrors },
+    #[error(
+        "tenant {tenant}: a Tenant of the same name in namespace {other_namespace} is older; tenant names are ids and must be unique in the cluster"
+    )]
+    DuplicateTenant {
+        tenant: String,
+        other_namespace: String,
+    },
+    #[error("tenant {tenant}: list tenants of the same name")]
+    ListTenants {
+        tenant: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("tenant {tenant}: read secret {secret}")]
     ReadSecret {
         tenant: String,
@@ -141,6 +154,8 @@ impl TenantError {
         use TenantError::*;
         match self {
             InvalidTenant { .. } | InvalidSpec { .. } => reasons::INVALID_SPEC,
+            DuplicateTenant { .. } => reasons::CONFLICT,
+            ListTenants { .. } => "ListFailed",
             ReadSecret { .. } | SecretKeyMissing { .. } => reasons::SECRET_NOT_FOUND,
             RequestToken { .. } => "TokenRequestFailed",
             VaultClient { .. } => "KMSConfigInvalid",
@@ -167,7 +182,9 @@ impl TenantError {
     /// Stalled and wait for a change instead of retrying.
     pub fn is_permanent(&self) -> bool {
         match self {
-            TenantError::InvalidTenant { .. } | TenantError::InvalidSpec { .. } => true,
+            TenantError::InvalidTenant { .. }
+            | TenantError::InvalidSpec { .. }
+            | TenantError::DuplicateTenant { .. } => true,
             TenantError::VaultClient { .. } => true,
             TenantError::Finalizer { source, .. } => match source.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)

@@ -338,6 +338,32 @@ where
     .map(|_| ())
 }
 
+/// The namespace of an older Tenant with the same name elsewhere in the cluster, if any: the
+/// name is the tenant's id in Vault and the data plane, so only the oldest one is served.
+async fn older_namesake(tenant: &Tenant, ctx: &Context) -> Result<Option<String>, TenantError> {
+    let all: Api<Tenant> = Api::all(ctx.client.clone());
+    let name = tenant.name_any();
+    let same = all
+        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+        .map_err(|source| TenantError::ListTenants {
+            tenant: key_of(tenant),
+            source,
+        })?;
+    let age = |t: &Tenant| {
+        (
+            t.meta().creation_timestamp.clone().map(|t| t.0),
+            t.meta().uid.clone(),
+        )
+    };
+    Ok(same
+        .items
+        .iter()
+        .filter(|other| other.meta().uid != tenant.meta().uid && other.name_any() == name)
+        .find(|other| age(other) < age(tenant))
+        .map(|other| other.namespace().unwrap_or_default()))
+}
+
 /// Converges the tenant's Vault objects, children and data plane record; writes status.
 pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError> {
     let mut draft = StatusDraft::new(tenant);
@@ -367,6 +393,34 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
             return Ok(Action::await_change());
         }
     };
+
+    // Cross-object: the tenant id must be unique in the cluster, checked before Vault (a
+    // second Tenant would otherwise rebind the first one's Vault role to its namespace).
+    if let Some(other_namespace) = older_namesake(tenant, ctx).await? {
+        let error = TenantError::DuplicateTenant {
+            tenant: key_of(tenant),
+            other_namespace,
+        };
+        let message = error.to_string();
+        draft.set(
+            types::READY,
+            ConditionStatus::False,
+            error.category(),
+            message.clone(),
+        );
+        draft.status.clear_reconciling();
+        draft.status.set_stalled(
+            error.category(),
+            message.clone(),
+            draft.generation,
+            &draft.now,
+        );
+        ctx.metrics.failure(error.category());
+        publish(ctx, tenant, EventType::Warning, error.category(), message).await;
+        patch_status(ctx, tenant, &draft.status).await?;
+        // The other Tenant's deletion does not trigger this one: look again later.
+        return Ok(Action::requeue(MAX_BACKOFF));
+    }
     draft.status.remove_condition(types::STALLED);
 
     // Vault: transit key, policy, role.
@@ -526,6 +580,18 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
             return Err(error);
         }
     };
+    if let Some(other) = older_namesake(tenant, ctx).await? {
+        // A duplicate never owned the tenant's Vault objects or data: touch nothing of them.
+        publish(
+            ctx,
+            tenant,
+            EventType::Normal,
+            "DuplicateDeleted",
+            format!("tenant {name} deleted without cleanup: the tenant id belongs to the Tenant in namespace {other}"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     if valid.deletion_policy == DeletionPolicy::Shred {
         let policies: Api<RetentionPolicy> = Api::namespaced(ctx.client.clone(), &valid.namespace);
         let list = policies

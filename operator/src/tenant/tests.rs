@@ -173,6 +173,27 @@ impl ApiServer {
         }
     }
 
+    /// The cluster-wide list of Tenants named `acme` (the uniqueness check).
+    async fn expect_namesakes(&mut self, items: Vec<Tenant>) {
+        let list = json!({
+            "apiVersion": "mail.helpr.dev/v1alpha1", "kind": "TenantList",
+            "metadata": {"resourceVersion": "9"}, "items": items,
+        });
+        let seen = self
+            .expect(
+                Method::GET,
+                "/apis/mail.helpr.dev/v1alpha1/tenants",
+                200,
+                Some(list),
+            )
+            .await;
+        assert!(
+            seen.query.contains("fieldSelector=metadata.name%3Dacme"),
+            "{}",
+            seen.query
+        );
+    }
+
     async fn expect_event(&mut self, type_: &str, reason: &str) -> Seen {
         let seen = self.expect(Method::POST, EVENTS, 201, None).await;
         assert_eq!(seen.body["type"], type_, "{}", seen.body);
@@ -287,6 +308,7 @@ async fn a_tenant_with_the_finalizer_gets_its_children_applied_and_ready_status(
     let mut h = harness(FakeVault::default());
     let tenant = Tenant::test("acme").with_finalizer().with_generation(2);
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     h.server
         .expect_event("Normal", reasons::KEY_PROVISIONED)
         .await;
@@ -332,6 +354,7 @@ async fn an_already_provisioned_tenant_emits_no_new_provisioning_event() {
             reasons::KEY_PROVISIONED,
         );
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     // Straight to the children: no Event.
     expect_children(&mut h.server).await;
     let status = h.server.expect_status(&tenant, 200).await;
@@ -346,6 +369,7 @@ async fn a_status_conflict_is_retried() {
     let mut h = harness(FakeVault::default());
     let tenant = Tenant::test("acme").with_finalizer();
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     h.server
         .expect_event("Normal", reasons::KEY_PROVISIONED)
         .await;
@@ -364,6 +388,7 @@ async fn repeated_status_conflicts_fail_the_reconcile_for_a_backoff_retry() {
     let mut h = harness(FakeVault::default());
     let tenant = Tenant::test("acme").with_finalizer();
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     h.server
         .expect_event("Normal", reasons::KEY_PROVISIONED)
         .await;
@@ -424,6 +449,7 @@ async fn a_vault_refusal_sets_kms_provisioned_false_and_applies_nothing() {
     });
     let tenant = Tenant::test("acme").with_finalizer();
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     h.server
         .expect_event("Warning", reasons::KMS_AUTH_FAILED)
         .await;
@@ -452,6 +478,7 @@ async fn retain_deletion_treats_a_missing_deployment_as_done_and_removes_the_fin
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     h.server
         .expect(
             Method::DELETE,
@@ -493,6 +520,7 @@ async fn shred_deletion_destroys_the_key_and_asks_the_data_plane_to_drop_the_ten
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     // Another tenant's legal hold does not hold this one.
     let other = RetentionPolicy::test("other", "globex").with_legal_hold(true);
     h.server
@@ -538,6 +566,7 @@ async fn shred_waits_while_a_retention_policy_of_the_tenant_has_legal_hold() {
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
     let held = RetentionPolicy::test("acme-retention", "acme").with_legal_hold(true);
     h.server
         .expect(
@@ -568,4 +597,82 @@ fn backoff_doubles_from_five_seconds_to_five_minutes() {
     assert_eq!(backoff(2), Duration::from_secs(10));
     assert_eq!(backoff(4), Duration::from_secs(40));
     assert_eq!(backoff(30), Duration::from_secs(300));
+}
+
+fn namesake_in(namespace: &str, created: i64) -> Tenant {
+    let mut other = Tenant::test("acme").with_namespace(namespace);
+    other.metadata.uid = Some(format!("uid-{namespace}"));
+    other.metadata.creation_timestamp = Some(time(created));
+    other
+}
+
+#[tokio::test]
+async fn a_younger_tenant_with_a_taken_name_stalls_before_touching_vault() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    // The fixture was created at 1 767 225 600; the namesake a day earlier.
+    h.server
+        .expect_namesakes(vec![tenant.clone(), namesake_in("team-b", 1_767_139_200)])
+        .await;
+    let event = h.server.expect_event("Warning", reasons::CONFLICT).await;
+    assert!(event.body["note"].as_str().unwrap().contains("team-b"));
+    let status = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    let stalled = condition(&status.body, types::STALLED).unwrap();
+    assert_eq!(stalled["reason"], reasons::CONFLICT);
+    assert_eq!(
+        condition(&status.body, types::READY).unwrap()["status"],
+        "False"
+    );
+    assert!(h.vault.calls.lock().unwrap().is_empty());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_oldest_tenant_of_a_name_is_served_despite_a_younger_namesake() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect_namesakes(vec![tenant.clone(), namesake_in("team-b", 1_800_000_000)])
+        .await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        *h.vault.calls.lock().unwrap(),
+        ["provision helpr-tenant-acme"]
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_duplicate_shreds_nothing_of_the_real_tenant() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme")
+        .with_deletion_policy(DeletionPolicy::Shred)
+        .with_finalizer()
+        .with_deleted_at(time(1_800_000_000));
+    let task = run(tenant.clone(), &h).await;
+    h.server
+        .expect_namesakes(vec![namesake_in("team-b", 1_700_000_000)])
+        .await;
+    h.server.expect_event("Normal", "DuplicateDeleted").await;
+    h.server
+        .expect(
+            Method::PATCH,
+            &format!("{TENANTS}/acme"),
+            200,
+            Some(serde_json::to_value(&tenant).unwrap()),
+        )
+        .await;
+    task.await.unwrap().unwrap();
+    assert!(h.vault.calls.lock().unwrap().is_empty());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
 }
