@@ -308,11 +308,7 @@ async fn patch_status(
 }
 
 /// Server-side applies `child` (forced, one field manager).
-async fn apply_child<K>(
-    client: &kube::Client,
-    namespace: &str,
-    child: &K,
-) -> Result<(), kube::Error>
+async fn apply_child<K>(client: &kube::Client, namespace: &str, child: &K) -> Result<K, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -335,7 +331,16 @@ where
         &Patch::Apply(body),
     )
     .await
-    .map(|_| ())
+}
+
+/// Whether the Deployment's controller has seen its current spec and has `want` pods
+/// available; with the counts for the message.
+fn workers_available(deployment: &Deployment, want: i32) -> (bool, i32) {
+    let status = deployment.status.clone().unwrap_or_default();
+    let observed =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    (observed && available >= want, available)
 }
 
 /// The namespace of an older Tenant with the same name elsewhere in the cluster, if any: the
@@ -469,6 +474,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
     let applied = async {
         apply_child::<ServiceAccount>(&ctx.client, ns, &children.service_account)
             .await
+            .map(drop)
             .map_err(|source| TenantError::ApplyServiceAccount {
                 tenant: key_of(tenant),
                 name: child_name.clone(),
@@ -476,6 +482,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
             })?;
         apply_child::<NetworkPolicy>(&ctx.client, ns, &children.network_policy)
             .await
+            .map(drop)
             .map_err(|source| TenantError::ApplyNetworkPolicy {
                 tenant: key_of(tenant),
                 name: child_name.clone(),
@@ -490,13 +497,17 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
             })
     }
     .await;
-    if let Err(error) = applied {
-        let message = error.to_string();
-        draft.failed(error.category(), message.clone());
-        publish(ctx, tenant, EventType::Warning, error.category(), message).await;
-        patch_status(ctx, tenant, &draft.status).await?;
-        return Err(error);
-    }
+    let deployment = match applied {
+        Ok(deployment) => deployment,
+        Err(error) => {
+            let message = error.to_string();
+            draft.failed(error.category(), message.clone());
+            publish(ctx, tenant, EventType::Warning, error.category(), message).await;
+            patch_status(ctx, tenant, &draft.status).await?;
+            return Err(error);
+        }
+    };
+    let (workers_ready, available) = workers_available(&deployment, valid.sync.replicas);
 
     // The data plane's tenant record.
     let action = match ctx.data_plane.upsert_tenant(&valid).await {
@@ -527,14 +538,28 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
                     result.applied_generation
                 ),
             );
-            draft.set(
-                types::READY,
-                ConditionStatus::True,
-                reasons::RECONCILED,
-                format!("tenant {name}: key provisioned, sync workers applied, data plane synced"),
-            );
-            draft.status.clear_reconciling();
-            Action::requeue(RESYNC_INTERVAL)
+            if workers_ready {
+                draft.set(
+                    types::READY,
+                    ConditionStatus::True,
+                    reasons::RECONCILED,
+                    format!(
+                        "tenant {name}: key provisioned, {available} sync workers available, data plane synced"
+                    ),
+                );
+                draft.status.clear_reconciling();
+                Action::requeue(RESYNC_INTERVAL)
+            } else {
+                // The Deployment's status changes wake the controller (owned watch).
+                draft.failed(
+                    reasons::PROGRESSING,
+                    format!(
+                        "tenant {name}: {available} of {} sync workers available in deployment {}",
+                        valid.sync.replicas, valid.sync_name
+                    ),
+                );
+                Action::requeue(Duration::from_secs(60))
+            }
         }
         Err(source) => {
             let error = TenantError::SyncDataPlane {

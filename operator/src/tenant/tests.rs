@@ -204,7 +204,36 @@ impl ApiServer {
 
     /// A server-side apply of a child, with the operator's field manager, forced.
     async fn expect_apply(&mut self, path: &str) -> Seen {
-        let seen = self.expect(Method::PATCH, path, 200, None).await;
+        self.expect_apply_answering(path, Value::Null).await
+    }
+
+    /// Like [`Self::expect_apply`], answering the applied object with `status`.
+    async fn expect_apply_answering(&mut self, path: &str, status: Value) -> Seen {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .expect("timed out waiting for an apply")
+            .expect("client gone");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), path);
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut answer = body.clone();
+        answer["metadata"]["generation"] = json!(1);
+        if !status.is_null() {
+            answer["status"] = status;
+        }
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        let seen = Seen {
+            path: path.to_owned(),
+            query,
+            body,
+        };
         assert!(
             seen.query.contains("fieldManager=helpr-operator"),
             "{}: {}",
@@ -281,8 +310,13 @@ async fn a_new_tenant_gets_the_finalizer_and_nothing_else() {
     assert!(h.data_plane.calls.lock().unwrap().is_empty());
 }
 
-/// The script of a successful apply: KeyProvisioned event, three children, status.
+/// The script of the children's server-side applies; the Deployment answers with all its
+/// workers available.
 async fn expect_children(server: &mut ApiServer) {
+    expect_children_with(server, 1).await;
+}
+
+async fn expect_children_with(server: &mut ApiServer, available: i32) {
     server
         .expect_apply("/api/v1/namespaces/helpr-test/serviceaccounts/helpr-sync-acme")
         .await;
@@ -294,7 +328,10 @@ async fn expect_children(server: &mut ApiServer) {
     assert_eq!(np.body["kind"], "NetworkPolicy");
     assert_eq!(np.body["apiVersion"], "networking.k8s.io/v1");
     let deployment = server
-        .expect_apply("/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme")
+        .expect_apply_answering(
+            "/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme",
+            json!({"observedGeneration": 1, "availableReplicas": available}),
+        )
         .await;
     assert_eq!(deployment.body["kind"], "Deployment");
     assert_eq!(
@@ -675,4 +712,42 @@ async fn deleting_a_duplicate_shreds_nothing_of_the_real_tenant() {
     task.await.unwrap().unwrap();
     assert!(h.vault.calls.lock().unwrap().is_empty());
     assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_sync_workers_to_be_available() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer().with_replicas(2);
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children_with(&mut h.server, 1).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(60))
+    );
+    let ready = condition(&status.body, types::READY).unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::PROGRESSING);
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 sync workers")
+    );
+    assert_eq!(
+        condition(&status.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&status.body, types::DATA_PLANE_SYNCED).unwrap()["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&status.body, types::KMS_PROVISIONED).unwrap()["status"],
+        "True"
+    );
 }
