@@ -40,6 +40,9 @@ use zeroize::Zeroizing;
 /// Field manager of the CRDs the operator applies.
 const FIELD_MANAGER: &str = "helpr-operator";
 
+/// Label selector of the objects the operator creates.
+const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=helpr-operator";
+
 #[derive(Parser)]
 #[command(
     name = "helpr-operator",
@@ -214,19 +217,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     ));
     tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
+    // Only the children the operator made: not every Deployment of the cluster.
+    let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     Controller::new(tenants, watcher::Config::default())
-        .owns(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<NetworkPolicy>::all(client.clone()),
-            watcher::Config::default(),
-        )
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
