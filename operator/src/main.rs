@@ -3,8 +3,8 @@
 //! - `run`: the Tenant controller (owned Deployments, ServiceAccounts and NetworkPolicies
 //!   watched), after the CRDs are Established; `/healthz`, `/readyz` (ready after the first
 //!   successful list of Tenants) and `/metrics` on `--http-addr`; graceful shutdown on SIGTERM
-//!   or Ctrl-C. The Inbox, InboxGrant and RetentionPolicy controllers are not built yet, and
-//!   there is no leader election yet: run one replica.
+//!   or Ctrl-C; Lease-based leader election (on by default) so that one replica reconciles.
+//!   The Inbox, InboxGrant and RetentionPolicy controllers are not built yet.
 //! - `crds`: prints the CRDs as YAML; `--apply` server-side-applies them and waits until
 //!   they are Established (the chart's pre-upgrade hook).
 #![forbid(unsafe_code)]
@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use helpr_crds::{HelprResource, Tenant};
 use helpr_operator::control::ControlClient;
+use helpr_operator::leader::LeaderElection;
 use helpr_operator::metrics::Metrics;
 use helpr_operator::settings::OperatorSettings;
 use helpr_operator::tenant::kms::KubeVault;
@@ -39,6 +40,10 @@ use zeroize::Zeroizing;
 
 /// Field manager of the CRDs the operator applies.
 const FIELD_MANAGER: &str = "helpr-operator";
+
+/// The pod's namespace, as the kubelet mounts it.
+const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// Label selector of the objects the operator creates.
 const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=helpr-operator";
@@ -83,6 +88,12 @@ struct RunArgs {
     /// Writable directory for short-lived credential files of Vault logins.
     #[arg(long, env = "HELPR_OPERATOR_WORK_DIR", default_value = "/tmp")]
     work_dir: PathBuf,
+    /// Elect a leader through a Lease, so that several replicas can run (one reconciles).
+    #[arg(long, env = "HELPR_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader election Lease (in the operator's namespace, `POD_NAMESPACE`).
+    #[arg(long, env = "HELPR_OPERATOR_LEASE", default_value = "helpr-operator")]
+    lease_name: String,
     /// How long to wait for the CRDs to be Established.
     #[arg(long, default_value_t = 300)]
     crd_wait_secs: u64,
@@ -204,9 +215,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("list tenants (check the operator's RBAC)")?;
     metrics.set_ready();
 
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("helpr-operator-{}", std::process::id()));
+    let election = if args.leader_election {
+        let namespace = match std::env::var("POD_NAMESPACE") {
+            Ok(ns) => ns,
+            Err(_) => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
+                .map(|ns| ns.trim().to_owned())
+                .context("leader election needs POD_NAMESPACE (or run in a pod)")?,
+        };
+        let election = LeaderElection::new(client.clone(), &namespace, &args.lease_name, &identity);
+        tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for leadership");
+        tokio::select! {
+            () = election.acquire() => {}
+            () = shutdown_signal() => {
+                let _ = stop_http.send(());
+                return Ok(());
+            }
+        }
+        Some(election)
+    } else {
+        None
+    };
+
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_owned(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity.clone()),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -219,7 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
     // Only the children the operator made: not every Deployment of the cluster.
     let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    Controller::new(tenants, watcher::Config::default())
+    let controller = Controller::new(tenants, watcher::Config::default())
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<ServiceAccount>::all(client.clone()), owned())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
@@ -230,10 +266,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Ok((object, _)) => tracing::debug!(tenant = %object, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile error"),
             }
-        })
-        .await;
-    tracing::info!("tenant controller stopped, shutting down");
+        });
+    let lost = async {
+        match &election {
+            Some(election) => election.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let lost_leadership = tokio::select! {
+        () = controller => false,
+        () = lost => true,
+    };
     let _ = stop_http.send(());
+    if lost_leadership {
+        bail!("leadership lost: exiting so that only the new leader reconciles");
+    }
+    tracing::info!("tenant controller stopped, shutting down");
     http.await
         .context("join the http server")?
         .context("http server")?;
@@ -253,4 +301,26 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static st
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> String {
     metrics.render()
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
