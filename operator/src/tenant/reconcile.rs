@@ -656,17 +656,24 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
         Ok(_) => {}
         Err(error) if is_not_found(&error) => {}
         Err(source) => {
-            return Err(TenantError::DeleteDeployment {
+            let error = TenantError::DeleteDeployment {
                 tenant: key_of(tenant),
                 name: valid.sync_name.clone(),
                 source,
-            });
+            };
+            let note = format!("deletion waits: {error}");
+            publish(ctx, tenant, EventType::Warning, error.category(), note).await;
+            return Err(error);
         }
     }
 
     let (reason, note) = match valid.deletion_policy {
         DeletionPolicy::Retain => {
-            ctx.vault.retain(&valid).await?;
+            if let Err(error) = ctx.vault.retain(&valid).await {
+                let note = format!("deletion waits: {error}");
+                publish(ctx, tenant, EventType::Warning, error.category(), note).await;
+                return Err(error);
+            }
             (
                 "Retained",
                 format!(
@@ -676,7 +683,11 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
             )
         }
         DeletionPolicy::Shred => {
-            ctx.vault.shred(&valid).await?;
+            if let Err(error) = ctx.vault.shred(&valid).await {
+                let note = format!("deletion waits: {error}");
+                publish(ctx, tenant, EventType::Warning, error.category(), note).await;
+                return Err(error);
+            }
             (
                 "Shredded",
                 format!(

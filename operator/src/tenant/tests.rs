@@ -32,6 +32,7 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct FakeVault {
     calls: Mutex<Vec<String>>,
     fail_provision: bool,
+    fail_shred: bool,
 }
 
 #[async_trait]
@@ -61,6 +62,15 @@ impl VaultProvisioner for FakeVault {
             .lock()
             .unwrap()
             .push(format!("shred {}", tenant.vault.key.as_str()));
+        if self.fail_shred {
+            return Err(TenantError::ShredKms {
+                tenant: tenant.id.as_str().to_owned(),
+                source: helpr_dataplane::kms::KmsError::Unavailable {
+                    backend: "vault",
+                    reason: "connection refused".to_owned(),
+                },
+            });
+        }
         Ok(())
     }
 }
@@ -750,4 +760,41 @@ async fn ready_waits_for_the_sync_workers_to_be_available() {
         condition(&status.body, types::KMS_PROVISIONED).unwrap()["status"],
         "True"
     );
+}
+
+#[tokio::test]
+async fn a_failed_shred_keeps_the_finalizer_warns_and_tells_the_data_plane_nothing() {
+    let mut h = harness(FakeVault {
+        fail_shred: true,
+        ..FakeVault::default()
+    });
+    let tenant = Tenant::test("acme")
+        .with_deletion_policy(DeletionPolicy::Shred)
+        .with_finalizer()
+        .with_deleted_at(time(1_800_000_000));
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect(
+            Method::GET,
+            "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/retentionpolicies",
+            200,
+            Some(policy_list(vec![])),
+        )
+        .await;
+    h.server
+        .expect(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme",
+            404,
+            Some(not_ok(404, "NotFound")),
+        )
+        .await;
+    h.server
+        .expect_event("Warning", reasons::KMS_UNAVAILABLE)
+        .await;
+    let error = task.await.unwrap().unwrap_err();
+    assert_eq!(error.category(), reasons::KMS_UNAVAILABLE);
+    assert!(!error.is_permanent());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
 }
