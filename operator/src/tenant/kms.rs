@@ -203,3 +203,133 @@ impl VaultProvisioner for KubeVault {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::settings::tests::settings;
+    use crate::tenant::validate;
+    use helpr_crds::Tenant;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn vault(dir: &std::path::Path) -> (KubeVault, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        (
+            KubeVault::new(client, &settings(), dir.to_path_buf()),
+            handle,
+        )
+    }
+
+    async fn answer(
+        handle: &mut Handle,
+        method: Method,
+        path: &str,
+        status: u16,
+        body: Value,
+    ) -> Value {
+        let (request, send) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+                .await
+                .expect("timed out")
+                .expect("client gone");
+        assert_eq!(request.method(), method);
+        assert_eq!(request.uri().path(), path);
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn kubernetes_auth_requests_a_short_lived_token_with_the_audience_and_reaches_vault() {
+        let work = tempfile::tempdir().unwrap();
+        let (kv, mut handle) = vault(work.path());
+        // Nothing listens on port 1: Vault is unreachable after the credentials are ready.
+        let tenant = Tenant::test("acme").with_kms_server("http://127.0.0.1:1");
+        let valid = validate(&tenant, &settings()).unwrap();
+        let call = tokio::spawn(async move { kv.provision(&valid).await });
+        let issued = json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "metadata": {"name": "helpr-acme"},
+            "spec": {"audiences": ["vault://helpr-test/acme"]},
+            "status": {"token": "eyJhbGciOi.secret.jwt", "expirationTimestamp": "2030-01-01T00:00:00Z"},
+        });
+        let request = answer(
+            &mut handle,
+            Method::POST,
+            "/api/v1/namespaces/helpr-test/serviceaccounts/helpr-acme/token",
+            201,
+            issued,
+        )
+        .await;
+        assert_eq!(
+            request["spec"]["audiences"],
+            json!(["vault://helpr-test/acme"])
+        );
+        assert_eq!(request["spec"]["expirationSeconds"], 600);
+        let error = call.await.unwrap().unwrap_err();
+        assert_eq!(error.category(), "KMSUnavailable", "{error}");
+        assert!(!error.to_string().contains("secret.jwt"));
+        // The credential file is gone with the call.
+        assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_token_secret_without_the_key_is_secret_not_found() {
+        let work = tempfile::tempdir().unwrap();
+        let (kv, mut handle) = vault(work.path());
+        let tenant = Tenant::test("acme").with_token_auth("acme-vault");
+        let valid = validate(&tenant, &settings()).unwrap();
+        let call = tokio::spawn(async move { kv.provision(&valid).await });
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "acme-vault", "namespace": "helpr-test"},
+            "data": {"other": "c2VjcmV0"},
+        });
+        answer(
+            &mut handle,
+            Method::GET,
+            "/api/v1/namespaces/helpr-test/secrets/acme-vault",
+            200,
+            secret,
+        )
+        .await;
+        let error = call.await.unwrap().unwrap_err();
+        assert!(matches!(error, TenantError::SecretKeyMissing { ref key, .. } if key == "token"));
+        assert_eq!(error.category(), "SecretNotFound");
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_secret_is_secret_not_found() {
+        let work = tempfile::tempdir().unwrap();
+        let (kv, mut handle) = vault(work.path());
+        let tenant = Tenant::test("acme").with_token_auth("acme-vault");
+        let valid = validate(&tenant, &settings()).unwrap();
+        let call = tokio::spawn(async move { kv.retain(&valid).await });
+        answer(
+            &mut handle,
+            Method::GET,
+            "/api/v1/namespaces/helpr-test/secrets/acme-vault",
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "reason": "NotFound", "code": 404, "message": "secrets \"acme-vault\" not found"}),
+        )
+        .await;
+        let error = call.await.unwrap().unwrap_err();
+        assert_eq!(error.category(), "SecretNotFound");
+    }
+}
