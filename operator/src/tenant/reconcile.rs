@@ -605,6 +605,29 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
             return Err(error);
         }
     };
+    // Show the deletion in status (kstatus: Reconciling while cleanup runs).
+    if tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.condition(types::READY))
+        .is_none_or(|c| c.reason != reasons::DELETING)
+    {
+        let mut draft = StatusDraft::new(tenant);
+        let message = format!(
+            "tenant {name} is being deleted (deletionPolicy {:?})",
+            valid.deletion_policy
+        );
+        draft.set(
+            types::READY,
+            ConditionStatus::False,
+            reasons::DELETING,
+            message.clone(),
+        );
+        draft
+            .status
+            .set_reconciling(reasons::DELETING, message, draft.generation, &draft.now);
+        patch_status(ctx, tenant, &draft.status).await?;
+    }
     if let Some(other) = older_namesake(tenant, ctx).await? {
         // A duplicate never owned the tenant's Vault objects or data: touch nothing of them.
         publish(

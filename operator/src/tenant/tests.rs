@@ -525,6 +525,15 @@ async fn retain_deletion_treats_a_missing_deployment_as_done_and_removes_the_fin
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    let deleting = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        condition(&deleting.body, types::READY).unwrap()["reason"],
+        reasons::DELETING
+    );
+    assert_eq!(
+        condition(&deleting.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
     h.server.expect_namesakes(vec![]).await;
     h.server
         .expect(
@@ -567,6 +576,15 @@ async fn shred_deletion_destroys_the_key_and_asks_the_data_plane_to_drop_the_ten
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    let deleting = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        condition(&deleting.body, types::READY).unwrap()["reason"],
+        reasons::DELETING
+    );
+    assert_eq!(
+        condition(&deleting.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
     h.server.expect_namesakes(vec![]).await;
     // Another tenant's legal hold does not hold this one.
     let other = RetentionPolicy::test("other", "globex").with_legal_hold(true);
@@ -613,6 +631,15 @@ async fn shred_waits_while_a_retention_policy_of_the_tenant_has_legal_hold() {
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    let deleting = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        condition(&deleting.body, types::READY).unwrap()["reason"],
+        reasons::DELETING
+    );
+    assert_eq!(
+        condition(&deleting.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
     h.server.expect_namesakes(vec![]).await;
     let held = RetentionPolicy::test("acme-retention", "acme").with_legal_hold(true);
     h.server
@@ -707,6 +734,15 @@ async fn deleting_a_duplicate_shreds_nothing_of_the_real_tenant() {
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    let deleting = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        condition(&deleting.body, types::READY).unwrap()["reason"],
+        reasons::DELETING
+    );
+    assert_eq!(
+        condition(&deleting.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
     h.server
         .expect_namesakes(vec![namesake_in("team-b", 1_700_000_000)])
         .await;
@@ -773,6 +809,15 @@ async fn a_failed_shred_keeps_the_finalizer_warns_and_tells_the_data_plane_nothi
         .with_finalizer()
         .with_deleted_at(time(1_800_000_000));
     let task = run(tenant.clone(), &h).await;
+    let deleting = h.server.expect_status(&tenant, 200).await;
+    assert_eq!(
+        condition(&deleting.body, types::READY).unwrap()["reason"],
+        reasons::DELETING
+    );
+    assert_eq!(
+        condition(&deleting.body, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
     h.server.expect_namesakes(vec![]).await;
     h.server
         .expect(
