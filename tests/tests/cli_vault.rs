@@ -58,7 +58,8 @@ async fn keys_commands_work_against_openbao_and_postgres_from_environment_settin
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = report["deks"].as_array().unwrap();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0]["kek_version"], 2);
     assert_eq!(status[0]["kms_key_ref"], "helpr-tenant-acme");
