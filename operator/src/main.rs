@@ -62,12 +62,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (or apply them with --apply).
     Crds {
         /// Server-side apply the CRDs to the cluster and wait until they are Established.
         #[arg(long)]
         apply: bool,
+        /// With --apply: apply the `*.yaml` CRD files of this directory (the chart's `crds/`)
+        /// instead of the ones built into the binary.
+        #[arg(long, value_name = "DIR", requires = "apply")]
+        from_dir: Option<PathBuf>,
     },
 }
 
@@ -77,13 +81,18 @@ struct RunArgs {
     #[arg(long, env = "HELPR_OPERATOR_SETTINGS", value_name = "FILE")]
     settings: PathBuf,
     /// gRPC URL of the data plane's control API.
-    #[arg(long, env = "HELPR_CONTROL_URL")]
+    #[arg(long, env = "HELPR_OPERATOR_CONTROL_URL")]
     control_url: String,
     /// File holding the control API's bearer token (a mounted Secret).
-    #[arg(long, env = "HELPR_CONTROL_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, env = "HELPR_OPERATOR_CONTROL_TOKEN_FILE", value_name = "FILE")]
     control_token_file: PathBuf,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "HELPR_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long = "listen",
+        alias = "http-addr",
+        env = "HELPR_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     http_addr: SocketAddr,
     /// Writable directory for short-lived credential files of Vault logins.
     #[arg(long, env = "HELPR_OPERATOR_WORK_DIR", default_value = "/tmp")]
@@ -92,8 +101,21 @@ struct RunArgs {
     #[arg(long, env = "HELPR_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
     /// Name of the leader election Lease (in the operator's namespace, `POD_NAMESPACE`).
-    #[arg(long, env = "HELPR_OPERATOR_LEASE", default_value = "helpr-operator")]
+    #[arg(
+        long,
+        env = "HELPR_OPERATOR_LEASE_NAME",
+        default_value = "helpr-operator"
+    )]
     lease_name: String,
+    /// The operator's namespace (holds the Lease); default: the pod's namespace.
+    #[arg(long, env = "HELPR_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// This replica's identity in the Lease and in Events; default: the host name.
+    #[arg(long, env = "HELPR_OPERATOR_POD_NAME")]
+    pod_name: Option<String>,
+    /// Watch only this namespace (empty: all). Several namespaces are not supported yet.
+    #[arg(long, env = "HELPR_OPERATOR_WATCH_NAMESPACES", default_value = "")]
+    watch_namespaces: String,
     /// How long to wait for the CRDs to be Established.
     #[arg(long, default_value_t = 300)]
     crd_wait_secs: u64,
@@ -105,32 +127,60 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env("HELPR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .json()
         .init();
     match Cli::parse().command {
-        Command::Crds { apply: false } => {
+        Command::Crds { apply: false, .. } => {
             print!("{}", helpr_crds::manifests::multi_document()?);
             Ok(())
         }
-        Command::Crds { apply: true } => {
+        Command::Crds {
+            apply: true,
+            from_dir,
+        } => {
+            let crds = match from_dir {
+                Some(dir) => read_crds(&dir)?,
+                None => helpr_crds::all_crds(),
+            };
             let client = kube::Client::try_default()
                 .await
                 .context("connect to the kubernetes api")?;
-            apply_crds(&client).await?;
+            apply_crds(&client, &crds).await?;
             wait_for_crds(&client, Duration::from_secs(300)).await
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
-async fn apply_crds(client: &kube::Client) -> anyhow::Result<()> {
+/// The CRDs in the `*.yaml` files of `dir` (one per file, as `crdgen` writes them).
+fn read_crds(dir: &std::path::Path) -> anyhow::Result<Vec<CustomResourceDefinition>> {
+    let files = helpr_crds::manifests::yaml_files(dir)
+        .with_context(|| format!("list {}", dir.display()))?;
+    if files.is_empty() {
+        bail!("no .yaml files in {}", dir.display());
+    }
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            serde_norway::from_str(&text)
+                .with_context(|| format!("parse {} as a CustomResourceDefinition", path.display()))
+        })
+        .collect()
+}
+
+async fn apply_crds(
+    client: &kube::Client,
+    crds: &[CustomResourceDefinition],
+) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in helpr_crds::all_crds() {
+    for crd in crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        let mut body = serde_json::to_value(&crd)?;
+        let mut body = serde_json::to_value(crd)?;
         if let Some(map) = body.as_object_mut() {
             map.insert("apiVersion".into(), "apiextensions.k8s.io/v1".into());
             map.insert("kind".into(), "CustomResourceDefinition".into());
@@ -208,23 +258,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     wait_for_crds(&client, Duration::from_secs(args.crd_wait_secs)).await?;
 
-    let tenants: Api<Tenant> = Api::all(client.clone());
+    let watched: Vec<&str> = args
+        .watch_namespaces
+        .split(',')
+        .map(str::trim)
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    let scope: Option<String> = match watched.as_slice() {
+        [] => None,
+        [one] => Some((*one).to_owned()),
+        _ => bail!(
+            "watching several namespaces ({}) is not supported yet: watch one or all",
+            args.watch_namespaces
+        ),
+    };
+    let tenants: Api<Tenant> = scoped_api(&client, scope.as_deref());
     tenants
         .list(&ListParams::default().limit(1))
         .await
         .context("list tenants (check the operator's RBAC)")?;
     metrics.set_ready();
 
-    let identity = std::env::var("POD_NAME")
-        .ok()
+    let identity = args
+        .pod_name
+        .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("helpr-operator-{}", std::process::id()));
     let election = if args.leader_election {
-        let namespace = match std::env::var("POD_NAMESPACE") {
-            Ok(ns) => ns,
-            Err(_) => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
+        let namespace = match &args.namespace {
+            Some(ns) => ns.clone(),
+            None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
                 .map(|ns| ns.trim().to_owned())
-                .context("leader election needs POD_NAMESPACE (or run in a pod)")?,
+                .context("leader election needs HELPR_OPERATOR_NAMESPACE (or run in a pod)")?,
         };
         let election = LeaderElection::new(client.clone(), &namespace, &args.lease_name, &identity);
         tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for leadership");
@@ -256,9 +321,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Only the children the operator made: not every Deployment of the cluster.
     let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     let controller = Controller::new(tenants, watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+        .owns(scoped_api::<Deployment>(&client, scope.as_deref()), owned())
+        .owns(
+            scoped_api::<ServiceAccount>(&client, scope.as_deref()),
+            owned(),
+        )
+        .owns(
+            scoped_api::<NetworkPolicy>(&client, scope.as_deref()),
+            owned(),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -286,6 +357,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("join the http server")?
         .context("http server")?;
     Ok(())
+}
+
+/// An Api over one namespace, or all of them.
+fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
@@ -322,5 +404,26 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_charts_crd_files_parse_to_the_built_in_crds() {
+        let dir = helpr_crds::manifests::workspace_root().join("charts/helpr/crds");
+        let by_name = |mut crds: Vec<CustomResourceDefinition>| {
+            crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            crds
+        };
+        let files = by_name(read_crds(&dir).unwrap());
+        assert_eq!(files.len(), 4);
+        assert!(
+            files == by_name(helpr_crds::all_crds()),
+            "chart CRDs differ from the types"
+        );
     }
 }

@@ -75,3 +75,43 @@ fn run_refuses_an_empty_control_token_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
 }
+
+#[test]
+fn crds_apply_from_an_empty_directory_fails_before_touching_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = operator()
+        .args(["crds", "--apply", "--from-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no .yaml files"));
+}
+
+#[test]
+fn from_dir_requires_apply() {
+    let out = operator()
+        .args(["crds", "--from-dir", "/etc/helpr/crds"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn run_accepts_the_charts_listen_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = operator()
+        .args(["run", "--listen", "127.0.0.1:0", "--settings"])
+        .arg(dir.path().join("missing.yaml"))
+        .args([
+            "--control-url",
+            "http://127.0.0.1:1",
+            "--control-token-file",
+        ])
+        .arg(dir.path().join("token"))
+        .output()
+        .unwrap();
+    // Parsed (the failure is the missing settings file, not an unknown flag).
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read operator settings"));
+}
