@@ -168,7 +168,13 @@ impl TenantError {
             ApplyNetworkPolicy { .. } => "ApplyNetworkPolicyFailed",
             ApplyDeployment { .. } => "ApplyDeploymentFailed",
             DeleteDeployment { .. } => "DeleteDeploymentFailed",
-            SyncDataPlane { .. } | DeleteFromDataPlane { .. } => reasons::DATA_PLANE_UNAVAILABLE,
+            SyncDataPlane { source, .. } | DeleteFromDataPlane { source, .. } => {
+                if source.is_retryable() {
+                    reasons::DATA_PLANE_UNAVAILABLE
+                } else {
+                    "DataPlaneRefused"
+                }
+            }
             PatchStatus { .. } => "StatusUpdateFailed",
             Finalizer { source, .. } => match source.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)

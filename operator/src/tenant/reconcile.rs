@@ -210,6 +210,22 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &TenantError, ctx: Arc<Context>)
     Action::requeue(ctx.note_failure(&key_of(&tenant)))
 }
 
+/// The error and its causes, for condition messages and Events (none of them carries secret
+/// material: Vault, control API and apiserver errors hold codes and server messages only).
+pub fn describe(error: &TenantError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn now() -> Time {
     Time(Timestamp::now())
 }
@@ -378,7 +394,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
     let valid = match validate(tenant, &ctx.settings) {
         Ok(valid) => valid,
         Err(error) => {
-            let message = error.to_string();
+            let message = describe(&error);
             draft.set(
                 types::READY,
                 ConditionStatus::False,
@@ -406,7 +422,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
             tenant: key_of(tenant),
             other_namespace,
         };
-        let message = error.to_string();
+        let message = describe(&error);
         draft.set(
             types::READY,
             ConditionStatus::False,
@@ -430,7 +446,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
 
     // Vault: transit key, policy, role.
     if let Err(error) = ctx.vault.provision(&valid).await {
-        let message = error.to_string();
+        let message = describe(&error);
         draft.set(
             types::KMS_PROVISIONED,
             ConditionStatus::False,
@@ -500,7 +516,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
     let deployment = match applied {
         Ok(deployment) => deployment,
         Err(error) => {
-            let message = error.to_string();
+            let message = describe(&error);
             draft.failed(error.category(), message.clone());
             publish(ctx, tenant, EventType::Warning, error.category(), message).await;
             patch_status(ctx, tenant, &draft.status).await?;
@@ -566,7 +582,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
                 tenant: key_of(tenant),
                 source,
             };
-            let message = error.to_string();
+            let message = describe(&error);
             draft.set(
                 types::DATA_PLANE_SYNCED,
                 ConditionStatus::False,
@@ -663,7 +679,7 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
                 tenant,
                 EventType::Warning,
                 error.category(),
-                error.to_string(),
+                describe(&error),
             )
             .await;
             return Err(error);
@@ -684,7 +700,7 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
                 name: valid.sync_name.clone(),
                 source,
             };
-            let note = format!("deletion waits: {error}");
+            let note = format!("deletion waits: {}", describe(&error));
             publish(ctx, tenant, EventType::Warning, error.category(), note).await;
             return Err(error);
         }
@@ -693,7 +709,7 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
     let (reason, note) = match valid.deletion_policy {
         DeletionPolicy::Retain => {
             if let Err(error) = ctx.vault.retain(&valid).await {
-                let note = format!("deletion waits: {error}");
+                let note = format!("deletion waits: {}", describe(&error));
                 publish(ctx, tenant, EventType::Warning, error.category(), note).await;
                 return Err(error);
             }
@@ -707,7 +723,7 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
         }
         DeletionPolicy::Shred => {
             if let Err(error) = ctx.vault.shred(&valid).await {
-                let note = format!("deletion waits: {error}");
+                let note = format!("deletion waits: {}", describe(&error));
                 publish(ctx, tenant, EventType::Warning, error.category(), note).await;
                 return Err(error);
             }
@@ -732,7 +748,7 @@ pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantErr
                 tenant,
                 EventType::Warning,
                 error.category(),
-                error.to_string(),
+                describe(&error),
             )
             .await;
             return Err(error);

@@ -505,6 +505,14 @@ async fn a_vault_refusal_sets_kms_provisioned_false_and_applies_nothing() {
     assert_eq!(error.category(), reasons::KMS_AUTH_FAILED);
     let kms = condition(&status.body, types::KMS_PROVISIONED).unwrap();
     assert_eq!(kms["status"], "False");
+    // The cause is in the message, so a user can act on it.
+    assert!(
+        kms["message"]
+            .as_str()
+            .unwrap()
+            .contains("denied the request"),
+        "{kms}"
+    );
     assert_eq!(kms["reason"], reasons::KMS_AUTH_FAILED);
     assert_eq!(
         condition(&status.body, types::READY).unwrap()["status"],
