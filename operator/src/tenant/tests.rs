@@ -79,6 +79,7 @@ impl VaultProvisioner for FakeVault {
 #[derive(Default)]
 struct FakeDataPlane {
     calls: Mutex<Vec<String>>,
+    unavailable: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -89,6 +90,9 @@ impl DataPlane for FakeDataPlane {
             tenant.id.as_str(),
             tenant.generation
         ));
+        if self.unavailable.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ControlError::Unavailable("database unreachable".to_owned()));
+        }
         Ok(ApplyResult {
             outcome: proto::Outcome::Applied,
             applied_generation: tenant.generation,
@@ -850,4 +854,43 @@ async fn a_failed_shred_keeps_the_finalizer_warns_and_tells_the_data_plane_nothi
     assert_eq!(error.category(), reasons::KMS_UNAVAILABLE);
     assert!(!error.is_permanent());
     assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unavailable_data_plane_sets_data_plane_synced_false_and_is_retried() {
+    let mut h = harness(FakeVault::default());
+    h.data_plane
+        .unavailable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    let event = h
+        .server
+        .expect_event("Warning", reasons::DATA_PLANE_UNAVAILABLE)
+        .await;
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("database unreachable")
+    );
+    let status = h.server.expect_status(&tenant, 200).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert!(!error.is_permanent());
+    let synced = condition(&status.body, types::DATA_PLANE_SYNCED).unwrap();
+    assert_eq!(synced["status"], "False");
+    assert_eq!(synced["reason"], reasons::DATA_PLANE_UNAVAILABLE);
+    assert_eq!(
+        condition(&status.body, types::KMS_PROVISIONED).unwrap()["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&status.body, types::READY).unwrap()["status"],
+        "False"
+    );
 }
