@@ -56,6 +56,7 @@ const OPERATOR_RBAC: &[(&str, &[&str], &[&str])] = &[
         &["get", "create", "update", "patch"],
     ),
     ("", &["serviceaccounts", "configmaps"], CHILD_VERBS),
+    ("", &["serviceaccounts/token"], &["create"]),
     ("apps", &["deployments"], CHILD_VERBS),
     ("networking.k8s.io", &["networkpolicies"], CHILD_VERBS),
     ("batch", &["cronjobs"], CHILD_VERBS),
@@ -1084,6 +1085,174 @@ fn rendered_settings_load_in_the_data_plane() {
         projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "vault"
     );
+}
+
+/// Where the operator's settings ConfigMap is mounted and the file the operator reads.
+const OPERATOR_SETTINGS_DIR: &str = "/etc/helpr/operator";
+const OPERATOR_SETTINGS_FILE: &str = "/etc/helpr/operator/settings.yaml";
+
+/// The chart's operator settings, loaded (parsed and checked) by the operator's own code.
+fn operator_settings(r: &Rendered) -> helpr_operator::settings::OperatorSettings {
+    let text = r.get("ConfigMap", "helpr-operator-settings")["data"]["settings.yaml"]
+        .as_str()
+        .expect("the operator settings ConfigMap has settings.yaml")
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("settings.yaml");
+    std::fs::write(&path, &text).unwrap();
+    helpr_operator::settings::OperatorSettings::load(&path)
+        .unwrap_or_else(|e| panic!("the chart's operator settings do not load: {e:?}\n{text}"))
+}
+
+#[test]
+fn rendered_operator_settings_load_in_the_operator_and_are_mounted() {
+    for (which, r) in both() {
+        let settings = operator_settings(&r);
+        let operator = r.get("Deployment", "helpr-operator");
+        let pod = &operator["spec"]["template"];
+        let container = &pod["spec"]["containers"][0];
+        // The sync workers run the operator's own image, pulled the same way.
+        assert_eq!(container["image"], settings.sync_image.as_str(), "{which}");
+        assert_eq!(
+            Some(container["imagePullPolicy"].as_str().unwrap()),
+            settings.image_pull_policy.as_deref(),
+            "{which}"
+        );
+        // The operator reads the file the ConfigMap is mounted as, read-only.
+        assert_eq!(
+            container_env(container, "HELPR_OPERATOR_SETTINGS").unwrap()["value"],
+            OPERATOR_SETTINGS_FILE,
+            "{which}"
+        );
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == OPERATOR_SETTINGS_DIR)
+            .unwrap_or_else(|| panic!("{which}: settings not mounted"));
+        assert_eq!(mount["readOnly"], true, "{which}");
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            volume["configMap"]["name"], "helpr-operator-settings",
+            "{which}"
+        );
+        // A change of the settings rolls the operator.
+        assert!(
+            pod["metadata"]["annotations"]["checksum/operator-settings"]
+                .as_str()
+                .is_some_and(|s| s.len() == 64),
+            "{which}"
+        );
+        // The transit key prefix is the data plane's.
+        let toml = r.helpr_toml();
+        assert!(
+            toml.contains(&format!("key_prefix = \"{}\"", settings.vault.key_prefix)),
+            "{which}: key prefix {} not in helpr.toml",
+            settings.vault.key_prefix
+        );
+        let dns = &settings.network.dns;
+        assert_eq!(dns.ports, [53], "{which}");
+        assert!(dns.udp, "{which}");
+        assert_eq!(dns.pod_labels["k8s-app"], "kube-dns", "{which}");
+        let search = settings.network.search.as_ref().unwrap();
+        if which == "default" {
+            // The release's index pods, in the release namespace.
+            assert_eq!(search.ports, [7070]);
+            assert_eq!(
+                search.namespace_labels["kubernetes.io/metadata.name"],
+                NAMESPACE
+            );
+            let index = r.get("StatefulSet", "helpr-index");
+            assert!(selects(
+                &search.pod_labels,
+                &labels(&index["spec"]["template"]["metadata"]["labels"])
+            ));
+            // No peers given: the same "any address on the ports" the chart's pods get.
+            for target in [&settings.network.database, &settings.network.kms] {
+                assert_eq!(target.cidrs, ["0.0.0.0/0", "::/0"]);
+            }
+            assert_eq!(settings.network.database.ports, [5432]);
+            assert_eq!(settings.network.kms.ports, [8200]);
+        } else {
+            // Derived from the narrowed networkPolicy peers.
+            let db = &settings.network.database;
+            assert!(db.cidrs.is_empty());
+            assert_eq!(
+                db.namespace_labels["kubernetes.io/metadata.name"],
+                "databases"
+            );
+            assert_eq!(db.pod_labels["cnpg.io/cluster"], "helpr-postgres");
+            assert_eq!(db.ports, [5432]);
+            let kms = &settings.network.kms;
+            assert_eq!(kms.namespace_labels["kubernetes.io/metadata.name"], "vault");
+            assert!(kms.pod_labels.is_empty() && kms.cidrs.is_empty());
+            assert_eq!(search.pod_labels["app.kubernetes.io/name"], "quickwit");
+            assert_eq!(search.ports, [7280]);
+            assert_eq!(settings.vault.key_prefix, "helpr-");
+        }
+    }
+}
+
+#[test]
+fn operator_settings_take_explicit_targets_and_refuse_what_they_cannot_express() {
+    let r = render_with(
+        &[],
+        &[
+            r#"operator={"tenantDefaults":{"dataPlaneEnvSecret":"helpr-dataplane-env","network":{"kms":{"cidrs":["10.5.0.0/16"]},"googleApiCidrs":["142.250.0.0/15"]}}}"#,
+        ],
+    )
+    .unwrap();
+    let settings = operator_settings(&r);
+    assert_eq!(settings.network.kms.cidrs, ["10.5.0.0/16"]);
+    assert_eq!(settings.network.kms.ports, [8200]);
+    assert_eq!(settings.network.google_api_cidrs, ["142.250.0.0/15"]);
+    assert_eq!(
+        settings.data_plane_env_secret.as_deref(),
+        Some("helpr-dataplane-env")
+    );
+    assert_eq!(settings.data_plane_config_map, None);
+    // An ipBlock with exceptions cannot become an operator target: fail, naming the value.
+    let err = render_with(
+        &[],
+        &[r#"networkPolicy={"kms":{"to":[{"ipBlock":{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}}]}}"#],
+    )
+    .err()
+    .expect("an inexpressible kms peer fails");
+    assert!(err.contains("operator.tenantDefaults.network.kms"), "{err}");
+    // With the operator disabled nothing is derived.
+    assert!(
+        render_with(
+            &[],
+            &[
+                r#"operator={"enabled":false}"#,
+                r#"networkPolicy={"kms":{"to":[{"ipBlock":{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}}]}}"#,
+            ],
+        )
+        .is_ok()
+    );
+}
+
+/// The chart admits data-plane pods to the index and the database by one label; the operator
+/// puts that exact label on its sync pods.
+#[test]
+fn sync_pods_carry_the_label_the_chart_admits() {
+    let (key, value) = helpr_operator::tenant::children::DATA_PLANE_LABEL;
+    let r = render_with(&[], &[r#"networkPolicy={"database":{"isolate":{"enabled":true,"namespace":"db","podSelector":{"matchLabels":{"app":"pg"}}}}}"#]).unwrap();
+    for component in ["index", "database-isolation"] {
+        let np = policy(&r, component);
+        let peers = peers_of(&np["spec"]["ingress"]);
+        assert!(
+            peers
+                .iter()
+                .any(|p| p["podSelector"]["matchLabels"][key] == value),
+            "{component}: no peer selects {key}={value}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -269,3 +269,71 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- include "helpr.egressRule" (dict "to" .Values.networkPolicy.search.to "ports" .Values.networkPolicy.search.ports) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* One EgressTarget of the operator's settings, as YAML:
+(dict "ctx" $ "field" "database" "explicit" target "to" peers "ports" ports). A target with a
+peer is taken as given (its ports default to .ports); otherwise it is derived from the chart's
+NetworkPolicy peers: none means any address (as for the chart's own pods), ipBlocks without
+`except` become cidrs, one selector peer with matchLabels only becomes the labels (a bare
+podSelector means the release namespace; an empty namespaceSelector, any namespace, cannot be
+expressed). Anything else fails with what to set. */}}
+{{- define "helpr.operatorTarget" -}}
+{{- $t := .explicit | default dict -}}
+{{- $ports := $t.ports | default .ports -}}
+{{- $where := printf "operator.tenantDefaults.network.%s" .field -}}
+{{- $out := dict "namespaceLabels" ($t.namespaceLabels | default dict) "podLabels" ($t.podLabels | default dict) "cidrs" ($t.cidrs | default list) "udp" (or $t.udp .udp | default false) -}}
+{{- if not (or $t.namespaceLabels $t.podLabels $t.cidrs) -}}
+{{- if not .to -}}
+{{- $_ := set $out "cidrs" (list "0.0.0.0/0" "::/0") -}}
+{{- else -}}
+{{- $cidrs := list -}}
+{{- $selectors := 0 -}}
+{{- range .to -}}
+{{- $why := printf "%s: cannot derive it from networkPolicy.%s.to (%s); set %s (namespaceLabels, podLabels, cidrs, ports)" $where $.field (toJson .) $where -}}
+{{- if .ipBlock -}}
+{{- if or .ipBlock.except .namespaceSelector .podSelector -}}{{- fail $why -}}{{- end -}}
+{{- $cidrs = append $cidrs .ipBlock.cidr -}}
+{{- else -}}
+{{- $selectors = add1 $selectors -}}
+{{- if gt $selectors 1 -}}{{- fail $why -}}{{- end -}}
+{{- $ns := .namespaceSelector -}}
+{{- $pod := .podSelector -}}
+{{- if or (and (hasKey . "namespaceSelector") (or (not $ns) $ns.matchExpressions (not $ns.matchLabels))) (and $pod $pod.matchExpressions) -}}{{- fail $why -}}{{- end -}}
+{{- if $ns -}}
+{{- $_ := set $out "namespaceLabels" $ns.matchLabels -}}
+{{- else -}}
+{{- $_ := set $out "namespaceLabels" (dict "kubernetes.io/metadata.name" $.ctx.Release.Namespace) -}}
+{{- end -}}
+{{- if $pod -}}{{- $_ := set $out "podLabels" $pod.matchLabels -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $out "cidrs" $cidrs -}}
+{{- end -}}
+{{- end -}}
+{{- if not $ports -}}{{- fail (printf "%s needs ports" $where) -}}{{- end -}}
+{{- $_ := set $out "ports" $ports -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* The operator's settings file (OperatorSettings, operator/src/settings.rs). */}}
+{{- define "helpr.operatorSettings" -}}
+{{- $d := .Values.operator.tenantDefaults -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $net := $d.network -}}
+{{- $settings := dict "syncImage" (include "helpr.image" .) "imagePullPolicy" .Values.image.pullPolicy -}}
+{{- with $d.dataPlaneConfigMap }}{{ $_ := set $settings "dataPlaneConfigMap" . }}{{ end -}}
+{{- with $d.dataPlaneEnvSecret }}{{ $_ := set $settings "dataPlaneEnvSecret" . }}{{ end -}}
+{{- $_ := set $settings "vault" (dict "keyPrefix" (default .Values.kms.vault.keyPrefix $d.vault.keyPrefix) "accessPrefix" $d.vault.accessPrefix "authMount" $d.vault.authMount "tokenTtl" $d.vault.tokenTtl) -}}
+{{- $network := dict "googleApiCidrs" ($net.googleApiCidrs | default list) -}}
+{{- $_ := set $network "dns" (include "helpr.operatorTarget" (dict "ctx" . "field" "dns" "explicit" $net.dns "to" $np.dns.to "ports" $np.dns.ports "udp" true) | fromYaml) -}}
+{{- $_ := set $network "database" (include "helpr.operatorTarget" (dict "ctx" . "field" "database" "explicit" $net.database "to" $np.database.to "ports" $np.database.ports) | fromYaml) -}}
+{{- $_ := set $network "kms" (include "helpr.operatorTarget" (dict "ctx" . "field" "kms" "explicit" $net.kms "to" $np.kms.to "ports" $np.kms.ports) | fromYaml) -}}
+{{- if eq .Values.search.backend "tantivy" -}}
+{{- $index := dict "podSelector" (dict "matchLabels" (include "helpr.selectorLabels" (dict "ctx" . "component" "index") | fromYaml)) -}}
+{{- $_ := set $network "search" (include "helpr.operatorTarget" (dict "ctx" . "field" "search" "explicit" $net.search "to" (list $index) "ports" (list 7070)) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $network "search" (include "helpr.operatorTarget" (dict "ctx" . "field" "search" "explicit" $net.search "to" $np.search.to "ports" $np.search.ports) | fromYaml) -}}
+{{- end -}}
+{{- $_ := set $settings "network" $network -}}
+{{- toYaml $settings -}}
+{{- end -}}

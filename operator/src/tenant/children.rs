@@ -28,6 +28,10 @@ pub const FIELD_MANAGER: &str = "helpr-operator";
 /// Label naming the tenant that owns an object.
 pub const TENANT_LABEL: &str = "mail.helpr.dev/tenant";
 
+/// Label of the data plane's pods: the chart's NetworkPolicies admit only pods carrying it to
+/// the index, the search cluster and the database (charts/helpr `helpr.dataPlaneLabel`).
+pub const DATA_PLANE_LABEL: (&str, &str) = ("mail.helpr.dev/plane", "data");
+
 /// UID and GID of the sync workers (distroless `nonroot`).
 pub const SYNC_UID: i64 = 65532;
 
@@ -76,6 +80,14 @@ pub fn labels(tenant: &ValidTenant) -> BTreeMap<String, String> {
         FIELD_MANAGER.to_owned(),
     );
     labels.insert(TENANT_LABEL.to_owned(), tenant.id.as_str().to_owned());
+    labels
+}
+
+/// Labels of the sync pods: [`labels`] and [`DATA_PLANE_LABEL`], so that the chart's
+/// NetworkPolicies let them reach the index, the search cluster and the database.
+pub fn pod_labels(tenant: &ValidTenant) -> BTreeMap<String, String> {
+    let mut labels = labels(tenant);
+    labels.insert(DATA_PLANE_LABEL.0.to_owned(), DATA_PLANE_LABEL.1.to_owned());
     labels
 }
 
@@ -338,7 +350,7 @@ pub fn deployment(tenant: &ValidTenant, settings: &OperatorSettings) -> Deployme
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(tenant)),
+                    labels: Some(pod_labels(tenant)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -536,6 +548,18 @@ mod tests {
             spec.selector.match_labels.as_ref().unwrap(),
             &selector_labels(&validate(&Tenant::test("acme"), &settings()).unwrap())
         );
+        let pod_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        // The chart's NetworkPolicies admit data-plane pods by this exact label.
+        assert_eq!(pod_labels["mail.helpr.dev/plane"], "data");
+        assert_eq!(pod_labels["app.kubernetes.io/instance"], "acme");
+        assert_eq!(pod_labels[TENANT_LABEL], "acme");
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("helpr-sync-acme"));
         assert_eq!(pod.automount_service_account_token, Some(false));
