@@ -4,11 +4,13 @@
 //!   key, a Kubernetes-auth role for the tenant's sync pods) and crypto-shredding.
 //! - [`settings`]: the operator's own settings (sync image, Vault naming, egress targets).
 //! - [`tenant`]: the Tenant controller (validate, build, reconcile).
+//! - [`grant`]: the InboxGrant controller (validate, upsert or revoke at expiry).
 //! - [`leader`]: Lease-based leader election (one replica reconciles at a time).
 //! - [`control`]: the client of the data plane's control API (typed errors, bearer token).
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod grant;
 pub mod leader;
 pub mod metrics;
 pub mod settings;

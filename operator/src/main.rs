@@ -1,10 +1,11 @@
 //! helpr-operator: reconciles helpr vault's custom resources.
 //!
 //! - `run`: the Tenant controller (owned Deployments, ServiceAccounts and NetworkPolicies
-//!   watched), after the CRDs are Established; `/healthz`, `/readyz` (ready after the first
+//!   watched) and the InboxGrant controller, sharing one Context, after the CRDs are
+//!   Established; `/healthz`, `/readyz` (ready after the first
 //!   successful list of Tenants) and `/metrics` on `--http-addr`; graceful shutdown on SIGTERM
 //!   or Ctrl-C; Lease-based leader election (on by default) so that one replica reconciles.
-//!   The Inbox, InboxGrant and RetentionPolicy controllers are not built yet.
+//!   The Inbox and RetentionPolicy controllers are not built yet.
 //! - `crds`: prints the CRDs as YAML; `--apply` server-side-applies them and waits until
 //!   they are Established (the chart's pre-upgrade hook).
 #![forbid(unsafe_code)]
@@ -21,8 +22,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use helpr_crds::{HelprResource, Tenant};
+use helpr_crds::{HelprResource, InboxGrant, Tenant};
 use helpr_operator::control::ControlClient;
+use helpr_operator::grant;
 use helpr_operator::leader::LeaderElection;
 use helpr_operator::metrics::Metrics;
 use helpr_operator::settings::OperatorSettings;
@@ -320,7 +322,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
     // Only the children the operator made: not every Deployment of the cluster.
     let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    let controller = Controller::new(tenants, watcher::Config::default())
+    let tenant_controller = Controller::new(tenants, watcher::Config::default())
         .owns(scoped_api::<Deployment>(&client, scope.as_deref()), owned())
         .owns(
             scoped_api::<ServiceAccount>(&client, scope.as_deref()),
@@ -331,13 +333,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             owned(),
         )
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(tenant = %object, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile error"),
             }
         });
+    tracing::info!(
+        finalizer = InboxGrant::FINALIZER,
+        "inbox grant controller starting"
+    );
+    let grant_controller = Controller::new(
+        scoped_api::<InboxGrant>(&client, scope.as_deref()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(grant::reconcile, grant::error_policy, ctx.clone())
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(grant = %object, "reconciled"),
+            Err(error) => tracing::debug!(%error, "reconcile error"),
+        }
+    });
+    // Every controller stops on SIGTERM; the binary stops when all have.
+    let controller = async {
+        futures::future::join(tenant_controller, grant_controller).await;
+    };
     let lost = async {
         match &election {
             Some(election) => election.hold().await,
@@ -352,7 +374,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if lost_leadership {
         bail!("leadership lost: exiting so that only the new leader reconciles");
     }
-    tracing::info!("tenant controller stopped, shutting down");
+    tracing::info!("controllers stopped, shutting down");
     http.await
         .context("join the http server")?
         .context("http server")?;

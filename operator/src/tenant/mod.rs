@@ -169,11 +169,7 @@ impl TenantError {
             ApplyDeployment { .. } => "ApplyDeploymentFailed",
             DeleteDeployment { .. } => "DeleteDeploymentFailed",
             SyncDataPlane { source, .. } | DeleteFromDataPlane { source, .. } => {
-                if source.is_retryable() {
-                    reasons::DATA_PLANE_UNAVAILABLE
-                } else {
-                    "DataPlaneRefused"
-                }
+                control_reason(source)
             }
             PatchStatus { .. } => "StatusUpdateFailed",
             Finalizer { source, .. } => match source.as_ref() {
@@ -202,6 +198,22 @@ impl TenantError {
     }
 }
 
+/// The reason of a failed control call: DataPlaneUnavailable when it may succeed later,
+/// DataPlaneRefused otherwise (shared by every controller that talks to the data plane).
+pub fn control_reason(error: &ControlError) -> &'static str {
+    if error.is_retryable() {
+        reasons::DATA_PLANE_UNAVAILABLE
+    } else {
+        DATA_PLANE_REFUSED
+    }
+}
+
+/// The reason of a refused control call.
+pub const DATA_PLANE_REFUSED: &str = "DataPlaneRefused";
+/// The reason of a STALE outcome: the data plane has a newer generation of the object (or
+/// has deleted it); nothing was written.
+pub const DATA_PLANE_STALE: &str = "DataPlaneStale";
+
 fn kms_reason(error: &KmsError) -> &'static str {
     match error {
         KmsError::Denied { .. } => reasons::KMS_AUTH_FAILED,
@@ -211,4 +223,4 @@ fn kms_reason(error: &KmsError) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -68,6 +68,21 @@ pub trait DataPlane: Send + Sync {
     /// Deletes the tenant with the policy of its last upsert (RETAIN stops it, SHRED drops
     /// its data and index).
     async fn delete_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError>;
+    /// Creates or updates an inbox at the Inbox's generation.
+    async fn upsert_inbox(
+        &self,
+        request: proto::UpsertInboxRequest,
+    ) -> Result<ApplyResult, ControlError>;
+    /// Disconnects an inbox and removes its grants (its mail stays until the lifecycle
+    /// module's soft delete exists).
+    async fn delete_inbox(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError>;
+    /// Creates or updates a grant at the InboxGrant's generation.
+    async fn upsert_grant(
+        &self,
+        request: proto::UpsertGrantRequest,
+    ) -> Result<ApplyResult, ControlError>;
+    /// Revokes a grant.
+    async fn delete_grant(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError>;
 }
 
 fn object_meta(tenant: &ValidTenant) -> proto::ObjectMeta {
@@ -105,6 +120,39 @@ impl DataPlane for ControlClient {
     async fn delete_tenant(&self, tenant: &ValidTenant) -> Result<ApplyResult, ControlError> {
         ControlClient::delete_tenant(&mut self.clone(), object_meta(tenant)).await
     }
+
+    async fn upsert_inbox(
+        &self,
+        request: proto::UpsertInboxRequest,
+    ) -> Result<ApplyResult, ControlError> {
+        ControlClient::upsert_inbox(&mut self.clone(), request).await
+    }
+
+    async fn delete_inbox(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
+        ControlClient::delete_inbox(&mut self.clone(), meta).await
+    }
+
+    async fn upsert_grant(
+        &self,
+        request: proto::UpsertGrantRequest,
+    ) -> Result<ApplyResult, ControlError> {
+        ControlClient::upsert_grant(&mut self.clone(), request).await
+    }
+
+    async fn delete_grant(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
+        ControlClient::delete_grant(&mut self.clone(), meta).await
+    }
+}
+
+/// The control API's identity of a namespaced object (namespace, name, uid, generation).
+pub fn meta_of<K: Resource>(object: &K) -> proto::ObjectMeta {
+    let meta = object.meta();
+    proto::ObjectMeta {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        generation: meta.generation.unwrap_or(0),
+    }
 }
 
 /// What every reconcile shares.
@@ -139,14 +187,14 @@ impl Context {
         }
     }
 
-    fn note_success(&self, key: &str) {
+    pub(crate) fn note_success(&self, key: &str) {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(key);
         }
     }
 
     /// Records a failure; returns the wait before the next attempt.
-    fn note_failure(&self, key: &str) -> Duration {
+    pub(crate) fn note_failure(&self, key: &str) -> Duration {
         let n = self
             .failures
             .lock()
@@ -167,10 +215,15 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 fn key_of(tenant: &Tenant) -> String {
+    object_key(tenant)
+}
+
+/// `namespace/name` of an object, for logs, messages and the backoff.
+pub fn object_key<K: Resource>(object: &K) -> String {
     format!(
         "{}/{}",
-        tenant.namespace().unwrap_or_default(),
-        tenant.name_any()
+        object.namespace().unwrap_or_default(),
+        object.name_any()
     )
 }
 
@@ -212,7 +265,7 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &TenantError, ctx: Arc<Context>)
 
 /// The error and its causes, for condition messages and Events (none of them carries secret
 /// material: Vault, control API and apiserver errors hold codes and server messages only).
-pub fn describe(error: &TenantError) -> String {
+pub fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -226,24 +279,27 @@ pub fn describe(error: &TenantError) -> String {
     text
 }
 
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
 /// The status under construction: the current one, so unchanged conditions keep their
 /// `lastTransitionTime`.
-struct StatusDraft {
-    status: TenantStatus,
-    generation: Option<i64>,
-    now: Time,
+pub(crate) struct StatusDraft<K: HelprResource> {
+    pub(crate) status: K::Status,
+    pub(crate) generation: Option<i64>,
+    pub(crate) now: Time,
 }
 
-impl StatusDraft {
-    fn new(tenant: &Tenant) -> Self {
-        let generation = tenant.meta().generation;
+impl<K: HelprResource> StatusDraft<K>
+where
+    K::Status: Clone,
+{
+    pub(crate) fn new(object: &K) -> Self {
+        let generation = object.meta().generation;
         let now = now();
-        let mut status = tenant.status.clone().unwrap_or_default();
-        status.init_conditions(Tenant::CONDITION_TYPES, generation, &now);
+        let mut status = HelprResource::status(object).cloned().unwrap_or_default();
+        status.init_conditions(K::CONDITION_TYPES, generation, &now);
         status.set_observed_generation(generation);
         Self {
             status,
@@ -252,21 +308,31 @@ impl StatusDraft {
         }
     }
 
-    fn set(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: String) {
+    pub(crate) fn set(
+        &mut self,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: String,
+    ) {
         self.status.set_condition(
             Condition::new(type_, status, reason, message, self.now.clone())
                 .with_observed_generation(self.generation),
         );
     }
 
-    fn was_true(tenant: &Tenant, type_: &str) -> bool {
-        tenant
-            .status
-            .as_ref()
-            .is_some_and(|s| s.is_condition_true(type_))
+    pub(crate) fn was_true(object: &K, type_: &str) -> bool {
+        HelprResource::status(object).is_some_and(|s| s.is_condition_true(type_))
     }
 
-    fn failed(&mut self, reason: &str, message: String) {
+    /// Whether the object's Ready condition has `reason` (to emit an Event once).
+    pub(crate) fn had_ready_reason(object: &K, reason: &str) -> bool {
+        HelprResource::status(object)
+            .and_then(|s| s.condition(types::READY))
+            .is_some_and(|c| c.reason == reason)
+    }
+
+    pub(crate) fn failed(&mut self, reason: &str, message: String) {
         self.set(
             types::READY,
             ConditionStatus::False,
@@ -278,7 +344,14 @@ impl StatusDraft {
     }
 }
 
-async fn publish(ctx: &Context, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
+/// Publishes an Event about `object` (a failure to publish is logged, never fatal).
+pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -286,8 +359,8 @@ async fn publish(ctx: &Context, tenant: &Tenant, type_: EventType, reason: &str,
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
-        tracing::warn!(tenant = %key_of(tenant), %error, "event not published");
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(object = %object_key(object), %error, "event not published");
     }
 }
 
@@ -297,28 +370,46 @@ async fn patch_status(
     tenant: &Tenant,
     status: &TenantStatus,
 ) -> Result<(), TenantError> {
-    let namespace = tenant.namespace().unwrap_or_default();
-    let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &namespace);
+    patch_status_of(ctx, tenant, status)
+        .await
+        .map_err(|source| TenantError::PatchStatus {
+            tenant: key_of(tenant),
+            source,
+        })
+}
+
+/// Writes `status` of any helpr kind with server-side apply on the status subresource
+/// (field manager `helpr-operator`, forced), retrying a conflict.
+pub(crate) async fn patch_status_of<K>(
+    ctx: &Context,
+    object: &K,
+    status: &K::Status,
+) -> Result<(), kube::Error>
+where
+    K: HelprResource
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::Status: Serialize,
+{
+    let namespace = object.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = Patch::Apply(serde_json::json!({
-        "apiVersion": helpr_crds::api_version(),
-        "kind": "Tenant",
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     }));
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match api.patch_status(&tenant.name_any(), &params, &patch).await {
+        match api.patch_status(&object.name_any(), &params, &patch).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 && attempt < STATUS_ATTEMPTS => {
-                tracing::debug!(tenant = %key_of(tenant), attempt, "status conflict, retrying");
+                tracing::debug!(object = %object_key(object), attempt, "status conflict, retrying");
             }
-            Err(source) => {
-                return Err(TenantError::PatchStatus {
-                    tenant: key_of(tenant),
-                    source,
-                });
-            }
+            Err(source) => return Err(source),
         }
     }
 }
@@ -599,7 +690,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
     Ok(action)
 }
 
-fn is_not_found(error: &kube::Error) -> bool {
+pub(crate) fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 

@@ -29,7 +29,7 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// Records what the controller asked Vault to do.
 #[derive(Default)]
-struct FakeVault {
+pub(crate) struct FakeVault {
     calls: Mutex<Vec<String>>,
     fail_provision: bool,
     fail_shred: bool,
@@ -75,11 +75,51 @@ impl VaultProvisioner for FakeVault {
     }
 }
 
-/// Records what the controller told the data plane.
+/// Records what the controller told the data plane (shared with the Inbox and InboxGrant
+/// controllers' tests).
 #[derive(Default)]
-struct FakeDataPlane {
-    calls: Mutex<Vec<String>>,
-    unavailable: std::sync::atomic::AtomicBool,
+pub(crate) struct FakeDataPlane {
+    pub(crate) calls: Mutex<Vec<String>>,
+    pub(crate) unavailable: std::sync::atomic::AtomicBool,
+    /// Answer upserts of inboxes and grants with STALE (the data plane has generation 9).
+    pub(crate) stale: std::sync::atomic::AtomicBool,
+    /// Answer deletes of inboxes and grants with NOT_FOUND.
+    pub(crate) gone: std::sync::atomic::AtomicBool,
+    pub(crate) inboxes: Mutex<Vec<proto::UpsertInboxRequest>>,
+    pub(crate) grants: Mutex<Vec<proto::UpsertGrantRequest>>,
+}
+
+impl FakeDataPlane {
+    fn answer(&self, generation: i64) -> Result<ApplyResult, ControlError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.unavailable.load(Relaxed) {
+            return Err(ControlError::Unavailable("database unreachable".to_owned()));
+        }
+        if self.stale.load(Relaxed) {
+            return Ok(ApplyResult {
+                outcome: proto::Outcome::Stale,
+                applied_generation: 9,
+            });
+        }
+        Ok(ApplyResult {
+            outcome: proto::Outcome::Applied,
+            applied_generation: generation,
+        })
+    }
+
+    fn deleted(&self, kind: &str, meta: &proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
+        self.calls.lock().unwrap().push(format!(
+            "delete {kind} {}/{} {}",
+            meta.namespace, meta.name, meta.uid
+        ));
+        if self.gone.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ControlError::NotFound(format!(
+                "{kind} {} not found",
+                meta.name
+            )));
+        }
+        self.answer(meta.generation)
+    }
 }
 
 #[async_trait]
@@ -108,16 +148,46 @@ impl DataPlane for FakeDataPlane {
             applied_generation: tenant.generation,
         })
     }
+    async fn upsert_inbox(
+        &self,
+        request: proto::UpsertInboxRequest,
+    ) -> Result<ApplyResult, ControlError> {
+        let meta = request.meta.clone().unwrap_or_default();
+        self.calls.lock().unwrap().push(format!(
+            "upsert inbox {}/{} g{}",
+            meta.namespace, meta.name, meta.generation
+        ));
+        self.inboxes.lock().unwrap().push(request);
+        self.answer(meta.generation)
+    }
+    async fn delete_inbox(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
+        self.deleted("inbox", &meta)
+    }
+    async fn upsert_grant(
+        &self,
+        request: proto::UpsertGrantRequest,
+    ) -> Result<ApplyResult, ControlError> {
+        let meta = request.meta.clone().unwrap_or_default();
+        self.calls.lock().unwrap().push(format!(
+            "upsert grant {}/{} g{}",
+            meta.namespace, meta.name, meta.generation
+        ));
+        self.grants.lock().unwrap().push(request);
+        self.answer(meta.generation)
+    }
+    async fn delete_grant(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
+        self.deleted("grant", &meta)
+    }
 }
 
-struct Harness {
-    ctx: Arc<Context>,
+pub(crate) struct Harness {
+    pub(crate) ctx: Arc<Context>,
     vault: Arc<FakeVault>,
-    data_plane: Arc<FakeDataPlane>,
-    server: ApiServer,
+    pub(crate) data_plane: Arc<FakeDataPlane>,
+    pub(crate) server: ApiServer,
 }
 
-fn harness(vault: FakeVault) -> Harness {
+pub(crate) fn harness(vault: FakeVault) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let vault = Arc::new(vault);
@@ -139,13 +209,13 @@ fn harness(vault: FakeVault) -> Harness {
 }
 
 /// One request the script expects and its answer.
-struct Seen {
+pub(crate) struct Seen {
     path: String,
-    query: String,
-    body: Value,
+    pub(crate) query: String,
+    pub(crate) body: Value,
 }
 
-struct ApiServer(Handle);
+pub(crate) struct ApiServer(Handle);
 
 const TENANTS: &str = "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/tenants";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/helpr-test/events";
@@ -153,7 +223,7 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/helpr-test/events";
 impl ApiServer {
     /// Waits for the next request, checks its method and path, answers `status` + `body`
     /// (`None`: echo the request body).
-    async fn expect(
+    pub(crate) async fn expect(
         &mut self,
         method: Method,
         path: &str,
@@ -209,10 +279,20 @@ impl ApiServer {
     }
 
     async fn expect_event(&mut self, type_: &str, reason: &str) -> Seen {
+        self.expect_event_about("Tenant", type_, reason).await
+    }
+
+    /// An Event of `type_` and `reason` about an object of `kind`.
+    pub(crate) async fn expect_event_about(
+        &mut self,
+        kind: &str,
+        type_: &str,
+        reason: &str,
+    ) -> Seen {
         let seen = self.expect(Method::POST, EVENTS, 201, None).await;
         assert_eq!(seen.body["type"], type_, "{}", seen.body);
         assert_eq!(seen.body["reason"], reason, "{}", seen.body);
-        assert_eq!(seen.body["regarding"]["kind"], "Tenant");
+        assert_eq!(seen.body["regarding"]["kind"], kind);
         seen
     }
 
@@ -284,14 +364,14 @@ impl ApiServer {
     }
 }
 
-fn not_ok(code: u16, reason: &str) -> Value {
+pub(crate) fn not_ok(code: u16, reason: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": format!("the server says {reason}"), "reason": reason, "code": code,
     })
 }
 
-fn condition<'a>(status_body: &'a Value, type_: &str) -> Option<&'a Value> {
+pub(crate) fn condition<'a>(status_body: &'a Value, type_: &str) -> Option<&'a Value> {
     status_body["status"]["conditions"]
         .as_array()
         .unwrap()
