@@ -95,6 +95,20 @@ pub fn normalize_tokens(text: &str) -> Vec<Token> {
 ///
 /// This is the per-word step of [`normalize_tokens`]; it does not segment or truncate.
 pub fn fold(word: &str) -> String {
+    // ASCII (most mail): decomposition, mark removal and composition change nothing, so
+    // folding is lowercasing and dropping quotes. Same result as the general path below.
+    if word.is_ascii() {
+        return word
+            .bytes()
+            .filter(|b| !matches!(b, b'\'' | b'"'))
+            .map(|b| char::from(b.to_ascii_lowercase()))
+            .collect();
+    }
+    fold_unicode(word)
+}
+
+/// [`fold`] for any text.
+fn fold_unicode(word: &str) -> String {
     let mut folded = String::with_capacity(word.len());
     for c in word.nfkd().flat_map(char::to_lowercase).nfkd() {
         match c {
@@ -293,6 +307,26 @@ mod tests {
             texts("Hello WORLD ΣΟΦΙΑ Привет"),
             ["hello", "world", "σοφια", "привет"]
         );
+    }
+
+    #[test]
+    fn ascii_fast_path_folds_exactly_like_the_unicode_path() {
+        // Every ASCII character alone, in pairs, and in random words.
+        let all: Vec<char> = (0u8..=127).map(char::from).collect();
+        for a in &all {
+            let one = a.to_string();
+            assert_eq!(fold(&one), fold_unicode(&one), "{one:?}");
+            for b in &all {
+                let two: String = [*a, *b].iter().collect();
+                assert_eq!(fold(&two), fold_unicode(&two), "{two:?}");
+            }
+        }
+        let mut rng = crate::search::tests_support::XorShift::new(7);
+        for _ in 0..2_000 {
+            let len = rng.below(24);
+            let word: String = (0..len).map(|_| all[rng.below(128)]).collect();
+            assert_eq!(fold(&word), fold_unicode(&word), "{word:?}");
+        }
     }
 
     #[test]
