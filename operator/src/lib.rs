@@ -4,6 +4,7 @@
 //!   key, a Kubernetes-auth role for the tenant's sync pods) and crypto-shredding.
 //! - [`settings`]: the operator's own settings (sync image, Vault naming, egress targets).
 //! - [`tenant`]: the Tenant controller (validate, build, reconcile).
+//! - [`inbox`]: the Inbox controller (validate, tenant Ready, upsert, delete).
 //! - [`grant`]: the InboxGrant controller (validate, upsert or revoke at expiry).
 //! - [`leader`]: Lease-based leader election (one replica reconciles at a time).
 //! - [`control`]: the client of the data plane's control API (typed errors, bearer token).
@@ -11,6 +12,7 @@
 
 pub mod control;
 pub mod grant;
+pub mod inbox;
 pub mod leader;
 pub mod metrics;
 pub mod settings;

@@ -1,11 +1,12 @@
 //! helpr-operator: reconciles helpr vault's custom resources.
 //!
 //! - `run`: the Tenant controller (owned Deployments, ServiceAccounts and NetworkPolicies
-//!   watched) and the InboxGrant controller, sharing one Context, after the CRDs are
+//!   watched), the Inbox controller (woken by its Tenant's changes) and the InboxGrant
+//!   controller (woken by its Inbox's changes), sharing one Context, after the CRDs are
 //!   Established; `/healthz`, `/readyz` (ready after the first
 //!   successful list of Tenants) and `/metrics` on `--http-addr`; graceful shutdown on SIGTERM
 //!   or Ctrl-C; Lease-based leader election (on by default) so that one replica reconciles.
-//!   The Inbox and RetentionPolicy controllers are not built yet.
+//!   The RetentionPolicy controller is not built yet.
 //! - `crds`: prints the CRDs as YAML; `--apply` server-side-applies them and waits until
 //!   they are Established (the chart's pre-upgrade hook).
 #![forbid(unsafe_code)]
@@ -22,9 +23,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use helpr_crds::{HelprResource, InboxGrant, Tenant};
+use helpr_crds::{HelprResource, Inbox, InboxGrant, Tenant};
 use helpr_operator::control::ControlClient;
 use helpr_operator::grant;
+use helpr_operator::inbox;
 use helpr_operator::leader::LeaderElection;
 use helpr_operator::metrics::Metrics;
 use helpr_operator::settings::OperatorSettings;
@@ -34,8 +36,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{Controller, watcher};
 use zeroize::Zeroizing;
@@ -347,18 +351,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let grant_controller = Controller::new(
         scoped_api::<InboxGrant>(&client, scope.as_deref()),
         watcher::Config::default(),
-    )
-    .shutdown_on_signal()
-    .run(grant::reconcile, grant::error_policy, ctx.clone())
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(grant = %object, "reconciled"),
-            Err(error) => tracing::debug!(%error, "reconcile error"),
-        }
-    });
+    );
+    // An Inbox's change (e.g. its creation) wakes the grants that reference it.
+    let grants = grant_controller.store();
+    let grant_controller = grant_controller
+        .watches(
+            scoped_api::<Inbox>(&client, scope.as_deref()),
+            watcher::Config::default(),
+            move |inbox: Inbox| {
+                let (namespace, name) = (inbox.namespace(), inbox.name_any());
+                grants
+                    .state()
+                    .into_iter()
+                    .filter(|g| g.namespace() == namespace && g.spec.inbox_ref.name == name)
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(grant::reconcile, grant::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(grant = %object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile error"),
+            }
+        });
+    tracing::info!(finalizer = Inbox::FINALIZER, "inbox controller starting");
+    let inbox_controller = Controller::new(
+        scoped_api::<Inbox>(&client, scope.as_deref()),
+        watcher::Config::default(),
+    );
+    // A Tenant's change (e.g. becoming Ready) wakes the inboxes that reference it.
+    let inboxes = inbox_controller.store();
+    let inbox_controller = inbox_controller
+        .watches(
+            scoped_api::<Tenant>(&client, scope.as_deref()),
+            watcher::Config::default(),
+            move |tenant: Tenant| {
+                let (namespace, name) = (tenant.namespace(), tenant.name_any());
+                inboxes
+                    .state()
+                    .into_iter()
+                    .filter(|i| i.namespace() == namespace && i.spec.tenant_ref.name == name)
+                    .map(|i| ObjectRef::from_obj(i.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(inbox::reconcile, inbox::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(inbox = %object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile error"),
+            }
+        });
     // Every controller stops on SIGTERM; the binary stops when all have.
     let controller = async {
-        futures::future::join(tenant_controller, grant_controller).await;
+        futures::future::join3(tenant_controller, inbox_controller, grant_controller).await;
     };
     let lost = async {
         match &election {

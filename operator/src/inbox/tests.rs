@@ -1,0 +1,270 @@
+//! Inbox reconcile flows against the Tenant tests' scripted mock apiserver and fake data
+//! plane.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use helpr_crds::conditions::{ConditionStatus, reasons, types};
+use helpr_crds::testing::{Fixture, time};
+use helpr_crds::{Inbox, Tenant};
+use http::Method;
+use kube::runtime::controller::Action;
+use serde_json::Value;
+
+use super::{InboxError, reconcile};
+use crate::control::proto;
+use crate::tenant::DATA_PLANE_STALE;
+use crate::tenant::tests::{FakeVault, Harness, condition, harness, not_ok};
+
+const INBOXES: &str = "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/inboxes";
+const TENANTS: &str = "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/tenants";
+
+fn inbox() -> Inbox {
+    Inbox::test("support", "acme")
+}
+
+fn run(inbox: Inbox, h: &Harness) -> tokio::task::JoinHandle<Result<Action, InboxError>> {
+    let ctx = h.ctx.clone();
+    tokio::spawn(async move { reconcile(Arc::new(inbox), ctx).await })
+}
+
+async fn expect_tenant(h: &mut Harness, tenant: Option<Tenant>) {
+    let (status, body) = match tenant {
+        Some(tenant) => (200, serde_json::to_value(tenant).unwrap()),
+        None => (404, not_ok(404, "NotFound")),
+    };
+    h.server
+        .expect(Method::GET, &format!("{TENANTS}/acme"), status, Some(body))
+        .await;
+}
+
+async fn expect_status(h: &mut Harness, inbox: &Inbox) -> Value {
+    let seen = h
+        .server
+        .expect(
+            Method::PATCH,
+            &format!("{INBOXES}/support/status"),
+            200,
+            Some(serde_json::to_value(inbox).unwrap()),
+        )
+        .await;
+    assert!(seen.query.contains("fieldManager=helpr-operator"));
+    assert!(seen.query.contains("force=true"));
+    assert_eq!(seen.body["kind"], "Inbox");
+    seen.body
+}
+
+#[tokio::test]
+async fn a_new_inbox_gets_the_finalizer_and_nothing_else() {
+    let mut h = harness(FakeVault::default());
+    let task = run(inbox(), &h);
+    let answer = serde_json::to_value(inbox().with_finalizer()).unwrap();
+    let seen = h
+        .server
+        .expect(
+            Method::PATCH,
+            &format!("{INBOXES}/support"),
+            200,
+            Some(answer),
+        )
+        .await;
+    let ops = seen.body.as_array().unwrap();
+    assert_eq!(ops[1]["op"], "add");
+    assert_eq!(
+        ops[1]["value"],
+        serde_json::json!(["inbox.mail.helpr.dev/cleanup"])
+    );
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_inbox_of_a_ready_tenant_is_applied_and_ready() {
+    let mut h = harness(FakeVault::default());
+    let inbox = inbox()
+        .with_finalizer()
+        .with_generation(3)
+        .with_team_visibility("tier-1")
+        .with_assignment_limits_visibility(true);
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, Some(Tenant::test("acme").with_ready())).await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+
+    let requests = h.data_plane.inboxes.lock().unwrap();
+    let request = requests.first().unwrap();
+    let meta = request.meta.clone().unwrap();
+    assert_eq!(meta.uid, inbox.metadata.uid.clone().unwrap());
+    assert_eq!(meta.generation, 3);
+    let spec = request.spec.clone().unwrap();
+    assert_eq!(spec.tenant, "acme");
+    assert_eq!(spec.gmail_address, "support@example.com");
+    assert_eq!(spec.visibility, i32::from(proto::Visibility::Team));
+    assert_eq!(spec.team, "tier-1");
+    assert!(spec.assignment_limits_visibility);
+
+    assert_eq!(status["status"]["observedGeneration"], 3);
+    let ready = condition(&status, types::READY).unwrap();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["reason"], reasons::RECONCILED);
+    let synced = condition(&status, types::DATA_PLANE_SYNCED).unwrap();
+    assert_eq!(synced["status"], "True");
+    // Connected is the data plane's to report: still Unknown.
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "Unknown");
+    assert_eq!(connected["reason"], reasons::PENDING);
+}
+
+#[tokio::test]
+async fn a_reported_connection_is_kept() {
+    let mut h = harness(FakeVault::default());
+    let inbox = inbox().with_finalizer().with_condition(
+        types::CONNECTED,
+        ConditionStatus::False,
+        reasons::NEEDS_RECONNECT,
+    );
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, Some(Tenant::test("acme").with_ready())).await;
+    let status = expect_status(&mut h, &inbox).await;
+    task.await.unwrap().unwrap();
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["reason"], reasons::NEEDS_RECONNECT);
+}
+
+#[tokio::test]
+async fn an_inbox_waits_while_its_tenant_is_not_ready() {
+    let mut h = harness(FakeVault::default());
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    let not_ready = Tenant::test("acme").with_condition(
+        types::READY,
+        ConditionStatus::False,
+        reasons::PROGRESSING,
+    );
+    expect_tenant(&mut h, Some(not_ready)).await;
+    h.server
+        .expect_event_about("Inbox", "Warning", reasons::TENANT_NOT_READY)
+        .await;
+    let status = expect_status(&mut h, &inbox).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert_eq!(error.category(), reasons::TENANT_NOT_READY);
+    assert!(!error.is_permanent(), "retried with backoff");
+    let ready = condition(&status, types::READY).unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::TENANT_NOT_READY);
+    assert!(condition(&status, types::STALLED).is_none());
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_inbox_of_a_missing_tenant_shows_tenant_not_found() {
+    let mut h = harness(FakeVault::default());
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, None).await;
+    h.server
+        .expect_event_about("Inbox", "Warning", reasons::TENANT_NOT_FOUND)
+        .await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(
+        task.await.unwrap().unwrap_err().category(),
+        reasons::TENANT_NOT_FOUND
+    );
+    assert_eq!(
+        condition(&status, types::READY).unwrap()["reason"],
+        reasons::TENANT_NOT_FOUND
+    );
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_inbox_stalls_without_touching_the_data_plane() {
+    let mut h = harness(FakeVault::default());
+    let inbox = inbox().with_finalizer().with_address("Not An Address");
+    let task = run(inbox.clone(), &h);
+    h.server
+        .expect_event_about("Inbox", "Warning", reasons::INVALID_SPEC)
+        .await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    assert_eq!(
+        condition(&status, types::STALLED).unwrap()["status"],
+        "True"
+    );
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_inbox_outcome_is_reported_and_not_retried() {
+    let mut h = harness(FakeVault::default());
+    h.data_plane.stale.store(true, Ordering::Relaxed);
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, Some(Tenant::test("acme").with_ready())).await;
+    h.server
+        .expect_event_about("Inbox", "Warning", DATA_PLANE_STALE)
+        .await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    let synced = condition(&status, types::DATA_PLANE_SYNCED).unwrap();
+    assert_eq!(synced["status"], "False");
+    assert_eq!(synced["reason"], DATA_PLANE_STALE);
+}
+
+#[tokio::test]
+async fn deleting_an_inbox_deletes_it_from_the_data_plane_then_removes_the_finalizer() {
+    let mut h = harness(FakeVault::default());
+    let inbox = inbox()
+        .with_finalizer()
+        .with_deleted_at(time(1_767_300_000));
+    let task = run(inbox.clone(), &h);
+    h.server
+        .expect_event_about("Inbox", "Normal", reasons::DISCONNECTED)
+        .await;
+    let seen = h
+        .server
+        .expect(
+            Method::PATCH,
+            &format!("{INBOXES}/support"),
+            200,
+            Some(serde_json::to_value(inbox.clone()).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.body.as_array().unwrap()[1]["op"], "remove");
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    let uid = inbox.metadata.uid.clone().unwrap();
+    assert_eq!(
+        *h.data_plane.calls.lock().unwrap(),
+        [format!("delete inbox helpr-test/support {uid}")]
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_inbox_the_data_plane_no_longer_has_is_done() {
+    let mut h = harness(FakeVault::default());
+    h.data_plane.gone.store(true, Ordering::Relaxed);
+    let inbox = inbox()
+        .with_finalizer()
+        .with_deleted_at(time(1_767_300_000));
+    let task = run(inbox.clone(), &h);
+    h.server
+        .expect_event_about("Inbox", "Normal", reasons::DISCONNECTED)
+        .await;
+    let seen = h
+        .server
+        .expect(
+            Method::PATCH,
+            &format!("{INBOXES}/support"),
+            200,
+            Some(serde_json::to_value(inbox).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.body.as_array().unwrap()[1]["op"], "remove");
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+}
