@@ -285,3 +285,43 @@ async fn a_failed_revoke_keeps_the_finalizer() {
     assert_eq!(error.category(), reasons::DATA_PLANE_UNAVAILABLE);
     assert_eq!(h.data_plane.calls.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_unavailable_data_plane_is_reported_and_retried() {
+    let mut h = harness(FakeVault::default());
+    h.data_plane.unavailable.store(true, Ordering::Relaxed);
+    let grant = grant().with_finalizer();
+    let task = run(grant.clone(), &h);
+    expect_inbox(&mut h, true).await;
+    h.server
+        .expect_event_about("InboxGrant", "Warning", reasons::DATA_PLANE_UNAVAILABLE)
+        .await;
+    let status = expect_status(&mut h, &grant).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert!(!error.is_permanent());
+    let synced = condition(&status, types::DATA_PLANE_SYNCED).unwrap();
+    assert_eq!(synced["status"], "False");
+    assert_eq!(synced["reason"], reasons::DATA_PLANE_UNAVAILABLE);
+    assert!(
+        synced["message"]
+            .as_str()
+            .unwrap()
+            .contains("database unreachable"),
+        "{synced}"
+    );
+    assert_eq!(condition(&status, types::READY).unwrap()["status"], "False");
+    assert_eq!(
+        condition(&status, types::RECONCILING).unwrap()["status"],
+        "True"
+    );
+}
+
+#[test]
+fn a_data_plane_that_does_not_know_the_inbox_yet_means_inbox_not_ready() {
+    let error = GrantError::SyncDataPlane {
+        grant: "helpr-test/alice-support".to_owned(),
+        source: crate::control::ControlError::NotFound("inbox support".to_owned()),
+    };
+    assert_eq!(error.category(), reasons::INBOX_NOT_READY);
+    assert!(!error.is_permanent());
+}
