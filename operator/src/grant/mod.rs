@@ -100,3 +100,13 @@ impl GrantError {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::tenant::reconcile::ControllerError for GrantError {
+    fn category(&self) -> &'static str {
+        GrantError::category(self)
+    }
+
+    fn is_permanent(&self) -> bool {
+        GrantError::is_permanent(self)
+    }
+}

@@ -24,7 +24,8 @@ use super::{GrantError, requeue_after, validate};
 use crate::control::{ControlError, proto};
 use crate::tenant::DATA_PLANE_STALE;
 use crate::tenant::reconcile::{
-    Context, MAX_BACKOFF, StatusDraft, describe, meta_of, now, object_key, patch_status_of, publish,
+    Context, StatusDraft, describe, meta_of, now, object_key, patch_status_of, publish,
+    report_failure, requeue_on_error,
 };
 
 /// Reconciles one InboxGrant: adds the finalizer, then [`apply`] or, once deleted,
@@ -51,18 +52,7 @@ pub async fn reconcile(grant: Arc<InboxGrant>, ctx: Arc<Context>) -> Result<Acti
 
 /// Requeue with backoff; a permanent error (invalid spec) waits for a change.
 pub fn error_policy(grant: Arc<InboxGrant>, error: &GrantError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failure(error.category());
-    let key = object_key(grant.as_ref());
-    tracing::warn!(
-        grant = %key,
-        category = error.category(),
-        error = %error,
-        "reconcile failed"
-    );
-    if error.is_permanent() {
-        return Action::requeue(MAX_BACKOFF);
-    }
-    Action::requeue(ctx.note_failure(&key))
+    requeue_on_error(grant.as_ref(), error, &ctx)
 }
 
 async fn patch_status(
@@ -78,35 +68,19 @@ async fn patch_status(
         })
 }
 
-/// Writes Ready=False with the error's reason (Reconciling while it is retried, Stalled when
-/// only a change can fix it), emits a Warning Event.
+/// Ready=False with the error's reason, a Warning Event, the status patched.
 async fn report(
     ctx: &Context,
     grant: &InboxGrant,
     draft: &mut StatusDraft<InboxGrant>,
     error: &GrantError,
 ) -> Result<(), GrantError> {
-    let message = describe(error);
-    if error.is_permanent() {
-        draft.set(
-            types::READY,
-            ConditionStatus::False,
-            error.category(),
-            message.clone(),
-        );
-        draft.status.clear_reconciling();
-        draft.status.set_stalled(
-            error.category(),
-            message.clone(),
-            draft.generation,
-            &draft.now,
-        );
-    } else {
-        draft.status.remove_condition(types::STALLED);
-        draft.failed(error.category(), message.clone());
-    }
-    publish(ctx, grant, EventType::Warning, error.category(), message).await;
-    patch_status(ctx, grant, draft).await
+    report_failure(ctx, grant, draft, error)
+        .await
+        .map_err(|source| GrantError::PatchStatus {
+            grant: object_key(grant),
+            source,
+        })
 }
 
 /// Converges the grant on the data plane (or revokes it once expired); writes status.

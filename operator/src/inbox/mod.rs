@@ -106,3 +106,13 @@ impl InboxError {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::tenant::reconcile::ControllerError for InboxError {
+    fn category(&self) -> &'static str {
+        InboxError::category(self)
+    }
+
+    fn is_permanent(&self) -> bool {
+        InboxError::is_permanent(self)
+    }
+}

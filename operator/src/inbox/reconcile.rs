@@ -27,8 +27,8 @@ use super::{InboxError, validate};
 use crate::control::{ControlError, proto};
 use crate::tenant::DATA_PLANE_STALE;
 use crate::tenant::reconcile::{
-    Context, MAX_BACKOFF, RESYNC_INTERVAL, StatusDraft, describe, meta_of, object_key,
-    patch_status_of, publish,
+    Context, RESYNC_INTERVAL, StatusDraft, describe, meta_of, object_key, patch_status_of, publish,
+    report_failure, requeue_on_error,
 };
 
 /// Reconciles one Inbox: adds the finalizer, then [`apply`] or, once deleted, [`cleanup`].
@@ -54,18 +54,7 @@ pub async fn reconcile(inbox: Arc<Inbox>, ctx: Arc<Context>) -> Result<Action, I
 
 /// Requeue with backoff; a permanent error (invalid spec) waits for a change.
 pub fn error_policy(inbox: Arc<Inbox>, error: &InboxError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failure(error.category());
-    let key = object_key(inbox.as_ref());
-    tracing::warn!(
-        inbox = %key,
-        category = error.category(),
-        error = %error,
-        "reconcile failed"
-    );
-    if error.is_permanent() {
-        return Action::requeue(MAX_BACKOFF);
-    }
-    Action::requeue(ctx.note_failure(&key))
+    requeue_on_error(inbox.as_ref(), error, &ctx)
 }
 
 async fn patch_status(
@@ -81,35 +70,19 @@ async fn patch_status(
         })
 }
 
-/// Writes Ready=False with the error's reason (Reconciling while it is retried, Stalled when
-/// only a change can fix it), emits a Warning Event.
+/// Ready=False with the error's reason, a Warning Event, the status patched.
 async fn report(
     ctx: &Context,
     inbox: &Inbox,
     draft: &mut StatusDraft<Inbox>,
     error: &InboxError,
 ) -> Result<(), InboxError> {
-    let message = describe(error);
-    if error.is_permanent() {
-        draft.set(
-            types::READY,
-            ConditionStatus::False,
-            error.category(),
-            message.clone(),
-        );
-        draft.status.clear_reconciling();
-        draft.status.set_stalled(
-            error.category(),
-            message.clone(),
-            draft.generation,
-            &draft.now,
-        );
-    } else {
-        draft.status.remove_condition(types::STALLED);
-        draft.failed(error.category(), message.clone());
-    }
-    publish(ctx, inbox, EventType::Warning, error.category(), message).await;
-    patch_status(ctx, inbox, draft).await
+    report_failure(ctx, inbox, draft, error)
+        .await
+        .map_err(|source| InboxError::PatchStatus {
+            inbox: object_key(inbox),
+            source,
+        })
 }
 
 /// Converges the inbox on the data plane once its tenant is Ready; writes status.

@@ -224,3 +224,13 @@ fn kms_reason(error: &KmsError) -> &'static str {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+impl crate::tenant::reconcile::ControllerError for TenantError {
+    fn category(&self) -> &'static str {
+        TenantError::category(self)
+    }
+
+    fn is_permanent(&self) -> bool {
+        TenantError::is_permanent(self)
+    }
+}

@@ -250,9 +250,28 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 
 /// Requeue with backoff; a permanent error (invalid spec) waits for a change instead.
 pub fn error_policy(tenant: Arc<Tenant>, error: &TenantError, ctx: Arc<Context>) -> Action {
+    requeue_on_error(tenant.as_ref(), error, &ctx)
+}
+
+/// What the controllers' shared failure handling needs from their error types.
+pub trait ControllerError: std::error::Error {
+    /// Event reason and metric label.
+    fn category(&self) -> &'static str;
+    /// Whether only a change of the object can fix it (no retry).
+    fn is_permanent(&self) -> bool;
+}
+
+/// The error policy of every controller: count and log the failure, then requeue with
+/// backoff; a permanent error (invalid spec) waits for a change instead.
+pub fn requeue_on_error<K: Resource>(
+    object: &K,
+    error: &impl ControllerError,
+    ctx: &Context,
+) -> Action {
     ctx.metrics.failure(error.category());
+    let key = object_key(object);
     tracing::warn!(
-        tenant = %key_of(&tenant),
+        object = %key,
         category = error.category(),
         error = %error,
         "reconcile failed"
@@ -260,7 +279,46 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &TenantError, ctx: Arc<Context>)
     if error.is_permanent() {
         return Action::requeue(MAX_BACKOFF);
     }
-    Action::requeue(ctx.note_failure(&key_of(&tenant)))
+    Action::requeue(ctx.note_failure(&key))
+}
+
+/// Writes Ready=False with the error's reason (Reconciling while it is retried, Stalled when
+/// only a change can fix it), emits a Warning Event and patches the status.
+pub(crate) async fn report_failure<K>(
+    ctx: &Context,
+    object: &K,
+    draft: &mut StatusDraft<K>,
+    error: &impl ControllerError,
+) -> Result<(), kube::Error>
+where
+    K: HelprResource
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::Status: Serialize + Clone,
+{
+    let message = describe(error);
+    if error.is_permanent() {
+        draft.set(
+            types::READY,
+            ConditionStatus::False,
+            error.category(),
+            message.clone(),
+        );
+        draft.status.clear_reconciling();
+        draft.status.set_stalled(
+            error.category(),
+            message.clone(),
+            draft.generation,
+            &draft.now,
+        );
+    } else {
+        draft.status.remove_condition(types::STALLED);
+        draft.failed(error.category(), message.clone());
+    }
+    publish(ctx, object, EventType::Warning, error.category(), message).await;
+    patch_status_of(ctx, object, &draft.status).await
 }
 
 /// The error and its causes, for condition messages and Events (none of them carries secret
