@@ -5,6 +5,8 @@
 pub mod chromium;
 pub mod fixtures;
 pub mod google;
+pub mod kube_fake;
 pub mod openbao;
+pub mod operator_env;
 pub mod postgres;
 pub mod scan;
