@@ -1269,15 +1269,23 @@ fn purge_pods_carry_the_label_the_chart_admits_and_the_sync_pods_egress() {
     use helpr_crds::testing::Fixture;
     use helpr_crds::{RetentionPolicy, Tenant};
     let (key, value) = helpr_operator::tenant::children::DATA_PLANE_LABEL;
-    let r = render_with(&[], &[r#"networkPolicy={"database":{"isolate":{"enabled":true,"namespace":"db","podSelector":{"matchLabels":{"app":"pg"}}}}}"#]).unwrap();
+    let r = render_with(
+        &[],
+        &[
+            r#"networkPolicy={"database":{"isolate":{"enabled":true,"namespace":"db","podSelector":{"matchLabels":{"app":"pg"}}}}}"#,
+            r#"operator.tenantDefaults.network.googleApiCidrs=["142.250.0.0/15"]"#,
+        ],
+    )
+    .unwrap();
     let settings = operator_settings(&r);
+    assert!(!settings.network.google_api_cidrs.is_empty());
     let tenant = helpr_operator::tenant::validate(&Tenant::test("acme"), &settings).unwrap();
-    let policy = helpr_operator::retention::validate(
+    let retention = helpr_operator::retention::validate(
         &RetentionPolicy::test("acme", "acme"),
         helpr_operator::retention::model::system_time_zones(),
     )
     .unwrap();
-    let purge = helpr_operator::retention::build(&policy, &tenant, &settings);
+    let purge = helpr_operator::retention::build(&retention, &tenant, &settings);
     let pod_labels = purge
         .cron_job
         .spec
