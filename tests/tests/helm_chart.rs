@@ -1266,7 +1266,6 @@ fn sync_pods_carry_the_label_the_chart_admits() {
 /// opens exactly the sync pods' DNS, database, KMS and search rules (not the Google APIs).
 #[test]
 fn purge_pods_carry_the_label_the_chart_admits_and_the_sync_pods_egress() {
-    use helpr_crds::testing::Fixture;
     use helpr_crds::{RetentionPolicy, Tenant};
     let (key, value) = helpr_operator::tenant::children::DATA_PLANE_LABEL;
     let r = render_with(
