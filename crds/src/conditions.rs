@@ -34,6 +34,9 @@ pub mod types {
     /// [`super::reasons::CONNECTED`], [`super::reasons::NEEDS_RECONNECT`] or
     /// [`super::reasons::DISCONNECTED`].
     pub const CONNECTED: &str = "Connected";
+    /// RetentionPolicy: the purge CronJob exists and runs on the schedule (False with reason
+    /// [`super::reasons::LEGAL_HOLD`] while the legal hold suspends it).
+    pub const PURGE_SCHEDULED: &str = "PurgeScheduled";
 
     /// The conditions that are present only while True (kstatus).
     pub const ABNORMAL_TRUE_ONLY: [&str; 2] = [RECONCILING, STALLED];
@@ -85,6 +88,8 @@ pub mod reasons {
     pub const EXPIRED: &str = "Expired";
     /// RetentionPolicy Ready False / Stalled: another RetentionPolicy already governs the tenant.
     pub const CONFLICT: &str = "Conflict";
+    /// RetentionPolicy PurgeScheduled True: the purge CronJob is in place and not suspended.
+    pub const SCHEDULED: &str = "Scheduled";
 }
 
 /// Regular expression of a condition type (the apiserver's `metav1.Condition` validation).
@@ -120,7 +125,7 @@ impl ConditionStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Type of the condition, in CamelCase: Ready, Reconciling, Stalled, KMSProvisioned,
-    /// DataPlaneSynced or Connected.
+    /// DataPlaneSynced, Connected or PurgeScheduled.
     #[serde(rename = "type")]
     #[schemars(length(min = 1, max = 316), pattern(CONDITION_TYPE_PATTERN))]
     pub type_: String,
@@ -520,6 +525,7 @@ mod tests {
             reasons::DISCONNECTED,
             reasons::EXPIRED,
             reasons::CONFLICT,
+            reasons::SCHEDULED,
         ];
         for reason in all {
             assert!(

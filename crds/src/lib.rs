@@ -181,7 +181,11 @@ impl_helpr_resource!(
     RetentionPolicy,
     RetentionPolicyStatus,
     finalizers::RETENTION_POLICY,
-    [types::READY, types::DATA_PLANE_SYNCED]
+    [
+        types::READY,
+        types::DATA_PLANE_SYNCED,
+        types::PURGE_SCHEDULED
+    ]
 );
 
 /// The CustomResourceDefinitions of every helpr kind, in a fixed order (Tenant, Inbox,

@@ -151,7 +151,7 @@ pub struct RetentionPolicyStatus {
     pub observed_generation: Option<i64>,
 
     /// Ready (summary; True with reason LegalHold while purges are paused), Reconciling and
-    /// Stalled (present only while True), DataPlaneSynced.
+    /// Stalled (present only while True), DataPlaneSynced, PurgeScheduled (the purge CronJob).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

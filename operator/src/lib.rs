@@ -6,6 +6,8 @@
 //! - [`tenant`]: the Tenant controller (validate, build, reconcile).
 //! - [`inbox`]: the Inbox controller (validate, tenant Ready, upsert, delete).
 //! - [`grant`]: the InboxGrant controller (validate, upsert or revoke at expiry).
+//! - [`retention`]: the RetentionPolicy controller (validate, tenant Ready, upsert, purge
+//!   CronJob).
 //! - [`leader`]: Lease-based leader election (one replica reconciles at a time).
 //! - [`control`]: the client of the data plane's control API (typed errors, bearer token).
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@ pub mod grant;
 pub mod inbox;
 pub mod leader;
 pub mod metrics;
+pub mod retention;
 pub mod settings;
 pub mod tenant;
 pub mod vault;

@@ -6,7 +6,8 @@
 //!   Established; `/healthz`, `/readyz` (ready after the first
 //!   successful list of Tenants) and `/metrics` on `--http-addr`; graceful shutdown on SIGTERM
 //!   or Ctrl-C; Lease-based leader election (on by default) so that one replica reconciles.
-//!   The RetentionPolicy controller is not built yet.
+//!   The RetentionPolicy controller (owned purge CronJobs watched, woken by its Tenant's
+//!   changes) runs beside them.
 //! - `crds`: prints the CRDs as YAML; `--apply` server-side-applies them and waits until
 //!   they are Established (the chart's pre-upgrade hook).
 #![forbid(unsafe_code)]
@@ -23,16 +24,18 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use helpr_crds::{HelprResource, Inbox, InboxGrant, Tenant};
+use helpr_crds::{HelprResource, Inbox, InboxGrant, RetentionPolicy, Tenant};
 use helpr_operator::control::ControlClient;
 use helpr_operator::grant;
 use helpr_operator::inbox;
 use helpr_operator::leader::LeaderElection;
 use helpr_operator::metrics::Metrics;
+use helpr_operator::retention;
 use helpr_operator::settings::OperatorSettings;
 use helpr_operator::tenant::kms::KubeVault;
 use helpr_operator::tenant::{Context, error_policy, reconcile};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -405,9 +408,49 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Err(error) => tracing::debug!(%error, "reconcile error"),
             }
         });
+    tracing::info!(
+        finalizer = RetentionPolicy::FINALIZER,
+        "retention policy controller starting"
+    );
+    let retention_controller = Controller::new(
+        scoped_api::<RetentionPolicy>(&client, scope.as_deref()),
+        watcher::Config::default(),
+    )
+    // The purge CronJob's status (last successful run) flows into the policy's status.
+    .owns(scoped_api::<CronJob>(&client, scope.as_deref()), owned());
+    // A Tenant's change (e.g. becoming Ready) wakes the policies that reference it.
+    let policies = retention_controller.store();
+    let retention_controller = retention_controller
+        .watches(
+            scoped_api::<Tenant>(&client, scope.as_deref()),
+            watcher::Config::default(),
+            move |tenant: Tenant| {
+                let (namespace, name) = (tenant.namespace(), tenant.name_any());
+                policies
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.namespace() == namespace && p.spec.tenant_ref.name == name)
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(retention::reconcile, retention::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(policy = %object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile error"),
+            }
+        });
     // Every controller stops on SIGTERM; the binary stops when all have.
     let controller = async {
-        futures::future::join3(tenant_controller, inbox_controller, grant_controller).await;
+        futures::future::join4(
+            tenant_controller,
+            inbox_controller,
+            grant_controller,
+            retention_controller,
+        )
+        .await;
     };
     let lost = async {
         match &election {

@@ -59,7 +59,13 @@ const OPERATOR_RBAC: &[(&str, &[&str], &[&str])] = &[
     ("", &["serviceaccounts/token"], &["create"]),
     ("apps", &["deployments"], CHILD_VERBS),
     ("networking.k8s.io", &["networkpolicies"], CHILD_VERBS),
-    ("batch", &["cronjobs"], CHILD_VERBS),
+    // RetentionPolicy purge CronJobs: server-side apply (patch; create on the first apply)
+    // and the owned watch; deleted with their policy by owner reference, never by the operator.
+    (
+        "batch",
+        &["cronjobs"],
+        &["list", "watch", "create", "patch"],
+    ),
     ("", &["secrets"], &["get"]),
     (
         "apiextensions.k8s.io",
@@ -1251,6 +1257,109 @@ fn sync_pods_carry_the_label_the_chart_admits() {
                 .iter()
                 .any(|p| p["podSelector"]["matchLabels"][key] == value),
             "{component}: no peer selects {key}={value}"
+        );
+    }
+}
+
+/// The purge pods of a RetentionPolicy, built from the chart's rendered operator settings,
+/// carry the label the chart admits to the index and the database, and their NetworkPolicy
+/// opens exactly the sync pods' DNS, database, KMS and search rules (not the Google APIs).
+#[test]
+fn purge_pods_carry_the_label_the_chart_admits_and_the_sync_pods_egress() {
+    use helpr_crds::{RetentionPolicy, Tenant};
+    let (key, value) = helpr_operator::tenant::children::DATA_PLANE_LABEL;
+    let r = render_with(
+        &[],
+        &[
+            r#"networkPolicy={"database":{"isolate":{"enabled":true,"namespace":"db","podSelector":{"matchLabels":{"app":"pg"}}}}}"#,
+            r#"operator.tenantDefaults.network.googleApiCidrs=["142.250.0.0/15"]"#,
+        ],
+    )
+    .unwrap();
+    let settings = operator_settings(&r);
+    assert!(!settings.network.google_api_cidrs.is_empty());
+    let tenant = helpr_operator::tenant::validate(&Tenant::test("acme"), &settings).unwrap();
+    let retention = helpr_operator::retention::validate(
+        &RetentionPolicy::test("acme", "acme"),
+        helpr_operator::retention::model::system_time_zones(),
+    )
+    .unwrap();
+    let purge = helpr_operator::retention::build(&retention, &tenant, &settings);
+    let pod_labels = purge
+        .cron_job
+        .spec
+        .job_template
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    assert_eq!(pod_labels.get(key).map(String::as_str), Some(value));
+    for component in ["index", "database-isolation"] {
+        let np = policy(&r, component);
+        let peers = peers_of(&np["spec"]["ingress"]);
+        assert!(
+            peers.iter().any(|p| {
+                p["podSelector"]["matchLabels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| pod_labels.get(k).map(String::as_str) == v.as_str())
+            }),
+            "{component}: no peer admits the purge pods"
+        );
+    }
+    let sync = helpr_operator::tenant::children::network_policy(&tenant, &settings)
+        .spec
+        .unwrap()
+        .egress
+        .unwrap();
+    let purge_egress = purge.network_policy.spec.unwrap().egress.unwrap();
+    let google: Vec<_> = sync
+        .iter()
+        .filter(|rule| !purge_egress.contains(rule))
+        .collect();
+    assert_eq!(
+        google.len(),
+        1,
+        "only the Google rule is the sync pods' own"
+    );
+    assert_eq!(
+        serde_json::to_value(&google[0].ports).unwrap(),
+        serde_json::json!([{"port": 443, "protocol": "TCP"}])
+    );
+    assert!(purge_egress.iter().all(|rule| sync.contains(rule)));
+}
+
+/// The rule the RetentionPolicy controller needs: apply (create, patch) and watch purge
+/// CronJobs; never delete or update them (they go with their policy's owner reference).
+#[test]
+fn operator_may_apply_and_watch_purge_cron_jobs_and_nothing_more() {
+    for (which, r) in both() {
+        let role = r.get("ClusterRole", "helpr-operator");
+        let cron: BTreeSet<String> = triples(&role["rules"])
+            .into_iter()
+            .filter(|(g, res, _)| g == "batch" && res == "cronjobs")
+            .map(|(_, _, verb)| verb)
+            .collect();
+        assert_eq!(
+            cron,
+            ["create", "list", "patch", "watch"]
+                .map(str::to_owned)
+                .into(),
+            "{which}"
+        );
+        // And no other batch resource (Jobs are the CronJob controller's).
+        assert!(
+            triples(&role["rules"])
+                .iter()
+                .all(|(g, res, _)| g != "batch" || res == "cronjobs"),
+            "{which}"
         );
     }
 }

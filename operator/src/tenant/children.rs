@@ -158,9 +158,13 @@ fn egress_rule(target: &EgressTarget) -> NetworkPolicyEgressRule {
     }
 }
 
-/// Default deny for the tenant's sync pods: no ingress; egress only to DNS, the database,
-/// the KMS, the search backend and the Google API ranges (TCP 443).
-pub fn network_policy(tenant: &ValidTenant, settings: &OperatorSettings) -> NetworkPolicy {
+/// Egress rules of the tenant's data-plane pods: DNS, the database, the KMS and the search
+/// backend, plus the Google API ranges (TCP 443) when `google_apis` is set (sync talks to
+/// Gmail; a purge does not).
+pub fn data_plane_egress(
+    settings: &OperatorSettings,
+    google_apis: bool,
+) -> Vec<NetworkPolicyEgressRule> {
     let network = &settings.network;
     let mut egress = vec![
         egress_rule(&network.dns),
@@ -170,7 +174,7 @@ pub fn network_policy(tenant: &ValidTenant, settings: &OperatorSettings) -> Netw
     if let Some(search) = &network.search {
         egress.push(egress_rule(search));
     }
-    if !network.google_api_cidrs.is_empty() {
+    if google_apis && !network.google_api_cidrs.is_empty() {
         egress.push(egress_rule(&EgressTarget {
             namespace_labels: BTreeMap::new(),
             pod_labels: BTreeMap::new(),
@@ -179,6 +183,12 @@ pub fn network_policy(tenant: &ValidTenant, settings: &OperatorSettings) -> Netw
             udp: false,
         }));
     }
+    egress
+}
+
+/// Default deny for the tenant's sync pods: no ingress; egress only to DNS, the database,
+/// the KMS, the search backend and the Google API ranges (TCP 443).
+pub fn network_policy(tenant: &ValidTenant, settings: &OperatorSettings) -> NetworkPolicy {
     NetworkPolicy {
         metadata: metadata(tenant),
         spec: Some(NetworkPolicySpec {
@@ -188,7 +198,7 @@ pub fn network_policy(tenant: &ValidTenant, settings: &OperatorSettings) -> Netw
             }),
             policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
             ingress: Some(Vec::new()),
-            egress: Some(egress),
+            egress: Some(data_plane_egress(settings, true)),
         }),
     }
 }
@@ -210,9 +220,28 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-/// The sync workers: `helpr-dataplane sync --tenant <id>` under the restricted Pod Security
-/// Standard, logging in to Vault with the tenant's sync role.
-pub fn deployment(tenant: &ValidTenant, settings: &OperatorSettings) -> Deployment {
+/// What differs between the tenant's data-plane pods (sync workers, purge runs): the
+/// container's name, the `helpr-dataplane` subcommand and its restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataPlaneCommand<'a> {
+    /// The container's name (`sync`, `purge`).
+    pub container: &'a str,
+    /// The `helpr-dataplane` subcommand; it runs with `--tenant <id>`.
+    pub subcommand: &'a str,
+    /// The pod's restartPolicy: `Never` for a Job; `None` for a Deployment (always `Always`).
+    pub restart_policy: Option<&'a str>,
+}
+
+/// The pod of `helpr-dataplane <subcommand> --tenant <id>` for `tenant`, as every data-plane
+/// pod of a tenant runs: the operator's image, the data plane's settings and env Secret, the
+/// tenant's Vault (its sync role, a projected service-account token, the CA bundle) and search
+/// mode, the tenant's sync ServiceAccount and resources, under the restricted Pod Security
+/// Standard with a read-only root filesystem. Pure.
+pub fn data_plane_pod(
+    tenant: &ValidTenant,
+    settings: &OperatorSettings,
+    command: DataPlaneCommand<'_>,
+) -> PodSpec {
     let access = &tenant.vault.access;
     let naming = &settings.vault;
     let mut env = vec![
@@ -308,12 +337,12 @@ pub fn deployment(tenant: &ValidTenant, settings: &OperatorSettings) -> Deployme
         }]
     });
     let container = Container {
-        name: "sync".to_owned(),
+        name: command.container.to_owned(),
         image: Some(settings.sync_image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
         command: Some(vec!["helpr-dataplane".to_owned()]),
         args: Some(vec![
-            "sync".to_owned(),
+            command.subcommand.to_owned(),
             "--tenant".to_owned(),
             tenant.id.as_str().to_owned(),
         ]),
@@ -336,6 +365,37 @@ pub fn deployment(tenant: &ValidTenant, settings: &OperatorSettings) -> Deployme
         volume_mounts: Some(mounts),
         ..Container::default()
     };
+    PodSpec {
+        service_account_name: Some(tenant.sync_name.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        restart_policy: command.restart_policy.map(str::to_owned),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SYNC_UID),
+            run_as_group: Some(SYNC_UID),
+            fs_group: Some(SYNC_UID),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// The sync workers: `helpr-dataplane sync --tenant <id>` under the restricted Pod Security
+/// Standard, logging in to Vault with the tenant's sync role (see [`data_plane_pod`]).
+pub fn deployment(tenant: &ValidTenant, settings: &OperatorSettings) -> Deployment {
+    let pod = data_plane_pod(
+        tenant,
+        settings,
+        DataPlaneCommand {
+            container: "sync",
+            subcommand: "sync",
+            restart_policy: None,
+        },
+    );
     Deployment {
         metadata: metadata(tenant),
         spec: DeploymentSpec {
@@ -353,22 +413,7 @@ pub fn deployment(tenant: &ValidTenant, settings: &OperatorSettings) -> Deployme
                     labels: Some(pod_labels(tenant)),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(tenant.sync_name.clone()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(SYNC_UID),
-                        run_as_group: Some(SYNC_UID),
-                        fs_group: Some(SYNC_UID),
-                        seccomp_profile: Some(runtime_default()),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         },

@@ -83,6 +83,17 @@ pub trait DataPlane: Send + Sync {
     ) -> Result<ApplyResult, ControlError>;
     /// Revokes a grant.
     async fn delete_grant(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError>;
+    /// Creates or updates a tenant's retention policy at the RetentionPolicy's generation
+    /// (ALREADY_EXISTS when another object owns the tenant's policy).
+    async fn upsert_retention_policy(
+        &self,
+        request: proto::UpsertRetentionPolicyRequest,
+    ) -> Result<ApplyResult, ControlError>;
+    /// Removes a tenant's retention policy (nothing is purged without one).
+    async fn delete_retention_policy(
+        &self,
+        meta: proto::ObjectMeta,
+    ) -> Result<ApplyResult, ControlError>;
 }
 
 fn object_meta(tenant: &ValidTenant) -> proto::ObjectMeta {
@@ -141,6 +152,20 @@ impl DataPlane for ControlClient {
 
     async fn delete_grant(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
         ControlClient::delete_grant(&mut self.clone(), meta).await
+    }
+
+    async fn upsert_retention_policy(
+        &self,
+        request: proto::UpsertRetentionPolicyRequest,
+    ) -> Result<ApplyResult, ControlError> {
+        ControlClient::upsert_retention_policy(&mut self.clone(), request).await
+    }
+
+    async fn delete_retention_policy(
+        &self,
+        meta: proto::ObjectMeta,
+    ) -> Result<ApplyResult, ControlError> {
+        ControlClient::delete_retention_policy(&mut self.clone(), meta).await
     }
 }
 
@@ -473,7 +498,11 @@ where
 }
 
 /// Server-side applies `child` (forced, one field manager).
-async fn apply_child<K>(client: &kube::Client, namespace: &str, child: &K) -> Result<K, kube::Error>
+pub(crate) async fn apply_child<K>(
+    client: &kube::Client,
+    namespace: &str,
+    child: &K,
+) -> Result<K, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone

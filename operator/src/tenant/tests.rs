@@ -87,6 +87,10 @@ pub(crate) struct FakeDataPlane {
     pub(crate) gone: std::sync::atomic::AtomicBool,
     pub(crate) inboxes: Mutex<Vec<proto::UpsertInboxRequest>>,
     pub(crate) grants: Mutex<Vec<proto::UpsertGrantRequest>>,
+    pub(crate) retention_policies: Mutex<Vec<proto::UpsertRetentionPolicyRequest>>,
+    /// Answer upserts of retention policies with ALREADY_EXISTS (another object owns the
+    /// tenant's policy).
+    pub(crate) policy_taken: std::sync::atomic::AtomicBool,
 }
 
 impl FakeDataPlane {
@@ -178,6 +182,30 @@ impl DataPlane for FakeDataPlane {
     async fn delete_grant(&self, meta: proto::ObjectMeta) -> Result<ApplyResult, ControlError> {
         self.deleted("grant", &meta)
     }
+    async fn upsert_retention_policy(
+        &self,
+        request: proto::UpsertRetentionPolicyRequest,
+    ) -> Result<ApplyResult, ControlError> {
+        let meta = request.meta.clone().unwrap_or_default();
+        self.calls.lock().unwrap().push(format!(
+            "upsert retention policy {}/{} g{}",
+            meta.namespace, meta.name, meta.generation
+        ));
+        self.retention_policies.lock().unwrap().push(request);
+        if self.policy_taken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ControlError::from(tonic::Status::already_exists(format!(
+                "RetentionPolicy {}/{}: tenant acme already has a retention policy from another object",
+                meta.namespace, meta.name
+            ))));
+        }
+        self.answer(meta.generation)
+    }
+    async fn delete_retention_policy(
+        &self,
+        meta: proto::ObjectMeta,
+    ) -> Result<ApplyResult, ControlError> {
+        self.deleted("retention policy", &meta)
+    }
 }
 
 pub(crate) struct Harness {
@@ -210,7 +238,7 @@ pub(crate) fn harness(vault: FakeVault) -> Harness {
 
 /// One request the script expects and its answer.
 pub(crate) struct Seen {
-    path: String,
+    pub(crate) path: String,
     pub(crate) query: String,
     pub(crate) body: Value,
 }
@@ -303,6 +331,17 @@ impl ApiServer {
 
     /// Like [`Self::expect_apply`], answering the applied object with `status`.
     async fn expect_apply_answering(&mut self, path: &str, status: Value) -> Seen {
+        self.expect_apply_owned_by("Tenant", path, status).await
+    }
+
+    /// A server-side apply of a child owned by an object of `owner_kind`, answered with
+    /// the applied object and `status`.
+    pub(crate) async fn expect_apply_owned_by(
+        &mut self,
+        owner_kind: &str,
+        path: &str,
+        status: Value,
+    ) -> Seen {
         let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
             .await
             .expect("timed out waiting for an apply")
@@ -336,7 +375,7 @@ impl ApiServer {
         );
         assert!(seen.query.contains("force=true"), "{}", seen.query);
         assert_eq!(
-            seen.body["metadata"]["ownerReferences"][0]["kind"], "Tenant",
+            seen.body["metadata"]["ownerReferences"][0]["kind"], owner_kind,
             "{}",
             seen.body
         );
