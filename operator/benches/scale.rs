@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use helpr_tests::operator_env::{INBOXES, OperatorEnv, TENANTS, is_ready};
+use helpr_tests::operator_env::{INBOXES, OperatorEnv, TENANTS, condition, is_ready};
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -95,6 +95,19 @@ async fn run() {
                     "  {:>6.1} s: {ready_tenants}/{tenants} tenants, {ready_inboxes}/{inboxes} inboxes ready",
                     start.elapsed().as_secs_f64()
                 );
+                // Why the first one that is not Ready is not.
+                for collection in [TENANTS, INBOXES] {
+                    if let Some(waiting) = env.api.list(collection).into_iter().find(|o| !is_ready(o)) {
+                        let ready = condition(&waiting, "Ready").cloned().unwrap_or_default();
+                        println!(
+                            "           e.g. {}/{}: {} {}",
+                            waiting["metadata"]["namespace"].as_str().unwrap_or_default(),
+                            waiting["metadata"]["name"].as_str().unwrap_or_default(),
+                            ready["reason"].as_str().unwrap_or("no status yet"),
+                            ready["message"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
             }
             ready_tenants == tenants && ready_inboxes == inboxes
         })

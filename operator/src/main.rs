@@ -44,7 +44,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::{await_condition, conditions};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, controller, watcher};
 use zeroize::Zeroizing;
 
 /// Field manager of the CRDs the operator applies.
@@ -128,6 +128,16 @@ struct RunArgs {
     /// How long to wait for the CRDs to be Established.
     #[arg(long, default_value_t = 300)]
     crd_wait_secs: u64,
+    /// Reconciles each controller runs at once (each object is only ever reconciled by one
+    /// at a time). Bounds the load on Vault, the control API and the apiserver when many
+    /// objects change together, e.g. at startup.
+    #[arg(
+        long,
+        env = "HELPR_OPERATOR_CONCURRENCY",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -329,7 +339,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
     // Only the children the operator made: not every Deployment of the cluster.
     let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let limits = controller::Config::default().concurrency(args.concurrency);
     let tenant_controller = Controller::new(tenants, watcher::Config::default())
+        .with_config(limits.clone())
         .owns(scoped_api::<Deployment>(&client, scope.as_deref()), owned())
         .owns(
             scoped_api::<ServiceAccount>(&client, scope.as_deref()),
@@ -354,7 +366,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let grant_controller = Controller::new(
         scoped_api::<InboxGrant>(&client, scope.as_deref()),
         watcher::Config::default(),
-    );
+    )
+    .with_config(limits.clone());
     // An Inbox's change (e.g. its creation) wakes the grants that reference it.
     let grants = grant_controller.store();
     let grant_controller = grant_controller
@@ -383,7 +396,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let inbox_controller = Controller::new(
         scoped_api::<Inbox>(&client, scope.as_deref()),
         watcher::Config::default(),
-    );
+    )
+    .with_config(limits.clone());
     // A Tenant's change (e.g. becoming Ready) wakes the inboxes that reference it.
     let inboxes = inbox_controller.store();
     let inbox_controller = inbox_controller
@@ -416,6 +430,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         scoped_api::<RetentionPolicy>(&client, scope.as_deref()),
         watcher::Config::default(),
     )
+    .with_config(limits.clone())
     // The purge CronJob's status (last successful run) flows into the policy's status.
     .owns(scoped_api::<CronJob>(&client, scope.as_deref()), owned());
     // A Tenant's change (e.g. becoming Ready) wakes the policies that reference it.

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use helpr_dataplane::ids::TenantId;
-use helpr_tests::operator_env::{GRANTS, INBOXES, OperatorEnv, TENANTS, condition, is_ready};
+use helpr_tests::operator_env::{
+    GRANTS, INBOXES, OperatorEnv, RETENTION_POLICIES, TENANTS, condition, is_ready,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -111,6 +113,37 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
     );
     assert_eq!(env.store.list_grants_for_tenant(&id).await.unwrap().len(), 1);
 
+    // A RetentionPolicy reaches the data plane and schedules the purge CronJob.
+    env.api.put(
+        RETENTION_POLICIES,
+        "acme",
+        json!({
+            "apiVersion": "mail.helpr.dev/v1alpha1", "kind": "RetentionPolicy",
+            "metadata": {"name": "acme", "namespace": "acme"},
+            "spec": {
+                "tenantRef": {"name": "acme"},
+                "gracePeriodDays": 30,
+                "purgeSchedule": "30 2 * * *",
+                "timeZone": "Europe/Berlin",
+            },
+        }),
+    );
+    env.wait_for("the retention policy to be Ready", WAIT, |env| {
+        ready(env, RETENTION_POLICIES, "acme", "acme")
+    })
+    .await
+    .unwrap();
+    let policy = env.store.retention_policy(&id).await.unwrap().unwrap();
+    assert_eq!(policy.grace_period_days, 30);
+    let cron_jobs = env.api.list("batch/v1/cronjobs");
+    assert_eq!(cron_jobs.len(), 1, "{cron_jobs:#?}");
+    assert_eq!(cron_jobs[0]["spec"]["schedule"], "30 2 * * *");
+    let args = cron_jobs[0]
+        .pointer("/spec/jobTemplate/spec/template/spec/containers/0/args")
+        .unwrap()
+        .to_string();
+    assert!(args.contains("purge") && args.contains("acme"), "{args}");
+
     // Taking the grant away reaches the data plane before the object goes.
     assert!(env.api.delete(GRANTS, "acme", "support-alice"));
     env.wait_for("the grant to be gone", WAIT, |env| {
@@ -121,11 +154,13 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
     assert!(env.store.list_grants_for_tenant(&id).await.unwrap().is_empty());
 
     // Deleting the inbox and the Shred tenant destroys the key and the tenant's data.
+    assert!(env.api.delete(RETENTION_POLICIES, "acme", "acme"));
     assert!(env.api.delete(INBOXES, "acme", "support"));
     assert!(env.api.delete(TENANTS, "acme", "acme"));
     env.wait_for("the tenant to be gone", WAIT, |env| {
         env.api.get(TENANTS, "acme", "acme").is_none()
             && env.api.get(INBOXES, "acme", "support").is_none()
+            && env.api.get(RETENTION_POLICIES, "acme", "acme").is_none()
     })
     .await
     .unwrap();
@@ -135,8 +170,9 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
         keys.as_ref().map_or(true, |k| !k.to_string().contains("acme")),
         "{keys:?}"
     );
-    // The sync Deployment went with its owner.
+    // The sync Deployment and the purge CronJob went with their owners.
     assert!(env.api.list("apps/v1/deployments").is_empty());
+    assert!(env.api.list("batch/v1/cronjobs").is_empty());
 
     assert!(env.shutdown().await.unwrap(), "the operator exits cleanly on SIGTERM");
 }

@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 
 /// Events kept for watchers; a watch from an older resourceVersion gets `410 Gone` (the
 /// client lists again).
-const EVENT_LOG_LIMIT: usize = 200_000;
+const EVENT_LOG_LIMIT: usize = 50_000;
 
 /// Where an object lives: its collection (`<group>/<version>/<plural>`, the core group
 /// empty), namespace (empty when cluster-scoped) and name.
@@ -43,8 +43,10 @@ struct Event {
     rv: u64,
     collection: String,
     namespace: String,
-    kind: &'static str,
-    object: Arc<Value>,
+    /// What selectors look at: the object's name, namespace and labels.
+    meta: Value,
+    /// The watch event, serialized once (`{"type":..,"object":..}` and a newline).
+    line: Arc<str>,
 }
 
 #[derive(Default)]
@@ -257,12 +259,17 @@ impl Inner {
 
     fn record(&mut self, key: &Key, kind: &'static str, object: &Value) {
         let rv = self.rv;
+        let meta = json!({"metadata": {
+            "name": object.pointer("/metadata/name"),
+            "namespace": object.pointer("/metadata/namespace"),
+            "labels": object.pointer("/metadata/labels"),
+        }});
         self.events.push_back(Event {
             rv,
             collection: key.0.clone(),
             namespace: key.1.clone(),
-            kind,
-            object: Arc::new(object.clone()),
+            meta,
+            line: format!("{}\n", json!({"type": kind, "object": object})).into(),
         });
         while self.events.len() > EVENT_LOG_LIMIT {
             self.events.pop_front();
@@ -915,7 +922,7 @@ fn watch(shared: Arc<Shared>, target: Target, params: Params) -> Response {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = if from == 0 { lock(&shared).rv } else { from };
         loop {
-            let lines: Vec<String> = {
+            let lines: Vec<Arc<str>> = {
                 let inner = lock(&shared);
                 let start = inner.events.partition_point(|e| e.rv <= last);
                 let mut lines = Vec::new();
@@ -923,18 +930,15 @@ fn watch(shared: Arc<Shared>, target: Target, params: Params) -> Response {
                     last = event.rv;
                     if event.collection == target.collection
                         && (target.namespace.is_empty() || event.namespace == target.namespace)
-                        && matches(&params, &event.object)
+                        && matches(&params, &event.meta)
                     {
-                        lines.push(format!(
-                            "{}\n",
-                            json!({"type": event.kind, "object": &*event.object})
-                        ));
+                        lines.push(event.line.clone());
                     }
                 }
                 lines
             };
             for line in lines {
-                if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                if tx.send(Ok(Bytes::from(line.as_bytes().to_vec()))).await.is_err() {
                     return;
                 }
             }
