@@ -457,8 +457,9 @@ impl SearchService {
     }
 
     /// Indexes up to `batch` messages whose marker is set and clears their markers; returns
-    /// how many were handled (0 when nothing is pending). Messages deleted meanwhile are
-    /// skipped.
+    /// how many were handled (0 when nothing is pending). A marked message that is gone or
+    /// soft-deleted is removed from the index instead (the repair path of a soft delete whose
+    /// own index delete did not happen), then its marker is cleared.
     pub async fn index_pending(
         &self,
         tenant: &TenantId,
@@ -482,18 +483,27 @@ impl SearchService {
             None => (Indexer::Plaintext, None),
         };
         let mut docs = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
         for id in &ids {
-            if let Some(message) = store.get_message(tenant, id).await? {
-                docs.push(self.document(&message, &indexer, also.as_ref()).await?);
+            match store.get_message(tenant, id).await? {
+                Some(message) => docs.push(self.document(&message, &indexer, also.as_ref()).await?),
+                None => gone.push(id.clone()),
             }
         }
         self.index.index(tenant, docs).await?;
         self.index.flush(tenant).await?;
         // If a rotation started or switched meanwhile, the markers stay and the next batch
-        // indexes these messages again under the new keys.
+        // indexes these messages again under the new keys. Soft-deleted ones keep theirs.
         store
             .mark_indexed(tenant, &ids, live.as_ref().map(|k| k.set))
             .await?;
+        for id in &gone {
+            self.index
+                .delete(tenant, &DeleteScope::Message(id.clone()))
+                .await?;
+        }
+        // Clears only markers of messages still soft-deleted (a restore meanwhile keeps its).
+        store.mark_removed_from_index(tenant, &gone).await?;
         Ok(ids.len())
     }
 
