@@ -694,7 +694,14 @@ async fn delete_inbox_cascades(h: &mut Harness) {
             .unwrap()
             .is_none()
     );
+    // The first attempt's markers stay until the indexer confirms (nothing left to index).
+    assert_eq!(h.store.index_progress(&acme).await.unwrap().0, 2);
+    assert_eq!(
+        svc.index_all_pending(&acme, 50, |_, _| {}).await.unwrap(),
+        2
+    );
     assert_eq!(h.store.index_progress(&acme).await.unwrap().0, 0);
+    assert_eq!(h.search.stats(&acme).await.unwrap().documents, 0);
     let soft = h
         .store
         .list_purge_candidates(&acme, i64::MAX, None, 10)

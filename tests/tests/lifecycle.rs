@@ -457,8 +457,12 @@ async fn postgres_crash_between_store_and_index_is_repaired() {
     crash_between_store_and_index_is_repaired(true).await;
 }
 
-/// The workspace's `helpr-dataplane` binary, built next to this test binary.
+/// The workspace's `helpr-dataplane` binary, built next to this test binary
+/// (`HELPR_DATAPLANE_BIN` names another build).
 fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HELPR_DATAPLANE_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin = dir.join("helpr-dataplane");

@@ -148,17 +148,15 @@ impl Lifecycle {
         Ok(Policy::from_record(record.as_ref()))
     }
 
-    /// Removes what the store just soft-deleted from the index, then confirms it in the
-    /// store. A held index defers the removal to its holder (the markers stay set).
+    /// Removes `scopes` from the index, then confirms the removal of `ids` (what the store
+    /// just soft-deleted) in the store. A held index defers the removal to its holder (the
+    /// markers stay set).
     async fn remove_from_index(
         &self,
         tenant: &TenantId,
         scopes: &[DeleteScope],
         ids: &[String],
     ) -> Result<IndexRemoval, LifecycleError> {
-        if ids.is_empty() {
-            return Ok(IndexRemoval::Done);
-        }
         for scope in scopes {
             match self.index.delete(tenant, scope).await {
                 Ok(()) => {}
@@ -193,11 +191,8 @@ impl Lifecycle {
             .soft_delete_message(tenant, message_id, &deletion)
             .await
             .map_err(|e| LifecycleError::from_store(tenant, e))?;
-        let ids = if changed {
-            vec![message_id.to_owned()]
-        } else {
-            Vec::new()
-        };
+        // A repeat removes it from the index again (a first attempt may have failed there).
+        let ids = vec![message_id.to_owned()];
         let index = self
             .remove_from_index(tenant, &[DeleteScope::Message(message_id.to_owned())], &ids)
             .await?;
@@ -265,7 +260,8 @@ impl Lifecycle {
             .await
             .map_err(|e| LifecycleError::from_store(tenant, e))?;
         // A deleted inbox holds no live mail (what arrives later is stored soft-deleted), so
-        // the whole inbox can leave the index in one delete.
+        // the whole inbox can leave the index in one delete, repeated on every call (a first
+        // attempt may have failed there; its markers stay for the indexer).
         let index = self
             .remove_from_index(tenant, &[DeleteScope::Inbox(inbox_id.to_owned())], &ids)
             .await?;
