@@ -1666,7 +1666,8 @@ mod cases {
         );
         assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
         // The indexer cannot clear it by indexing; only a confirmed removal does.
-        s.mark_indexed(&t, std::slice::from_ref(&m1.id), None).await?;
+        s.mark_indexed(&t, std::slice::from_ref(&m1.id), None)
+            .await?;
         assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
         // Still known to sync (not fetched and stored again).
         assert_eq!(
@@ -1756,7 +1757,8 @@ mod cases {
             Err(StoreError::NotFound("message"))
         ));
         // A live message's marker is not cleared by a removal confirmation.
-        s.mark_removed_from_index(&t, std::slice::from_ref(&m1.id)).await?;
+        s.mark_removed_from_index(&t, std::slice::from_ref(&m1.id))
+            .await?;
         assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
         assert_eq!(
             s.restore_conversation(&t, &conv_a, "agent-7", 9_999, 70_000)
