@@ -16,16 +16,22 @@ pub const RETENTION_ACTOR: &str = "retention";
 /// Why a lifecycle call failed. Ids and reasons only, never content.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
+    /// The tenant does not exist.
     #[error("tenant {0} does not exist")]
     UnknownTenant(TenantId),
+    /// The tenant has no such message, conversation or inbox.
     #[error("tenant {0} has no such {1}")]
     NotFound(TenantId, &'static str),
+    /// The store refused the change (e.g. a restore into a deleted inbox).
     #[error("{0}")]
     Refused(&'static str),
+    /// [`PurgeOptions::batch`] out of range.
     #[error("batch size must be between 1 and {max}", max = PurgeOptions::MAX_BATCH)]
     InvalidBatch,
+    /// The database failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The search tier failed; what the store recorded stays (hidden from reads).
     #[error("removing mail from the search index: {0}")]
     Search(#[source] SearchError),
 }
@@ -126,6 +132,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// Lifecycle over the database of record and the tenant search indexes.
     pub fn new(store: Arc<dyn Store>, index: Arc<dyn SearchIndex>) -> Self {
         Self { store, index }
     }

@@ -19,8 +19,8 @@
 //!   terms and ids to the search tier, then clears the markers. A crash anywhere in between
 //!   leaves markers set, and the next run indexes those messages again (idempotent by id).
 //! - **Search** parses the query, restricts it to the caller's inboxes inside the index query,
-//!   then re-checks every hit against the store (message still there, inbox still allowed)
-//!   before opening its subject and snippet.
+//!   then re-checks every hit against the store (message still there and not soft-deleted,
+//!   inbox still allowed) before opening its subject and snippet.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -575,7 +575,9 @@ impl SearchService {
         let store = self.keyring.store();
         let mut hits = Vec::with_capacity(page.hits.len());
         for hit in page.hits {
-            // Re-check against the store: deleted meanwhile, or moved out of reach.
+            // Re-check against the store: deleted or soft-deleted meanwhile (get_message
+            // answers only live mail, so a soft delete whose index delete has not happened
+            // yet is hidden here), or moved out of reach.
             let Some(message) = store.get_message(tenant, &hit.message_id).await? else {
                 continue;
             };

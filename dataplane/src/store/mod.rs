@@ -376,6 +376,7 @@ pub enum DeleteReason {
 }
 
 impl DeleteReason {
+    /// The stored word.
     pub fn as_str(self) -> &'static str {
         match self {
             DeleteReason::User => "user",
@@ -384,6 +385,7 @@ impl DeleteReason {
         }
     }
 
+    /// Reads a stored word.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "user" => Some(DeleteReason::User),
