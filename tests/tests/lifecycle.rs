@@ -442,6 +442,40 @@ async fn crash_between_store_and_index_is_repaired(postgres: bool) {
     );
     assert_eq!(env.documents().await, 2);
     assert_eq!(env.store.index_progress(t).await.unwrap().0, 0);
+
+    // One message through the library API: restored, indexed again, deleted again (gone
+    // from the index at once); an unknown id is a clear error.
+    let back = env
+        .lifecycle
+        .restore_message(t, &hit, "agent-7", T0 + DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        back,
+        RestoreOutcome {
+            restored: 1,
+            expired: 0
+        }
+    );
+    assert_eq!(
+        env.svc.index_all_pending(t, 50, |_, _| {}).await.unwrap(),
+        1
+    );
+    assert_eq!(env.search("invoice").await.len(), 1);
+    let gone = env
+        .lifecycle
+        .delete_message(t, &hit, "agent-7", T0)
+        .await
+        .unwrap();
+    assert_eq!((gone.messages, gone.index), (1, IndexRemoval::Done));
+    assert!(env.search("invoice").await.is_empty());
+    assert_eq!(env.documents().await, 2);
+    assert!(matches!(
+        env.lifecycle
+            .delete_message(t, "no-such-id", "agent-7", T0)
+            .await,
+        Err(LifecycleError::NotFound(_, "message"))
+    ));
     // Purge needs no index step any more.
     let r = env.run(T0 + 60 * DAY_MS, false).await;
     assert_eq!((r.purged_messages, r.awaiting_index), (1, 0));
