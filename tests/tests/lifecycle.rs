@@ -558,3 +558,44 @@ async fn purge_command_on_postgres() {
     assert!(err.contains("tenant nobody does not exist"), "{err}");
     assert!(!err.contains("postgres://"), "{err}");
 }
+
+/// `purge` in a process that does not hold the index (the embedded default with `dev`
+/// running): a due message whose removal from the index is unconfirmed is left for the
+/// holder, and purged by the next run once the holder's indexer has removed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_waits_for_the_index_holder_to_remove_unconfirmed_mail() {
+    let env = Env::new(false).await;
+    env.import(&sample()).await;
+    let t = &env.tenant;
+    // A second process's view of the same index directory: the writer is held by `env`.
+    let mut cfg = TantivyConfig::new(env.dir.path().join("index"));
+    cfg.commit_interval = Duration::ZERO;
+    cfg.writer_heap_bytes = TantivyConfig::MIN_WRITER_HEAP_BYTES;
+    let other_index = Arc::new(TantivyIndex::open(cfg).unwrap());
+    let other = Lifecycle::new(env.store.clone(), other_index);
+
+    let conversation = env.conversation_of("shipping").await;
+    let done = other
+        .delete_conversation(t, &conversation, "agent-7", T0)
+        .await
+        .unwrap();
+    assert_eq!(done.messages, 1);
+    assert!(
+        matches!(done.index, IndexRemoval::Deferred { .. }),
+        "{done:?}"
+    );
+    // Hidden at once all the same (the per-hit re-check).
+    assert!(env.search("shipping").await.is_empty());
+
+    let options = PurgeOptions::at(T0 + 60 * DAY_MS);
+    let first = other.run_retention(t, options).await.unwrap();
+    assert_eq!((first.purged_messages, first.awaiting_index), (0, 1));
+    // The holder's indexer removes it from the index and confirms.
+    assert_eq!(
+        env.svc.index_all_pending(t, 50, |_, _| {}).await.unwrap(),
+        1
+    );
+    assert_eq!(env.documents().await, 2);
+    let second = other.run_retention(t, options).await.unwrap();
+    assert_eq!((second.purged_messages, second.awaiting_index), (1, 0));
+}
