@@ -10,6 +10,7 @@
 //! | [`config`] | settings from a file and `HELPR_*` environment variables |
 //! | [`ingest`] | push verification, Gmail sync, parse / sanitize / quote-strip pipeline |
 //! | [`search`] | tokenizer, blind tokens (HMAC under a per-tenant index key), query language (no I/O) |
+//! | [`lifecycle`] | soft delete, restore, grace period, purge and retention (pure planner + executor) |
 //! | [`metrics`] | counters in the Prometheus text format |
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod ingest;
 pub mod keyring;
 pub mod kms;
+pub mod lifecycle;
 pub mod metrics;
 pub mod search;
 pub mod store;

@@ -121,11 +121,50 @@ enum Command {
         #[command(flatten)]
         tenant: TenantArg,
     },
+    /// Enforce the tenant's retention policy once (what the RetentionPolicy CronJob runs):
+    /// soft-delete conversations older than delete_after_days, then purge for good the mail
+    /// soft-deleted longer than the grace period ago (default 60 days). While the tenant is
+    /// under legal hold nothing is deleted or purged. Prints the counts; resumable (run it
+    /// again after an interruption).
+    Purge {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Count what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Soft-delete or restore a conversation (what the agent API calls).
+    #[command(subcommand)]
+    Conversations(ConversationsCommand),
     /// Run parse, quote stripping and sanitizing on one message and print, as JSON,
     /// exactly what would be stored (before sealing). Stores nothing.
     Inspect {
         /// An RFC 822 message (.eml).
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConversationsCommand {
+    /// Soft-delete a conversation: its mail disappears from reads and search at once and
+    /// is purged after the grace period.
+    Delete {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The conversation id (as `search --json` prints it).
+        #[arg(long)]
+        id: String,
+    },
+    /// Restore a soft-deleted conversation within the grace period; it is indexed again.
+    Restore {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The conversation id.
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -348,6 +387,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?
         }
         Command::Reindex { tenant } => run_reindex(&settings, &tenant.tenant).await?,
+        Command::Purge {
+            tenant,
+            dry_run,
+            json,
+        } => run_purge(&settings, &tenant.tenant, dry_run, json).await?,
+        Command::Conversations(command) => run_conversations(&settings, command).await?,
         Command::Control { listen } => run_control(&settings, listen).await?,
         Command::Index { listen } => {
             let index = std::sync::Arc::new(settings.open_search_index()?);
@@ -935,6 +980,99 @@ async fn run_rotate_index_key(settings: &Settings, tenant: &TenantId) -> anyhow:
             active.version, report.pending
         ),
         None => println!("tenant {tenant}: no active index key"),
+    }
+    Ok(())
+}
+
+async fn open_lifecycle(
+    settings: &Settings,
+) -> anyhow::Result<helpr_dataplane::lifecycle::Lifecycle> {
+    let store = settings.open_store().await?;
+    let index = settings.open_search_backend(store.clone())?;
+    Ok(helpr_dataplane::lifecycle::Lifecycle::new(store, index))
+}
+
+async fn run_purge(
+    settings: &Settings,
+    tenant: &TenantId,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use helpr_dataplane::lifecycle::PurgeOptions;
+    let lifecycle = open_lifecycle(settings).await?;
+    let options = PurgeOptions {
+        dry_run,
+        ..PurgeOptions::at(helpr_dataplane::store::now_ms())
+    };
+    let r = lifecycle.run_retention(tenant, options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let would = if r.dry_run {
+        " (dry run: would be)"
+    } else {
+        ""
+    };
+    println!(
+        "tenant {}: grace period {} day(s), delete after {}, legal hold {}{would}",
+        r.tenant,
+        r.grace_period_days,
+        r.delete_after_days
+            .map_or_else(|| "never".to_owned(), |d| format!("{d} day(s)")),
+        if r.legal_hold { "on" } else { "off" },
+    );
+    println!(
+        "soft-deleted by retention: {} conversation(s), {} message(s)",
+        r.soft_deleted_conversations, r.soft_deleted_messages
+    );
+    println!(
+        "purged: {} message(s), {} conversation(s)",
+        r.purged_messages, r.purged_conversations
+    );
+    println!("skipped because of legal hold: {}", r.skipped_legal_hold);
+    if r.awaiting_index > 0 {
+        println!(
+            "awaiting removal from the search index by the process holding it: {} (the next run purges them)",
+            r.awaiting_index
+        );
+    }
+    Ok(())
+}
+
+async fn run_conversations(
+    settings: &Settings,
+    command: ConversationsCommand,
+) -> anyhow::Result<()> {
+    use helpr_dataplane::lifecycle::IndexRemoval;
+    use helpr_dataplane::store::now_ms;
+    let lifecycle = open_lifecycle(settings).await?;
+    match command {
+        ConversationsCommand::Delete { tenant, id } => {
+            let tenant = tenant.tenant;
+            let done = lifecycle
+                .delete_conversation(&tenant, &id, "cli", now_ms())
+                .await?;
+            println!(
+                "conversation {id}: {} message(s) soft-deleted",
+                done.messages
+            );
+            if let IndexRemoval::Deferred { holder } = done.index {
+                println!(
+                    "the search index is held by {holder}: it removes them from the index (searches hide them already)"
+                );
+            }
+        }
+        ConversationsCommand::Restore { tenant, id } => {
+            let tenant = tenant.tenant;
+            let done = lifecycle
+                .restore_conversation(&tenant, &id, "cli", now_ms())
+                .await?;
+            println!(
+                "conversation {id}: {} message(s) restored (indexed again by the indexer), {} past the grace period",
+                done.restored, done.expired
+            );
+        }
     }
     Ok(())
 }

@@ -658,3 +658,162 @@ fn import_and_search_through_the_index_role() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `conversations delete` / `restore` and `purge` on the embedded default: the deleted
+/// conversation leaves search at once, comes back when restored, and `purge` removes it for
+/// good once the grace period (here 0 days, from a RetentionPolicy) has passed.
+#[test]
+fn conversations_delete_restore_and_purge_on_the_embedded_default() {
+    use helpr_dataplane::store::{ControlMeta, RetentionSpec, SqliteStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mail = tempfile::tempdir().unwrap();
+    write_eml(
+        mail.path(),
+        "a.eml",
+        "Invoice missing",
+        "Where is the invoice?",
+    );
+    write_eml(
+        mail.path(),
+        "b.eml",
+        "Password reset",
+        "The reset link expired.",
+    );
+    ok(d, &["tenants", "create", "--id", "demo"]);
+    ok(
+        d,
+        &[
+            "inboxes",
+            "add",
+            "--tenant",
+            "demo",
+            "--address",
+            "support@demo.example",
+        ],
+    );
+    let import = ok(
+        d,
+        &[
+            "import",
+            "--tenant",
+            "demo",
+            "--inbox",
+            "support@demo.example",
+            mail.path().to_str().unwrap(),
+        ],
+    );
+    assert!(import.contains("2 stored"), "{import}");
+    let hits = |q: &str| -> Vec<serde_json::Value> {
+        let out = ok(d, &["search", "--tenant", "demo", "--json", q]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["hits"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let found = hits("invoice");
+    assert_eq!(found.len(), 1);
+    let conversation = found[0]["conversation_id"].as_str().unwrap().to_owned();
+
+    let deleted = ok(
+        d,
+        &[
+            "conversations",
+            "delete",
+            "--tenant",
+            "demo",
+            "--id",
+            &conversation,
+        ],
+    );
+    assert!(deleted.contains("1 message(s) soft-deleted"), "{deleted}");
+    assert!(hits("invoice").is_empty());
+    assert_eq!(hits("password").len(), 1);
+
+    // Default policy: 60 days of grace, nothing to purge yet.
+    let report = ok(d, &["purge", "--tenant", "demo"]);
+    assert!(report.contains("grace period 60 day(s)"), "{report}");
+    assert!(report.contains("purged: 0 message(s)"), "{report}");
+
+    let restored = ok(
+        d,
+        &[
+            "conversations",
+            "restore",
+            "--tenant",
+            "demo",
+            "--id",
+            &conversation,
+        ],
+    );
+    assert!(restored.contains("1 message(s) restored"), "{restored}");
+    ok(d, &["reindex", "--tenant", "demo"]);
+    assert_eq!(hits("invoice").len(), 1);
+    ok(
+        d,
+        &[
+            "conversations",
+            "delete",
+            "--tenant",
+            "demo",
+            "--id",
+            &conversation,
+        ],
+    );
+
+    // A RetentionPolicy with no grace period (as the control API stores it).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = format!("sqlite://{}", d.join("helpr.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let meta = ControlMeta {
+            namespace: "demo".into(),
+            name: "keep".into(),
+            uid: "u1".into(),
+            generation: 1,
+        };
+        let spec = RetentionSpec {
+            tenant: "demo".parse().unwrap(),
+            grace_period_days: 0,
+            delete_after_days: None,
+            legal_hold: false,
+        };
+        store.apply_retention_policy(&meta, &spec).await.unwrap();
+        store.pool().close().await;
+    });
+
+    let dry = ok(d, &["purge", "--tenant", "demo", "--dry-run"]);
+    assert!(dry.contains("dry run"), "{dry}");
+    assert!(dry.contains("purged: 1 message(s)"), "{dry}");
+    let json = ok(d, &["purge", "--tenant", "demo", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["purged_messages"], 1);
+    assert_eq!(report["purged_conversations"], 1);
+    assert_eq!(report["dry_run"], false);
+    let again = ok(d, &["purge", "--tenant", "demo"]);
+    assert!(again.contains("purged: 0 message(s)"), "{again}");
+    assert_eq!(hits("password").len(), 1);
+
+    // Restoring what was purged, or purging an unknown tenant: clear errors, non-zero exit.
+    let out = cli(
+        d,
+        &[
+            "conversations",
+            "restore",
+            "--tenant",
+            "demo",
+            "--id",
+            &conversation,
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such conversation"), "{err}");
+    let out = cli(d, &["purge", "--tenant", "nobody"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tenant nobody does not exist"), "{err}");
+}

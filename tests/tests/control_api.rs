@@ -27,11 +27,13 @@ use tonic::Code;
 
 // --- harness ------------------------------------------------------------------------------
 
-/// A search index whose `drop_tenant` fails while `down` is set (the search tier is
-/// unreachable); everything else goes to tantivy.
+/// A search index whose `drop_tenant` fails while `down` is set, and whose `delete` fails
+/// while `deletes_down` is set (the search tier is unreachable); everything else goes to
+/// tantivy.
 struct FlakySearch {
     inner: TantivyIndex,
     down: AtomicBool,
+    deletes_down: AtomicBool,
 }
 
 #[async_trait]
@@ -46,6 +48,9 @@ impl SearchIndex for FlakySearch {
         self.inner.flush(t).await
     }
     async fn delete(&self, t: &TenantId, scope: &DeleteScope) -> Result<(), SearchError> {
+        if self.deletes_down.load(Ordering::SeqCst) {
+            return Err(SearchError::Unavailable("search tier unreachable".into()));
+        }
         self.inner.delete(t, scope).await
     }
     async fn drop_tenant(&self, t: &TenantId) -> Result<(), SearchError> {
@@ -106,6 +111,7 @@ impl Harness {
         let search = Arc::new(FlakySearch {
             inner: TantivyIndex::open(TantivyConfig::new(dir.path().join("index"))).unwrap(),
             down: AtomicBool::new(false),
+            deletes_down: AtomicBool::new(false),
         });
         let token = format!("control-token-{}", uuid::Uuid::new_v4().simple());
         let server_token = ControlToken::new(token.as_bytes());
@@ -590,5 +596,163 @@ async fn postgres_tenant_deletion_retains_or_shreds() {
 async fn sqlite_tenant_deletion_retains_or_shreds() {
     let mut h = Harness::sqlite().await;
     delete_tenants(&mut h).await;
+    h.shutdown().await;
+}
+
+/// DeleteInbox cascades before answering: the inbox's mail is soft-deleted and gone from
+/// search; a search outage answers UNAVAILABLE and the retry completes; mail stored into the
+/// deleted inbox afterwards arrives soft-deleted.
+async fn delete_inbox_cascades(h: &mut Harness) {
+    use helpr_dataplane::search::Mode;
+    use helpr_dataplane::search::service::SearchService;
+    use helpr_dataplane::tools::{self, RawMessage};
+    use std::collections::BTreeSet;
+    let acme = tid("acme");
+    let req = tenant_req("acme", 1, proto::DeletionPolicy::Retain);
+    assert_eq!(
+        outcome(h.client.upsert_tenant(req).await),
+        proto::Outcome::Applied
+    );
+    let inbox = inbox_req("support", "acme", 1, proto::Visibility::Org);
+    assert_eq!(
+        outcome(h.client.upsert_inbox(inbox).await),
+        proto::Outcome::Applied
+    );
+    let settings = h
+        .store
+        .inbox_settings("acme-ns", "support")
+        .await
+        .unwrap()
+        .unwrap();
+    let record = h
+        .store
+        .get_inbox(&settings.inbox_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let svc = SearchService::new(h.keyring.clone(), h.search.clone(), Mode::Blind);
+    let mail = |subject: &str| RawMessage {
+        origin: subject.into(),
+        bytes: format!(
+            "From: a@client.example\r\nTo: support@acme.example\r\nSubject: {subject}\r\n\
+             Date: Mon, 05 Oct 2026 10:00:00 +0000\r\nMessage-ID: <{}@x>\r\n\r\nrefund please\r\n",
+            uuid::Uuid::new_v4()
+        )
+        .into_bytes(),
+    };
+    tools::import(
+        &svc,
+        &h.keyring,
+        &record,
+        &[mail("Refund one"), mail("Refund two")],
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let inboxes: BTreeSet<String> = [settings.inbox_id.clone()].into();
+    async fn count(svc: &SearchService, t: &TenantId, inboxes: &BTreeSet<String>) -> usize {
+        svc.search(t, inboxes, "refund", 10, None)
+            .await
+            .unwrap()
+            .hits
+            .len()
+    }
+    assert_eq!(count(&svc, &acme, &inboxes).await, 2);
+
+    // The search tier is down: UNAVAILABLE, the Inbox stays recorded, the mail is already
+    // hidden (soft-deleted in the store).
+    h.search.deletes_down.store(true, Ordering::SeqCst);
+    let e = h
+        .client
+        .delete_inbox(meta("acme-ns", "support", "uid-support", 2))
+        .await
+        .expect_err("search tier down");
+    assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+    assert!(
+        h.store
+            .inbox_settings("acme-ns", "support")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(count(&svc, &acme, &inboxes).await, 0);
+    assert_eq!(h.search.stats(&acme).await.unwrap().documents, 2);
+
+    // The retry completes the cascade: removed from the index, then recorded.
+    h.search.deletes_down.store(false, Ordering::SeqCst);
+    let done = h
+        .client
+        .delete_inbox(meta("acme-ns", "support", "uid-support", 2))
+        .await
+        .unwrap();
+    assert_eq!(done.outcome, proto::Outcome::Applied);
+    assert_eq!(h.search.stats(&acme).await.unwrap().documents, 0);
+    assert!(
+        h.store
+            .inbox_settings("acme-ns", "support")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The first attempt's markers stay until the indexer confirms (nothing left to index).
+    assert_eq!(h.store.index_progress(&acme).await.unwrap().0, 2);
+    assert_eq!(
+        svc.index_all_pending(&acme, 50, |_, _| {}).await.unwrap(),
+        2
+    );
+    assert_eq!(h.store.index_progress(&acme).await.unwrap().0, 0);
+    assert_eq!(h.search.stats(&acme).await.unwrap().documents, 0);
+    let soft = h
+        .store
+        .list_purge_candidates(&acme, i64::MAX, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(soft.len(), 2);
+    assert!(soft.iter().all(|c| c.inbox_id == settings.inbox_id));
+    let audit = h.store.list_audit_events(&acme, 50).await.unwrap();
+    assert!(audit.iter().any(|e| e.actor == "operator"
+        && e.action == "inbox.soft_delete"
+        && e.target_id == settings.inbox_id));
+
+    // A sync worker storing into the deleted inbox afterwards: soft-deleted on arrival.
+    tools::import(
+        &svc,
+        &h.keyring,
+        &record,
+        &[mail("Refund three")],
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&svc, &acme, &inboxes).await, 0);
+    assert_eq!(h.search.stats(&acme).await.unwrap().documents, 0);
+    assert_eq!(
+        h.store
+            .list_purge_candidates(&acme, i64::MAX, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // Same generation again: nothing to do.
+    let again = h
+        .client
+        .delete_inbox(meta("acme-ns", "support", "uid-support", 2))
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, proto::Outcome::AlreadyCurrent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_delete_inbox_cascades_into_a_soft_delete() {
+    let mut h = Harness::postgres().await;
+    delete_inbox_cascades(&mut h).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_delete_inbox_cascades_into_a_soft_delete() {
+    let mut h = Harness::sqlite().await;
+    delete_inbox_cascades(&mut h).await;
     h.shutdown().await;
 }

@@ -15,6 +15,7 @@ use helpr_dataplane::store::{
     NewAttachment, NewInbox, NewMessage, NewSyncJob, NewTenant, PgStore, SealReservation,
     SqliteStore, Store, StoreError, now_ms,
 };
+use helpr_dataplane::store::{DeleteReason, Deletion, PurgeOutcome, RestoreOutcome};
 use helpr_dataplane::store::{SearchTombstone, TombstoneScope};
 use helpr_tests::postgres::{TestDatabase, sqlite_url};
 use helpr_tests::scan::{self, Cell};
@@ -1608,6 +1609,370 @@ mod cases {
         Ok(())
     }
 
+    fn deletion(actor: &str, reason: DeleteReason, at_ms: i64) -> Deletion {
+        Deletion {
+            actor: actor.into(),
+            reason,
+            at_ms,
+        }
+    }
+
+    fn inserted(outcome: InsertOutcome) -> String {
+        match outcome {
+            InsertOutcome::Inserted { conversation_id } => conversation_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    pub async fn soft_delete_restore_and_purge(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "beta").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let k = key();
+        let m1 = message(&k, &t, &inbox_id, "gm-1", "th-a", 1_000, 2);
+        let m2 = message(&k, &t, &inbox_id, "gm-2", "th-a", 2_000, 1);
+        let m3 = message(&k, &t, &inbox_id, "gm-3", "th-b", 3_000, 0);
+        let conv_a = inserted(s.insert_message(&m1).await?);
+        s.insert_message(&m2).await?;
+        let conv_b = inserted(s.insert_message(&m3).await?);
+        s.mark_indexed(&t, &[m1.id.clone(), m2.id.clone(), m3.id.clone()], None)
+            .await?;
+        let user = |at| deletion("agent-7", DeleteReason::User, at);
+
+        // Another tenant cannot touch it; unknown ids are NotFound.
+        assert!(matches!(
+            s.soft_delete_message(&other, &m1.id, &user(10_000)).await,
+            Err(StoreError::NotFound("message"))
+        ));
+        assert!(matches!(
+            s.soft_delete_conversation(&other, &conv_a, &user(10_000))
+                .await,
+            Err(StoreError::NotFound("conversation"))
+        ));
+
+        // Soft delete: invisible to reads, marked for the indexer, idempotent.
+        assert!(s.soft_delete_message(&t, &m1.id, &user(10_000)).await?);
+        assert!(!s.soft_delete_message(&t, &m1.id, &user(20_000)).await?);
+        assert_eq!(s.get_message(&t, &m1.id).await?, None);
+        assert_eq!(
+            s.list_message_ids(&t, &inbox_id, 10).await?,
+            vec![m3.id.clone(), m2.id.clone()]
+        );
+        assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
+        // The indexer cannot clear it by indexing; only a confirmed removal does.
+        s.mark_indexed(&t, std::slice::from_ref(&m1.id), None)
+            .await?;
+        assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
+        // Still known to sync (not fetched and stored again).
+        assert_eq!(
+            s.stored_gmail_ids(&inbox_id, &["gm-1".into()]).await?,
+            vec!["gm-1"]
+        );
+        assert!(matches!(
+            s.insert_message(&m1).await?,
+            InsertOutcome::AlreadyStored { .. }
+        ));
+
+        // The rest of the conversation; a repeat changes nothing.
+        assert_eq!(
+            s.soft_delete_conversation(&t, &conv_a, &user(10_000))
+                .await?,
+            vec![m2.id.clone()]
+        );
+        assert!(
+            s.soft_delete_conversation(&t, &conv_a, &user(11_000))
+                .await?
+                .is_empty()
+        );
+        s.mark_removed_from_index(&t, &[m1.id.clone(), m2.id.clone(), m3.id.clone()])
+            .await?;
+        assert!(s.pending_index(&t, 10).await?.is_empty());
+
+        // Purge candidates: by deletion time (the first one's stays 10 000), in id order.
+        let candidates = s.list_purge_candidates(&t, 10_000, None, 10).await?;
+        assert_eq!(
+            candidates
+                .iter()
+                .map(|c| c.message_id.clone())
+                .collect::<Vec<_>>(),
+            sorted(vec![m1.id.clone(), m2.id.clone()])
+        );
+        assert!(candidates.iter().all(|c| c.deleted_at_ms == 10_000
+            && c.conversation_id == conv_a
+            && c.inbox_id == inbox_id
+            && !c.index_pending));
+        assert!(
+            s.list_purge_candidates(&t, 9_999, None, 10)
+                .await?
+                .is_empty()
+        );
+        let first = s.list_purge_candidates(&t, 10_000, None, 1).await?;
+        let second = s
+            .list_purge_candidates(&t, 10_000, Some(&first[0].message_id), 10)
+            .await?;
+        assert_eq!(second.len(), 1);
+        assert_ne!(first[0].message_id, second[0].message_id);
+        assert!(
+            s.list_purge_candidates(&other, i64::MAX, None, 10)
+                .await?
+                .is_empty()
+        );
+
+        // Restore only within the grace period (deleted after the cutoff).
+        assert_eq!(
+            s.restore_message(&t, &m1.id, "agent-7", 10_000, 70_000)
+                .await?,
+            RestoreOutcome {
+                restored: 0,
+                expired: 1
+            }
+        );
+        assert_eq!(s.get_message(&t, &m1.id).await?, None);
+        assert_eq!(
+            s.restore_message(&t, &m1.id, "agent-7", 9_999, 70_000)
+                .await?,
+            RestoreOutcome {
+                restored: 1,
+                expired: 0
+            }
+        );
+        let back = s.get_message(&t, &m1.id).await?.expect("restored");
+        assert_eq!(back.attachments.len(), 2);
+        assert_eq!(back.fields, m1.fields);
+        // Marked, so the indexer indexes it again from the sealed store.
+        assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
+        assert_eq!(
+            s.restore_message(&t, &m1.id, "agent-7", 9_999, 70_000)
+                .await?,
+            RestoreOutcome::default()
+        );
+        assert!(matches!(
+            s.restore_message(&other, &m1.id, "x", 0, 0).await,
+            Err(StoreError::NotFound("message"))
+        ));
+        // A live message's marker is not cleared by a removal confirmation.
+        s.mark_removed_from_index(&t, std::slice::from_ref(&m1.id))
+            .await?;
+        assert_eq!(s.pending_index(&t, 10).await?, vec![m1.id.clone()]);
+        assert_eq!(
+            s.restore_conversation(&t, &conv_a, "agent-7", 9_999, 70_000)
+                .await?,
+            RestoreOutcome {
+                restored: 1,
+                expired: 0
+            }
+        );
+        assert_eq!(s.list_message_ids(&t, &inbox_id, 10).await?.len(), 3);
+        assert!(matches!(
+            s.restore_conversation(&t, "nope", "x", 0, 0).await,
+            Err(StoreError::NotFound("conversation"))
+        ));
+
+        // delete_after_days candidates: conversations with live mail older than the cutoff.
+        let old = s.list_conversations_older_than(&t, 2_500, None, 10).await?;
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            (old[0].conversation_id.as_str(), old[0].last_message_at_ms),
+            (conv_a.as_str(), 2_000)
+        );
+        assert_eq!(
+            s.list_conversations_older_than(&t, 3_001, None, 10)
+                .await?
+                .len(),
+            2
+        );
+        assert!(
+            s.list_conversations_older_than(&other, i64::MAX, None, 10)
+                .await?
+                .is_empty()
+        );
+
+        // Purge: only what is still soft-deleted at or before the cutoff.
+        let retention = deletion("retention", DeleteReason::Retention, 30_000);
+        assert_eq!(
+            s.soft_delete_conversation(&t, &conv_a, &retention).await?,
+            sorted(vec![m1.id.clone(), m2.id.clone()])
+        );
+        assert!(
+            s.list_conversations_older_than(&t, 2_500, None, 10)
+                .await?
+                .is_empty()
+        );
+        assert!(s.soft_delete_message(&t, &m3.id, &user(10_000)).await?);
+        let all = vec![m1.id.clone(), m2.id.clone(), m3.id.clone()];
+        assert_eq!(
+            s.purge_messages(&t, &all, 29_999, "retention", 90_000)
+                .await?,
+            PurgeOutcome {
+                messages: 1,
+                conversations: 1
+            }
+        );
+        assert_eq!(
+            s.purge_messages(&other, &all, i64::MAX, "retention", 90_000)
+                .await?,
+            PurgeOutcome::default()
+        );
+        assert_eq!(
+            s.purge_messages(&t, &all, 30_000, "retention", 90_000)
+                .await?,
+            PurgeOutcome {
+                messages: 2,
+                conversations: 1
+            }
+        );
+        assert_eq!(
+            s.purge_messages(&t, &all, i64::MAX, "retention", 90_000)
+                .await?,
+            PurgeOutcome::default()
+        );
+        assert!(matches!(
+            s.restore_conversation(&t, &conv_b, "x", 0, 0).await,
+            Err(StoreError::NotFound("conversation"))
+        ));
+
+        // Every action left an audit row: ids and verbs.
+        let audit: Vec<(String, String, String, String)> = s
+            .list_audit_events(&t, 100)
+            .await?
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.target_kind, e.target_id))
+            .collect();
+        let has = |actor: &str, action: &str, id: &str| {
+            audit
+                .iter()
+                .any(|(a, v, _, i)| a == actor && v == action && i == id)
+        };
+        assert!(has("agent-7", "message.soft_delete", &m1.id));
+        assert!(has("agent-7", "conversation.soft_delete", &conv_a));
+        assert!(has("agent-7", "message.restore", &m1.id));
+        assert!(has("agent-7", "conversation.restore", &conv_a));
+        assert!(has("retention", "conversation.soft_delete", &conv_a));
+        for m in [&m1, &m2, &m3] {
+            assert!(has("retention", "message.purge", &m.id));
+        }
+        // Repeats wrote no extra rows: one soft delete of m1, one of conv_a by the agent.
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|(_, v, _, i)| v == "message.soft_delete" && i == &m1.id)
+                .count(),
+            1
+        );
+        assert_eq!(audit.len(), 9, "{audit:?}");
+        assert!(s.list_audit_events(&other, 100).await?.is_empty());
+
+        // Zero trace: no row, cell or file byte of the purged mail remains. The audit trail
+        // keeps ids (it outlives what it refers to), never content.
+        let cells = b.dump().await?;
+        assert_eq!(count(&cells, "messages", "id"), 0);
+        assert_eq!(count(&cells, "attachments", "id"), 0);
+        assert_eq!(count(&cells, "conversations", "id"), 0);
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        for m in [&m1, &m2, &m3] {
+            for v in sealed_values(m) {
+                needles.push(v.as_bytes().to_vec());
+                needles.push(v.as_bytes()[17..].to_vec());
+            }
+            needles.push(m.gmail_message_id.as_bytes().to_vec());
+            for a in &m.attachments {
+                needles.push(a.id.as_bytes().to_vec());
+            }
+        }
+        needles.push(b"th-a".to_vec());
+        needles.push(b"th-b".to_vec());
+        for needle in &needles {
+            let found = scan::find_bytes(&cells, needle);
+            assert!(found.is_empty(), "purged data still in {found:?}");
+        }
+        for id in [&m1.id, &m2.id, &m3.id, &conv_a, &conv_b] {
+            let found = scan::find_bytes(&cells, id.as_bytes());
+            assert!(
+                found.iter().all(|(table, _)| table == "audit_events"),
+                "purged id outside the audit trail: {found:?}"
+            );
+        }
+        if let Some(raw) = b.raw_files().await? {
+            for m in [&m1, &m2, &m3] {
+                for v in sealed_values(m) {
+                    assert!(
+                        !scan::contains_bytes(&raw, &v.as_bytes()[17..]),
+                        "sealed bytes of a purged message remain in the database file"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn inbox_soft_delete_cascades_to_later_mail(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "beta").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let kept = inbox(s, &t, "billing@acme.example").await;
+        let k = key();
+        let m1 = message(&k, &t, &inbox_id, "gm-1", "th-a", 1_000, 1);
+        let m2 = message(&k, &t, &inbox_id, "gm-2", "th-b", 2_000, 0);
+        let other_inbox = message(&k, &t, &kept, "gm-9", "th-z", 1_500, 0);
+        for m in [&m1, &m2, &other_inbox] {
+            s.insert_message(m).await?;
+        }
+        let gone = deletion("operator", DeleteReason::InboxDeleted, 50_000);
+        assert!(matches!(
+            s.soft_delete_inbox(&other, &inbox_id, &gone).await,
+            Err(StoreError::NotFound("inbox"))
+        ));
+        assert_eq!(
+            s.soft_delete_inbox(&t, &inbox_id, &gone).await?,
+            sorted(vec![m1.id.clone(), m2.id.clone()])
+        );
+        assert!(s.soft_delete_inbox(&t, &inbox_id, &gone).await?.is_empty());
+        assert!(s.list_message_ids(&t, &inbox_id, 10).await?.is_empty());
+        assert_eq!(
+            s.list_message_ids(&t, &kept, 10).await?,
+            vec![other_inbox.id.clone()]
+        );
+
+        // Mail stored into the deleted inbox afterwards arrives soft-deleted, with the
+        // inbox's deletion time (one insert, and a synced batch).
+        let late = message(&k, &t, &inbox_id, "gm-3", "th-a", 3_000, 0);
+        s.insert_message(&late).await?;
+        let synced = message(&k, &t, &inbox_id, "gm-4", "th-c", 4_000, 0);
+        s.store_synced_messages(&t, &inbox_id, std::slice::from_ref(&synced), Some(77))
+            .await?;
+        for m in [&late, &synced] {
+            assert_eq!(s.get_message(&t, &m.id).await?, None);
+        }
+        let candidates = s.list_purge_candidates(&t, 50_000, None, 10).await?;
+        assert_eq!(candidates.len(), 4);
+        assert!(
+            candidates
+                .iter()
+                .all(|c| c.deleted_at_ms == 50_000 && c.index_pending)
+        );
+        // Nothing can be restored into a deleted inbox.
+        assert!(matches!(
+            s.restore_message(&t, &m1.id, "agent", 0, 60_000).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let audit = s.list_audit_events(&t, 10).await?;
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|e| e.action == "inbox.soft_delete" && e.target_id == inbox_id)
+                .count(),
+            1
+        );
+        Ok(())
+    }
+
     pub async fn unavailable_database(b: &Backend) -> anyhow::Result<()> {
         let down = b.unreachable_store().await?;
         let t = tid("acme");
@@ -1680,6 +2045,8 @@ conformance!(
     messages_group_into_conversations,
     insert_refuses_foreign_inbox,
     delete_message_leaves_no_trace,
+    soft_delete_restore_and_purge,
+    inbox_soft_delete_cascades_to_later_mail,
     index_outbox_and_index_keys,
     index_key_rotation,
     audit_events,

@@ -16,8 +16,11 @@
 //!   kept. SHRED destroys the tenant's KMS key(s), drops its search index, then deletes its
 //!   rows in one transaction; a KMS or search outage answers UNAVAILABLE having recorded
 //!   nothing, and a retry repeats the (idempotent) steps.
-//! - **Inbox deletion** removes the inbox's grants and marks it disconnected; its mail stays
-//!   until the lifecycle module (soft delete, purge) exists.
+//! - **Inbox deletion** cascades: the inbox's mail is soft-deleted ([`crate::lifecycle`]) and
+//!   removed from the search index, then its grants are removed and it is marked
+//!   disconnected and deleted, before the call answers. A search outage answers UNAVAILABLE
+//!   with the soft delete recorded (and hidden from every read); the retry repeats the
+//!   idempotent steps. The purge job removes the mail for good after the grace period.
 
 pub mod auth;
 
@@ -29,6 +32,7 @@ use tonic::{Request, Response, Status};
 use crate::ids::TenantId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::kms::{KeyRef, KmsError};
+use crate::lifecycle::{IndexRemoval, Lifecycle, LifecycleError};
 use crate::search::{Mode, SearchError, SearchIndex};
 use crate::store::control::{Decision, decide};
 use crate::store::{
@@ -422,6 +426,15 @@ fn search_status(tenant: &TenantId, e: SearchError) -> Status {
     }
 }
 
+fn lifecycle_status(tenant: &TenantId, e: LifecycleError) -> Status {
+    tracing::warn!(tenant = %tenant, error = %e, "inbox deletion cascade failed");
+    match e {
+        LifecycleError::Store(e) => store_status(e),
+        e if e.is_retryable() => Status::unavailable(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
 impl ControlService {
     /// The generation check without writing: `Some(outcome)` when nothing is to be done.
     async fn precheck(
@@ -578,6 +591,35 @@ impl Control for ControlService {
     ) -> Result<Response<proto::ApplyResponse>, Status> {
         const KIND: ControlKind = ControlKind::Inbox;
         let meta = meta_from_wire(request.into_inner().meta, KIND)?;
+        if let Some(outcome) = self.precheck(KIND, &meta, true).await? {
+            return respond(KIND, &meta, Refs::default(), outcome);
+        }
+        // The cascade first (idempotent): soft-delete the mail and remove it from search.
+        // Only then is the deletion recorded, so a failure here is retried in full.
+        let mapped = self
+            .store()
+            .inbox_settings(&meta.namespace, &meta.name)
+            .await
+            .map_err(store_status)?;
+        if let Some(settings) = mapped {
+            let lifecycle = Lifecycle::new(self.keyring.store().clone(), self.search.clone());
+            let done = lifecycle
+                .delete_inbox(
+                    &settings.tenant_id,
+                    &settings.inbox_id,
+                    "operator",
+                    now_ms(),
+                )
+                .await
+                .map_err(|e| lifecycle_status(&settings.tenant_id, e))?;
+            if let IndexRemoval::Deferred { holder } = done.index {
+                return Err(Status::unavailable(format!(
+                    "removing the mail of {} from search: the index of tenant {} is held by {holder}; retry",
+                    object_label(KIND, &meta),
+                    settings.tenant_id
+                )));
+            }
+        }
         let outcome = self
             .store()
             .delete_inbox(&meta)

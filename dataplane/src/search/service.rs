@@ -19,8 +19,8 @@
 //!   terms and ids to the search tier, then clears the markers. A crash anywhere in between
 //!   leaves markers set, and the next run indexes those messages again (idempotent by id).
 //! - **Search** parses the query, restricts it to the caller's inboxes inside the index query,
-//!   then re-checks every hit against the store (message still there, inbox still allowed)
-//!   before opening its subject and snippet.
+//!   then re-checks every hit against the store (message still there and not soft-deleted,
+//!   inbox still allowed) before opening its subject and snippet.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -457,8 +457,9 @@ impl SearchService {
     }
 
     /// Indexes up to `batch` messages whose marker is set and clears their markers; returns
-    /// how many were handled (0 when nothing is pending). Messages deleted meanwhile are
-    /// skipped.
+    /// how many were handled (0 when nothing is pending). A marked message that is gone or
+    /// soft-deleted is removed from the index instead (the repair path of a soft delete whose
+    /// own index delete did not happen), then its marker is cleared.
     pub async fn index_pending(
         &self,
         tenant: &TenantId,
@@ -482,18 +483,27 @@ impl SearchService {
             None => (Indexer::Plaintext, None),
         };
         let mut docs = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
         for id in &ids {
-            if let Some(message) = store.get_message(tenant, id).await? {
-                docs.push(self.document(&message, &indexer, also.as_ref()).await?);
+            match store.get_message(tenant, id).await? {
+                Some(message) => docs.push(self.document(&message, &indexer, also.as_ref()).await?),
+                None => gone.push(id.clone()),
             }
         }
         self.index.index(tenant, docs).await?;
         self.index.flush(tenant).await?;
         // If a rotation started or switched meanwhile, the markers stay and the next batch
-        // indexes these messages again under the new keys.
+        // indexes these messages again under the new keys. Soft-deleted ones keep theirs.
         store
             .mark_indexed(tenant, &ids, live.as_ref().map(|k| k.set))
             .await?;
+        for id in &gone {
+            self.index
+                .delete(tenant, &DeleteScope::Message(id.clone()))
+                .await?;
+        }
+        // Clears only markers of messages still soft-deleted (a restore meanwhile keeps its).
+        store.mark_removed_from_index(tenant, &gone).await?;
         Ok(ids.len())
     }
 
@@ -565,7 +575,9 @@ impl SearchService {
         let store = self.keyring.store();
         let mut hits = Vec::with_capacity(page.hits.len());
         for hit in page.hits {
-            // Re-check against the store: deleted meanwhile, or moved out of reach.
+            // Re-check against the store: deleted or soft-deleted meanwhile (get_message
+            // answers only live mail, so a soft delete whose index delete has not happened
+            // yet is hidden here), or moved out of reach.
             let Some(message) = store.get_message(tenant, &hit.message_id).await? else {
                 continue;
             };

@@ -363,6 +363,89 @@ impl InboxStatus {
     }
 }
 
+/// Why mail was soft-deleted: one word, stored in `messages.deleted_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteReason {
+    /// A person (an agent, or an operator at the CLI) deleted it.
+    User,
+    /// The tenant's retention policy (`delete_after_days`) deleted it.
+    Retention,
+    /// Its inbox (the Inbox resource) was deleted.
+    InboxDeleted,
+}
+
+impl DeleteReason {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteReason::User => "user",
+            DeleteReason::Retention => "retention",
+            DeleteReason::InboxDeleted => "inbox_deleted",
+        }
+    }
+
+    /// Reads a stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(DeleteReason::User),
+            "retention" => Some(DeleteReason::Retention),
+            "inbox_deleted" => Some(DeleteReason::InboxDeleted),
+            _ => None,
+        }
+    }
+}
+
+/// Who soft-deletes (or restores) mail, why, and when. Ids and words only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// `cli`, `operator`, `retention` or an agent id (never an address).
+    pub actor: String,
+    pub reason: DeleteReason,
+    /// The time of the deletion; the grace period counts from here.
+    pub at_ms: UnixMillis,
+}
+
+/// Outcome of a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct RestoreOutcome {
+    /// Messages made live again (and marked for indexing).
+    pub restored: u64,
+    /// Soft-deleted messages left as they are: deleted at or before the grace cutoff, so
+    /// they wait for the purge.
+    pub expired: u64,
+}
+
+/// A soft-deleted message as the purge scan sees it (ids and times only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeCandidate {
+    pub message_id: String,
+    pub conversation_id: String,
+    pub inbox_id: String,
+    pub deleted_at_ms: UnixMillis,
+    /// The index marker: set when the message may still be in the search index (its
+    /// removal from the index has not been confirmed).
+    pub index_pending: bool,
+}
+
+/// A conversation with live mail, as the `delete_after_days` scan sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationAge {
+    pub conversation_id: String,
+    pub inbox_id: String,
+    /// Date of its newest message (soft-deleted ones included).
+    pub last_message_at_ms: UnixMillis,
+}
+
+/// Outcome of [`Store::purge_messages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct PurgeOutcome {
+    /// Messages removed for good (with their attachments).
+    pub messages: u64,
+    /// Conversations removed because their last message went.
+    pub conversations: u64,
+}
+
 /// Sealed field name of an inbox's Google refresh token (record id = inbox id).
 pub const REFRESH_TOKEN_FIELD: &str = "inbox.refresh_token";
 
@@ -436,12 +519,14 @@ pub trait Store: Send + Sync + 'static {
     /// conversation (by inbox and Gmail thread id). Idempotent by (inbox, Gmail message
     /// id). [`StoreError::NotFound`] if the inbox does not exist for the tenant.
     async fn insert_message(&self, message: &NewMessage) -> Result<InsertOutcome, StoreError>;
+    /// A live message; `None` for an unknown or soft-deleted one.
     async fn get_message(
         &self,
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<StoredMessage>, StoreError>;
-    /// Ids of a tenant's messages in an inbox, newest first.
+    /// Ids of a tenant's live messages in an inbox, newest first (soft-deleted ones are
+    /// not listed).
     async fn list_message_ids(
         &self,
         tenant: &TenantId,
@@ -452,6 +537,98 @@ pub trait Store: Send + Sync + 'static {
     /// with them) and removes its conversation if it was the last message there.
     /// Returns whether a message was removed.
     async fn delete_message(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
+
+    // --- lifecycle (soft delete, restore, purge; see [`crate::lifecycle`]) ---------------
+    //
+    // Every method is one transaction, idempotent (a repeat changes nothing), and appends an
+    // `audit_events` row (ids and verbs) for what it changed. A soft delete sets the index
+    // marker of what it deleted: the indexer removes such messages from the index (the
+    // repair path) until [`Store::mark_removed_from_index`] confirms it.
+
+    /// Soft-deletes one live message. Returns whether it changed (false: already
+    /// soft-deleted, and its deletion time stays); [`StoreError::NotFound`] if the tenant
+    /// has no such message.
+    async fn soft_delete_message(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        deletion: &Deletion,
+    ) -> Result<bool, StoreError>;
+    /// Soft-deletes every live message of a conversation; returns their ids (empty when all
+    /// were soft-deleted already). [`StoreError::NotFound`] if the tenant has no such
+    /// conversation.
+    async fn soft_delete_conversation(
+        &self,
+        tenant: &TenantId,
+        conversation_id: &str,
+        deletion: &Deletion,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Soft-deletes every live message of an inbox and marks the inbox deleted, so that
+    /// mail stored into it later arrives soft-deleted; returns the ids soft-deleted now.
+    /// [`StoreError::NotFound`] if the tenant has no such inbox.
+    async fn soft_delete_inbox(
+        &self,
+        tenant: &TenantId,
+        inbox_id: &str,
+        deletion: &Deletion,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Makes a soft-deleted message live again and marks it for indexing, if it was deleted
+    /// after `not_before_ms` (the grace cutoff: `now - grace period`). `NotFound` if the
+    /// tenant has no such message, `Conflict` if its inbox is deleted.
+    async fn restore_message(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        actor: &str,
+        not_before_ms: UnixMillis,
+        now_ms: UnixMillis,
+    ) -> Result<RestoreOutcome, StoreError>;
+    /// Restores every message of a conversation soft-deleted after `not_before_ms` (see
+    /// [`Store::restore_message`]).
+    async fn restore_conversation(
+        &self,
+        tenant: &TenantId,
+        conversation_id: &str,
+        actor: &str,
+        not_before_ms: UnixMillis,
+        now_ms: UnixMillis,
+    ) -> Result<RestoreOutcome, StoreError>;
+    /// Up to `limit` soft-deleted messages of the tenant deleted at or before
+    /// `deleted_before_ms`, in id order after `after_id` (for resumable batches).
+    async fn list_purge_candidates(
+        &self,
+        tenant: &TenantId,
+        deleted_before_ms: UnixMillis,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PurgeCandidate>, StoreError>;
+    /// Removes for good these messages (their attachments, and a conversation they empty),
+    /// each only if it is still soft-deleted at or before `deleted_before_ms` (a message
+    /// restored meanwhile stays). Appends a `message.purge` audit row per message.
+    async fn purge_messages(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+        deleted_before_ms: UnixMillis,
+        actor: &str,
+        now_ms: UnixMillis,
+    ) -> Result<PurgeOutcome, StoreError>;
+    /// Up to `limit` conversations of the tenant with live mail whose newest message is
+    /// older than `before_ms`, in id order after `after_id`.
+    async fn list_conversations_older_than(
+        &self,
+        tenant: &TenantId,
+        before_ms: UnixMillis,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ConversationAge>, StoreError>;
+    /// Clears the index marker of these messages if they are soft-deleted (the caller
+    /// removed them from the index); live or unknown ids are left alone.
+    async fn mark_removed_from_index(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<(), StoreError>;
 
     // --- push and sync ---------------------------------------------------------------
 
@@ -552,7 +729,8 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` ids of the tenant's messages whose index marker is set, in id order.
     async fn pending_index(&self, tenant: &TenantId, limit: u32)
     -> Result<Vec<String>, StoreError>;
-    /// Clears the index marker of these messages (ids of other tenants are ignored), if the
+    /// Clears the index marker of these live messages (ids of other tenants and soft-deleted
+    /// messages are ignored: their marker stays for the indexer to remove them), if the
     /// tenant's active and building index key versions are still `keys` (`None`: no check,
     /// plaintext mode). Returns false, clearing nothing, when they changed meanwhile.
     async fn mark_indexed(
@@ -640,8 +818,10 @@ pub trait Store: Send + Sync + 'static {
         meta: &ControlMeta,
         spec: &InboxSpec,
     ) -> Result<ApplyOutcome, StoreError>;
-    /// Deletes an Inbox: removes its grants and mapping and marks the inbox disconnected.
-    /// Its mail stays (soft delete and purge belong to the lifecycle module).
+    /// Deletes an Inbox: removes its grants and mapping, marks the inbox disconnected and
+    /// deleted, and soft-deletes its mail (reason `inbox_deleted`; the caller removes it
+    /// from the search index, see [`Store::soft_delete_inbox`]). The purge job removes the
+    /// mail for good after the grace period.
     async fn delete_inbox(&self, meta: &ControlMeta) -> Result<ApplyOutcome, StoreError>;
     /// Applies an InboxGrant; the Inbox object (same namespace) must be applied.
     async fn apply_grant(

@@ -22,11 +22,12 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditEvent, EnqueueOutcome, InboxRecord, InboxStatus, IndexKeyRecord, IndexKeySet,
-    IndexKeyState, InsertOutcome, KeyVersionRecord, MessageFields, NewInbox, NewMessage,
-    NewSyncJob, NewTenant, SealReservation, Store, StoreError, StoredAttachment, StoredMessage,
-    SyncJob, TenantRecord, UnixMillis, now_ms,
+    AuditEvent, ConversationAge, Deletion, EnqueueOutcome, InboxRecord, InboxStatus,
+    IndexKeyRecord, IndexKeySet, IndexKeyState, InsertOutcome, KeyVersionRecord, MessageFields,
+    NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store, StoreError,
+    StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
+use super::{PurgeCandidate, PurgeOutcome, RestoreOutcome};
 use super::{SearchTombstone, TombstoneScope};
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
@@ -348,8 +349,9 @@ const ANY_PENDING_INDEX: &str =
     "SELECT COUNT(*) AS n FROM messages WHERE tenant_id = $1 AND index_pending";
 const PENDING_INDEX: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND index_pending \
      ORDER BY id LIMIT $2";
-const MARK_INDEXED: &str =
-    "UPDATE messages SET index_pending = FALSE WHERE tenant_id = $1 AND id = $2";
+// A soft-deleted message keeps its marker: the indexer removes it from the index instead.
+const MARK_INDEXED: &str = "UPDATE messages SET index_pending = FALSE \
+     WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NULL";
 const MARK_ALL_FOR_REINDEX: &str = "UPDATE messages SET index_pending = TRUE WHERE tenant_id = $1";
 const INDEX_PROGRESS: &str = "SELECT \
      COALESCE(SUM(CASE WHEN index_pending THEN 1 ELSE 0 END), 0) AS pending, \
@@ -422,12 +424,12 @@ const INSERT_ATTACHMENT: &str = "INSERT INTO attachments \
 const GET_MESSAGE: &str = "SELECT id, tenant_id, inbox_id, conversation_id, gmail_message_id, \
      gmail_thread_id, gmail_history_id, internal_date_ms, size_bytes, has_attachments, \
      subject, from_addr, to_addrs, cc_addrs, reply_to, text_body, html_body, snippet, \
-     created_at_ms FROM messages WHERE tenant_id = $1 AND id = $2";
+     created_at_ms FROM messages WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NULL";
 const LIST_ATTACHMENTS: &str = "SELECT id, message_id, ordinal, name, content_type, \
      content_id, data, size_bytes, is_inline FROM attachments \
      WHERE message_id = $1 ORDER BY ordinal";
 const LIST_MESSAGE_IDS: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND inbox_id = $2 \
-     ORDER BY internal_date_ms DESC, id DESC LIMIT $3";
+     AND deleted_at_ms IS NULL ORDER BY internal_date_ms DESC, id DESC LIMIT $3";
 // Deleting the row first locks it: of two concurrent deletes, one sees no row.
 const DELETE_MESSAGE: &str =
     "DELETE FROM messages WHERE tenant_id = $1 AND id = $2 RETURNING conversation_id";
@@ -444,6 +446,72 @@ const REFRESH_CONVERSATION_DATE: &str = "UPDATE conversations SET last_message_a
      WHERE id = $1";
 const DELETE_EMPTY_CONVERSATION: &str =
     "DELETE FROM conversations WHERE id = $1 AND message_count = 0";
+
+// --- lifecycle: soft delete, restore, purge ----------------------------------------------
+
+/// Sets `$3` deleted_at_ms, `$4` deleted_by, `$5` deleted_reason and the index marker.
+macro_rules! soft_delete_set {
+    () => {
+        "UPDATE messages SET deleted_at_ms = $3, deleted_by = $4, deleted_reason = $5, \
+         index_pending = TRUE"
+    };
+}
+const SOFT_DELETE_MESSAGE: &str = concat!(
+    soft_delete_set!(),
+    " WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NULL"
+);
+const SOFT_DELETE_CONVERSATION: &str = concat!(
+    soft_delete_set!(),
+    " WHERE tenant_id = $1 AND conversation_id = $2 AND deleted_at_ms IS NULL RETURNING id"
+);
+const SOFT_DELETE_INBOX_MESSAGES: &str = concat!(
+    soft_delete_set!(),
+    " WHERE tenant_id = $1 AND inbox_id = $2 AND deleted_at_ms IS NULL RETURNING id"
+);
+const MARK_INBOX_DELETED: &str = "UPDATE inboxes SET deleted_at_ms = $3, deleted_by = $4 \
+     WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NULL";
+const INBOX_OF_TENANT: &str = "SELECT deleted_at_ms FROM inboxes WHERE tenant_id = $1 AND id = $2";
+/// Mail stored into a deleted inbox arrives soft-deleted (run after the inserts, and on
+/// PostgreSQL after the inbox row is locked, so a concurrent inbox delete is seen).
+const SOFT_DELETE_INTO_DELETED_INBOX: &str = "UPDATE messages SET \
+     deleted_at_ms = (SELECT deleted_at_ms FROM inboxes WHERE id = $1), \
+     deleted_by = (SELECT deleted_by FROM inboxes WHERE id = $1), \
+     deleted_reason = 'inbox_deleted', index_pending = TRUE \
+     WHERE inbox_id = $1 AND deleted_at_ms IS NULL \
+     AND EXISTS (SELECT 1 FROM inboxes WHERE id = $1 AND deleted_at_ms IS NOT NULL)";
+const MESSAGE_STATE: &str =
+    "SELECT inbox_id, deleted_at_ms FROM messages WHERE tenant_id = $1 AND id = $2";
+const CONVERSATION_INBOX: &str =
+    "SELECT inbox_id FROM conversations WHERE tenant_id = $1 AND id = $2";
+macro_rules! restore_set {
+    () => {
+        "UPDATE messages SET deleted_at_ms = NULL, deleted_by = NULL, deleted_reason = NULL, \
+         index_pending = TRUE"
+    };
+}
+const RESTORE_MESSAGE: &str = concat!(
+    restore_set!(),
+    " WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NOT NULL AND deleted_at_ms > $3"
+);
+const RESTORE_CONVERSATION: &str = concat!(
+    restore_set!(),
+    " WHERE tenant_id = $1 AND conversation_id = $2 AND deleted_at_ms IS NOT NULL \
+     AND deleted_at_ms > $3"
+);
+const COUNT_EXPIRED_IN_CONVERSATION: &str = "SELECT COUNT(*) AS n FROM messages \
+     WHERE tenant_id = $1 AND conversation_id = $2 AND deleted_at_ms IS NOT NULL \
+     AND deleted_at_ms <= $3";
+const PURGE_CANDIDATES: &str = "SELECT id, conversation_id, inbox_id, deleted_at_ms, \
+     index_pending FROM messages WHERE tenant_id = $1 AND deleted_at_ms IS NOT NULL \
+     AND deleted_at_ms <= $2 AND id > $3 ORDER BY id LIMIT $4";
+// Deleting the row first locks it; a message restored meanwhile no longer matches.
+const PURGE_MESSAGE: &str = "DELETE FROM messages WHERE tenant_id = $1 AND id = $2 \
+     AND deleted_at_ms IS NOT NULL AND deleted_at_ms <= $3 RETURNING conversation_id";
+const OLD_CONVERSATIONS: &str = "SELECT c.id, c.inbox_id, c.last_message_at_ms \
+     FROM conversations c WHERE c.tenant_id = $1 AND c.last_message_at_ms < $2 AND c.id > $3 \
+     AND EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id \
+       AND m.deleted_at_ms IS NULL) \
+     ORDER BY c.id LIMIT $4";
 
 const FIND_INBOXES_BY_ADDRESS: &str = concat!(
     inbox_select!(),
@@ -1014,6 +1082,80 @@ macro_rules! sql_store {
                 Ok(Some(outcomes))
             }
 
+            /// Appends an audit row inside `tx` (ids and verbs only).
+            #[allow(clippy::too_many_arguments)]
+            async fn audit_in_tx(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                op: &'static str,
+                tenant: &TenantId,
+                actor: &str,
+                action: &str,
+                target_kind: &str,
+                target_id: &str,
+                at_ms: UnixMillis,
+            ) -> Result<(), StoreError> {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(tenant.as_str())
+                    .bind(at_ms)
+                    .bind(actor)
+                    .bind(action)
+                    .bind(target_kind)
+                    .bind(target_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                Ok(())
+            }
+
+            /// Fails with `Conflict` when the inbox is deleted (mail cannot come back into it).
+            async fn refuse_deleted_inbox(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                op: &'static str,
+                tenant: &TenantId,
+                inbox_id: &str,
+            ) -> Result<(), StoreError> {
+                let row = sqlx::query(INBOX_OF_TENANT)
+                    .bind(tenant.as_str())
+                    .bind(inbox_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?
+                    .ok_or(StoreError::NotFound("inbox"))?;
+                let deleted: Option<i64> = Self::col(&row, "inboxes", "deleted_at_ms")?;
+                if deleted.is_some() {
+                    return Err(StoreError::Conflict(
+                        "the inbox is deleted: its mail cannot be restored",
+                    ));
+                }
+                Ok(())
+            }
+
+            /// Runs a soft-delete statement that returns the ids it changed.
+            async fn soft_delete_returning(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                op: &'static str,
+                sql: &'static str,
+                tenant: &TenantId,
+                scope_id: &str,
+                deletion: &Deletion,
+            ) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(sql)
+                    .bind(tenant.as_str())
+                    .bind(scope_id)
+                    .bind(deletion.at_ms)
+                    .bind(&deletion.actor)
+                    .bind(deletion.reason.as_str())
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                let mut ids = rows
+                    .iter()
+                    .map(|r| Self::col::<String>(r, "messages", "id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ids.sort();
+                Ok(ids)
+            }
+
             /// Runs `sql` for each job id in one transaction, binding the id, then
             /// `available_at_ms` and `error_kind` when given (in that order).
             async fn update_jobs(
@@ -1275,6 +1417,11 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write(OP).await?;
                 match Self::insert_in_tx(&mut tx, message, OP).await? {
                     TxInsert::Done(outcome @ InsertOutcome::Inserted { .. }) => {
+                        sqlx::query(SOFT_DELETE_INTO_DELETED_INBOX)
+                            .bind(&message.inbox_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err(OP))?;
                         tx.commit().await.map_err(db_err(OP))?;
                         Ok(outcome)
                     }
@@ -1380,6 +1527,350 @@ macro_rules! sql_store {
                     .map_err(db_err(OP))?;
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(true)
+            }
+
+            // --- lifecycle -------------------------------------------------------------
+
+            async fn soft_delete_message(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+                deletion: &Deletion,
+            ) -> Result<bool, StoreError> {
+                const OP: &str = "soft_delete_message";
+                let mut tx = self.begin_write(OP).await?;
+                let done = sqlx::query(SOFT_DELETE_MESSAGE)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .bind(deletion.at_ms)
+                    .bind(&deletion.actor)
+                    .bind(deletion.reason.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                if done.rows_affected() == 0 {
+                    sqlx::query(MESSAGE_STATE)
+                        .bind(tenant.as_str())
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?
+                        .ok_or(StoreError::NotFound("message"))?;
+                    return Ok(false);
+                }
+                Self::audit_in_tx(
+                    &mut tx, OP, tenant, &deletion.actor, "message.soft_delete", "message", id,
+                    deletion.at_ms,
+                )
+                .await?;
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(true)
+            }
+
+            async fn soft_delete_conversation(
+                &self,
+                tenant: &TenantId,
+                conversation_id: &str,
+                deletion: &Deletion,
+            ) -> Result<Vec<String>, StoreError> {
+                const OP: &str = "soft_delete_conversation";
+                let mut tx = self.begin_write(OP).await?;
+                sqlx::query(CONVERSATION_INBOX)
+                    .bind(tenant.as_str())
+                    .bind(conversation_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .ok_or(StoreError::NotFound("conversation"))?;
+                let ids = Self::soft_delete_returning(
+                    &mut tx, OP, SOFT_DELETE_CONVERSATION, tenant, conversation_id, deletion,
+                )
+                .await?;
+                if ids.is_empty() {
+                    return Ok(ids);
+                }
+                Self::audit_in_tx(
+                    &mut tx, OP, tenant, &deletion.actor, "conversation.soft_delete",
+                    "conversation", conversation_id, deletion.at_ms,
+                )
+                .await?;
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(ids)
+            }
+
+            async fn soft_delete_inbox(
+                &self,
+                tenant: &TenantId,
+                inbox_id: &str,
+                deletion: &Deletion,
+            ) -> Result<Vec<String>, StoreError> {
+                const OP: &str = "soft_delete_inbox";
+                let mut tx = self.begin_write(OP).await?;
+                let marked = sqlx::query(MARK_INBOX_DELETED)
+                    .bind(tenant.as_str())
+                    .bind(inbox_id)
+                    .bind(deletion.at_ms)
+                    .bind(&deletion.actor)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .rows_affected();
+                if marked == 0 {
+                    // Already deleted, or not an inbox of this tenant.
+                    sqlx::query(INBOX_OF_TENANT)
+                        .bind(tenant.as_str())
+                        .bind(inbox_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?
+                        .ok_or(StoreError::NotFound("inbox"))?;
+                }
+                let ids = Self::soft_delete_returning(
+                    &mut tx, OP, SOFT_DELETE_INBOX_MESSAGES, tenant, inbox_id, deletion,
+                )
+                .await?;
+                if marked == 0 && ids.is_empty() {
+                    return Ok(ids);
+                }
+                Self::audit_in_tx(
+                    &mut tx, OP, tenant, &deletion.actor, "inbox.soft_delete", "inbox", inbox_id,
+                    deletion.at_ms,
+                )
+                .await?;
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(ids)
+            }
+
+            async fn restore_message(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+                actor: &str,
+                not_before_ms: UnixMillis,
+                now_ms: UnixMillis,
+            ) -> Result<RestoreOutcome, StoreError> {
+                const OP: &str = "restore_message";
+                const T: &str = "messages";
+                let mut tx = self.begin_write(OP).await?;
+                let row = sqlx::query(MESSAGE_STATE)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .ok_or(StoreError::NotFound("message"))?;
+                let inbox_id: String = Self::col(&row, T, "inbox_id")?;
+                let deleted_at: Option<i64> = Self::col(&row, T, "deleted_at_ms")?;
+                let Some(deleted_at) = deleted_at else {
+                    return Ok(RestoreOutcome::default());
+                };
+                Self::refuse_deleted_inbox(&mut tx, OP, tenant, &inbox_id).await?;
+                if deleted_at <= not_before_ms {
+                    return Ok(RestoreOutcome { restored: 0, expired: 1 });
+                }
+                let restored = sqlx::query(RESTORE_MESSAGE)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .bind(not_before_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .rows_affected();
+                if restored > 0 {
+                    Self::audit_in_tx(
+                        &mut tx, OP, tenant, actor, "message.restore", "message", id, now_ms,
+                    )
+                    .await?;
+                }
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(RestoreOutcome { restored, expired: 0 })
+            }
+
+            async fn restore_conversation(
+                &self,
+                tenant: &TenantId,
+                conversation_id: &str,
+                actor: &str,
+                not_before_ms: UnixMillis,
+                now_ms: UnixMillis,
+            ) -> Result<RestoreOutcome, StoreError> {
+                const OP: &str = "restore_conversation";
+                let mut tx = self.begin_write(OP).await?;
+                let row = sqlx::query(CONVERSATION_INBOX)
+                    .bind(tenant.as_str())
+                    .bind(conversation_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .ok_or(StoreError::NotFound("conversation"))?;
+                let inbox_id: String = Self::col(&row, "conversations", "inbox_id")?;
+                Self::refuse_deleted_inbox(&mut tx, OP, tenant, &inbox_id).await?;
+                let restored = sqlx::query(RESTORE_CONVERSATION)
+                    .bind(tenant.as_str())
+                    .bind(conversation_id)
+                    .bind(not_before_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .rows_affected();
+                let expired: i64 = {
+                    let row = sqlx::query(COUNT_EXPIRED_IN_CONVERSATION)
+                        .bind(tenant.as_str())
+                        .bind(conversation_id)
+                        .bind(not_before_ms)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                    Self::col(&row, "messages", "n")?
+                };
+                let expired = to_u64("messages", expired, "negative count")?;
+                if restored > 0 {
+                    Self::audit_in_tx(
+                        &mut tx, OP, tenant, actor, "conversation.restore", "conversation",
+                        conversation_id, now_ms,
+                    )
+                    .await?;
+                    tx.commit().await.map_err(db_err(OP))?;
+                }
+                Ok(RestoreOutcome { restored, expired })
+            }
+
+            async fn list_purge_candidates(
+                &self,
+                tenant: &TenantId,
+                deleted_before_ms: UnixMillis,
+                after_id: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<PurgeCandidate>, StoreError> {
+                const T: &str = "messages";
+                let rows = sqlx::query(PURGE_CANDIDATES)
+                    .bind(tenant.as_str())
+                    .bind(deleted_before_ms)
+                    .bind(after_id.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_purge_candidates"))?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(PurgeCandidate {
+                            message_id: Self::col(row, T, "id")?,
+                            conversation_id: Self::col(row, T, "conversation_id")?,
+                            inbox_id: Self::col(row, T, "inbox_id")?,
+                            deleted_at_ms: Self::col(row, T, "deleted_at_ms")?,
+                            index_pending: Self::col(row, T, "index_pending")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn purge_messages(
+                &self,
+                tenant: &TenantId,
+                ids: &[String],
+                deleted_before_ms: UnixMillis,
+                actor: &str,
+                now_ms: UnixMillis,
+            ) -> Result<PurgeOutcome, StoreError> {
+                const OP: &str = "purge_messages";
+                let mut outcome = PurgeOutcome::default();
+                if ids.is_empty() {
+                    return Ok(outcome);
+                }
+                let mut tx = self.begin_write(OP).await?;
+                for id in ids {
+                    let Some(row) = sqlx::query(PURGE_MESSAGE)
+                        .bind(tenant.as_str())
+                        .bind(id)
+                        .bind(deleted_before_ms)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?
+                    else {
+                        continue;
+                    };
+                    let conversation_id: String =
+                        Self::col(&row, "messages", "conversation_id")?;
+                    sqlx::query(DELETE_ATTACHMENTS)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?;
+                    for statement in [COUNT_DOWN_CONVERSATION, REFRESH_CONVERSATION_DATE] {
+                        sqlx::query(statement)
+                            .bind(&conversation_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err(OP))?;
+                    }
+                    outcome.conversations += sqlx::query(DELETE_EMPTY_CONVERSATION)
+                        .bind(&conversation_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(OP))?
+                        .rows_affected();
+                    outcome.messages += 1;
+                    Self::audit_in_tx(
+                        &mut tx, OP, tenant, actor, "message.purge", "message", id, now_ms,
+                    )
+                    .await?;
+                }
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(outcome)
+            }
+
+            async fn list_conversations_older_than(
+                &self,
+                tenant: &TenantId,
+                before_ms: UnixMillis,
+                after_id: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<ConversationAge>, StoreError> {
+                const T: &str = "conversations";
+                let rows = sqlx::query(OLD_CONVERSATIONS)
+                    .bind(tenant.as_str())
+                    .bind(before_ms)
+                    .bind(after_id.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_conversations_older_than"))?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(ConversationAge {
+                            conversation_id: Self::col(row, T, "id")?,
+                            inbox_id: Self::col(row, T, "inbox_id")?,
+                            last_message_at_ms: Self::col(row, T, "last_message_at_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn mark_removed_from_index(
+                &self,
+                tenant: &TenantId,
+                ids: &[String],
+            ) -> Result<(), StoreError> {
+                const OP: &str = "mark_removed_from_index";
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write(OP).await?;
+                for chunk in ids.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE messages SET index_pending = FALSE WHERE deleted_at_ms IS NOT NULL \
+                         AND tenant_id = ",
+                    );
+                    q.push_bind(tenant.as_str());
+                    q.push(" AND id IN (");
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.as_str());
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await.map_err(db_err(OP))?;
+                }
+                tx.commit().await.map_err(db_err(OP))
             }
 
             // --- push and sync ---------------------------------------------------------
@@ -1570,6 +2061,13 @@ macro_rules! sql_store {
                         return Err(StoreError::NotFound("inbox"));
                     }
                 }
+                // After the inbox row is locked (PostgreSQL): a concurrent inbox delete that
+                // committed first is seen here, one that waits for us soft-deletes ours.
+                sqlx::query(SOFT_DELETE_INTO_DELETED_INBOX)
+                    .bind(inbox_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(outcomes)
             }

@@ -18,7 +18,11 @@ use super::super::control::{
     InboxSettings, InboxSpec, NOTIFY_CHANNEL, Rejection, RetentionPolicyRecord, RetentionSpec,
     SubjectKind, TenantSettings, TenantSpec, TenantState, Visibility, decide,
 };
-use super::{PgStore, SqliteStore, Store, StoreError, db_err, now_ms, to_tenant};
+use super::super::{DeleteReason, Deletion};
+use super::{
+    MARK_INBOX_DELETED, PgStore, SOFT_DELETE_INBOX_MESSAGES, SqliteStore, Store, StoreError,
+    db_err, now_ms, to_tenant,
+};
 use crate::ids::{TenantId, new_record_id};
 use crate::search::Mode;
 
@@ -117,6 +121,9 @@ const FORGET_INBOX_GRANTS: &str = "DELETE FROM control_objects WHERE kind = 'gra
 const DELETE_INBOX_GRANTS: &str = "DELETE FROM inbox_grants WHERE inbox_id = $1";
 const DELETE_INBOX_SETTINGS: &str = "DELETE FROM inbox_settings WHERE inbox_id = $1";
 const DISCONNECT_INBOX: &str = "UPDATE inboxes SET status = 'disconnected' WHERE id = $1";
+/// An Inbox applied again: mail stored from now on is live (old mail stays soft-deleted).
+const UNDELETE_INBOX: &str =
+    "UPDATE inboxes SET deleted_at_ms = NULL, deleted_by = NULL WHERE id = $1";
 
 macro_rules! grant_select {
     () => {
@@ -600,6 +607,7 @@ macro_rules! control_sql {
                     .await
                     .map_err(db_err(OP))?;
                 Self::ctl_exec(&mut tx, OP, RECONNECT_INBOX, &inbox_id).await?;
+                Self::ctl_exec(&mut tx, OP, UNDELETE_INBOX, &inbox_id).await?;
                 Self::ctl_commit(tx, OP, ControlKind::Inbox, meta, false, Some(&spec.tenant)).await
             }
 
@@ -628,6 +636,45 @@ macro_rules! control_sql {
                             DISCONNECT_INBOX,
                         ] {
                             Self::ctl_exec(&mut tx, OP, sql, id).await?;
+                        }
+                        // The cascade: its mail is soft-deleted (the control service has
+                        // already done so and removed it from search; this catches mail
+                        // stored since) and the inbox marked deleted.
+                        let deletion = Deletion {
+                            actor: "operator".into(),
+                            reason: DeleteReason::InboxDeleted,
+                            at_ms: now_ms(),
+                        };
+                        let marked = sqlx::query(MARK_INBOX_DELETED)
+                            .bind(settings.tenant_id.as_str())
+                            .bind(id)
+                            .bind(deletion.at_ms)
+                            .bind(&deletion.actor)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err(OP))?
+                            .rows_affected();
+                        let late = Self::soft_delete_returning(
+                            &mut tx,
+                            OP,
+                            SOFT_DELETE_INBOX_MESSAGES,
+                            &settings.tenant_id,
+                            id,
+                            &deletion,
+                        )
+                        .await?;
+                        if marked > 0 || !late.is_empty() {
+                            Self::audit_in_tx(
+                                &mut tx,
+                                OP,
+                                &settings.tenant_id,
+                                &deletion.actor,
+                                "inbox.soft_delete",
+                                "inbox",
+                                id,
+                                deletion.at_ms,
+                            )
+                            .await?;
                         }
                         Some(settings.tenant_id)
                     }
