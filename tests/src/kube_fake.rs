@@ -252,6 +252,13 @@ fn spec_part(object: &Value) -> Value {
 }
 
 impl Inner {
+    /// The objects of one collection, in (namespace, name) order.
+    fn collection<'a>(&'a self, collection: &'a str) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+        self.objects
+            .range((collection.to_owned(), String::new(), String::new())..)
+            .take_while(move |((c, _, _), _)| c == collection)
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -455,9 +462,7 @@ impl FakeApiServer {
     /// Every stored object of a collection (all namespaces).
     pub fn list(&self, collection: &str) -> Vec<Value> {
         self.lock()
-            .objects
-            .iter()
-            .filter(|((c, _, _), _)| c == collection)
+            .collection(collection)
             .map(|(_, o)| o.clone())
             .collect()
     }
@@ -465,9 +470,8 @@ impl FakeApiServer {
     /// How many objects of a collection satisfy `predicate` (without cloning them).
     pub fn count(&self, collection: &str, predicate: impl Fn(&Value) -> bool) -> usize {
         self.lock()
-            .objects
-            .iter()
-            .filter(|((c, _, _), o)| c == collection && predicate(o))
+            .collection(collection)
+            .filter(|(_, o)| predicate(o))
             .count()
     }
 
@@ -655,30 +659,29 @@ fn key_of(target: &Target) -> Key {
 }
 
 fn list(shared: &Shared, target: &Target, params: &Params) -> Response {
-    let inner = lock(shared);
-    let items: Vec<&Value> = inner
-        .objects
-        .iter()
-        .filter(|((c, ns, _), o)| {
-            c == &target.collection
-                && (target.namespace.is_empty() || ns == &target.namespace)
-                && matches(params, o)
+    let body = {
+        let inner = lock(shared);
+        let items: Vec<Value> = inner
+            .collection(&target.collection)
+            .filter(|((_, ns, _), o)| {
+                (target.namespace.is_empty() || ns == &target.namespace) && matches(params, o)
+            })
+            .map(|(_, o)| o.clone())
+            .collect();
+        json!({
+            "kind": "List",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": inner.rv.to_string()},
+            "items": items,
         })
-        .map(|(_, o)| o)
-        .collect();
-    let body = json!({
-        "kind": "List",
-        "apiVersion": "v1",
-        "metadata": {"resourceVersion": inner.rv.to_string()},
-        "items": items,
-    });
+    };
     axum::Json(body).into_response()
 }
 
 fn get(shared: &Shared, target: &Target) -> Response {
-    let inner = lock(shared);
-    match inner.objects.get(&key_of(target)) {
-        Some(object) => axum::Json(object.clone()).into_response(),
+    let object = lock(shared).objects.get(&key_of(target)).cloned();
+    match object {
+        Some(object) => axum::Json(object).into_response(),
         None => not_found(target),
     }
 }
