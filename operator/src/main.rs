@@ -375,6 +375,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             scoped_api::<Inbox>(&client, scope.as_deref()),
             watcher::Config::default(),
             move |inbox: Inbox| {
+                if !wakes_dependents(&inbox) {
+                    return Vec::new();
+                }
                 let (namespace, name) = (inbox.namespace(), inbox.name_any());
                 grants
                     .state()
@@ -405,6 +408,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             scoped_api::<Tenant>(&client, scope.as_deref()),
             watcher::Config::default(),
             move |tenant: Tenant| {
+                if !wakes_dependents(&tenant) {
+                    return Vec::new();
+                }
                 let (namespace, name) = (tenant.namespace(), tenant.name_any());
                 inboxes
                     .state()
@@ -440,6 +446,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             scoped_api::<Tenant>(&client, scope.as_deref()),
             watcher::Config::default(),
             move |tenant: Tenant| {
+                if !wakes_dependents(&tenant) {
+                    return Vec::new();
+                }
                 let (namespace, name) = (tenant.namespace(), tenant.name_any());
                 policies
                     .state()
@@ -486,6 +495,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("join the http server")?
         .context("http server")?;
     Ok(())
+}
+
+/// Whether a change of `parent` (a Tenant or an Inbox) should wake the objects that refer to
+/// it: only once it is Ready at its generation (they were waiting for that) or while it is
+/// being deleted. Its other updates (status writes on the way to Ready, child changes)
+/// would only wake every dependent for nothing: with thousands of inboxes that is most of
+/// the work at startup. A dependent still sees every other change at its resync.
+fn wakes_dependents<K: HelprResource>(parent: &K) -> bool {
+    parent.is_ready() || parent.meta().deletion_timestamp.is_some()
 }
 
 /// An Api over one namespace, or all of them.
