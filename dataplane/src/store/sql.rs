@@ -502,19 +502,6 @@ const REMOVE_APPLIED_TOMBSTONES: &str = "DELETE FROM search_tombstones \
 const TOMBSTONE_TENANTS: &str =
     "SELECT DISTINCT tenant_id FROM search_tombstones ORDER BY tenant_id";
 
-// --- the implementation, once -----------------------------------------------------------
-
-/// Implements [`Store`] for `$store` (with a `pool` field of the driver's pool type).
-///
-/// * `write_begin`: statement opening a read-write transaction. SQLite takes the write
-///   lock up front (`BEGIN IMMEDIATE`), so that a transaction that reads and then writes
-///   waits for the lock (busy timeout) instead of failing to upgrade.
-/// * `read_begin`: statement opening a transaction that reads a consistent snapshot.
-/// * `lock_rows`: suffix that locks the selected rows and skips rows locked by others
-///   (PostgreSQL `FOR UPDATE SKIP LOCKED`; empty for SQLite, whose `BEGIN IMMEDIATE`
-///   already admits one writer at a time).
-/// * `lock_keys`: suffix that locks selected rows, waiting for other holders (PostgreSQL
-///   `FOR UPDATE`; empty for SQLite, see above).
 // --- agent API reads (read-only) -----------------------------------------------------------
 
 const LIST_INBOX_SETTINGS: &str = "SELECT inbox_id, tenant_id, namespace, name, visibility, \
@@ -553,6 +540,19 @@ const CONVERSATION_MESSAGES_AFTER: &str = "SELECT id FROM messages \
      AND (internal_date_ms > $3 OR (internal_date_ms = $3 AND id > $4)) \
      ORDER BY internal_date_ms, id LIMIT $5";
 
+// --- the implementation, once -----------------------------------------------------------
+
+/// Implements [`Store`] for `$store` (with a `pool` field of the driver's pool type).
+///
+/// * `write_begin`: statement opening a read-write transaction. SQLite takes the write
+///   lock up front (`BEGIN IMMEDIATE`), so that a transaction that reads and then writes
+///   waits for the lock (busy timeout) instead of failing to upgrade.
+/// * `read_begin`: statement opening a transaction that reads a consistent snapshot.
+/// * `lock_rows`: suffix that locks the selected rows and skips rows locked by others
+///   (PostgreSQL `FOR UPDATE SKIP LOCKED`; empty for SQLite, whose `BEGIN IMMEDIATE`
+///   already admits one writer at a time).
+/// * `lock_keys`: suffix that locks selected rows, waiting for other holders (PostgreSQL
+///   `FOR UPDATE`; empty for SQLite, see above).
 macro_rules! sql_store {
     (
         store = $store:ident,
