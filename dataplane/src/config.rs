@@ -84,6 +84,59 @@ pub struct Settings {
     pub search: SearchSettings,
     /// The control API (`control.token_file`, `control.tls_cert_file`, `control.tls_key_file`).
     pub control: ControlSettings,
+    /// The agent API (`api.issuer`, `api.audience`, `api.jwks_url`, claim names).
+    pub api: ApiSettings,
+}
+
+/// The agent API (`helpr-dataplane api`): how agents' OIDC bearer tokens are verified.
+///
+/// ```toml
+/// [api]
+/// issuer = "https://login.example.com/realms/helpdesk"
+/// audience = "helpr-api"
+/// jwks_url = "https://login.example.com/realms/helpdesk/protocol/openid-connect/certs"
+/// tenant_claim = "helpr_tenant"   # the tenant id the agent belongs to
+/// agent_claim = "sub"             # or "email" (then `email_verified` must be true)
+/// groups_claim = "groups"         # the agent's teams: an array of strings
+/// ```
+///
+/// There is no unauthenticated mode: `api` refuses to start without issuer, audience and
+/// JWKS URL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Exact `iss` of accepted tokens.
+    pub issuer: String,
+    /// The `aud` accepted tokens must carry (a string equal to it, or an array holding it).
+    pub audience: String,
+    /// Where the issuer's signing keys are fetched from (`https://`, or `http://` to a
+    /// loopback address only).
+    pub jwks_url: String,
+    /// Claim holding the agent's tenant id.
+    pub tenant_claim: String,
+    /// Claim naming the agent (`sub` or `email`); grants of subject kind `agent` name it.
+    pub agent_claim: String,
+    /// Claim listing the agent's teams (an array of strings; absent means none).
+    pub groups_claim: String,
+    /// Tolerated clock skew on `exp`, `nbf` and `iat`, in seconds (at most 60).
+    pub leeway_secs: u64,
+    /// An unknown `kid` refetches the JWKS at most once per this many seconds.
+    pub jwks_min_refetch_interval_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: String::new(),
+            tenant_claim: "helpr_tenant".into(),
+            agent_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            leeway_secs: 60,
+            jwks_min_refetch_interval_secs: 30,
+        }
+    }
 }
 
 /// The control API server (`helpr-dataplane control`).
@@ -160,6 +213,7 @@ impl Default for Settings {
             sync: SyncConfig::default(),
             search: SearchSettings::default(),
             control: ControlSettings::default(),
+            api: ApiSettings::default(),
         }
     }
 }
@@ -353,6 +407,26 @@ mod tests {
             assert_eq!(s.kms.backend, KmsBackend::Local);
             assert_eq!(s.keyring.seal_bound, 1 << 31);
             assert!(s.database.url.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_api_section_loads_with_defaults_for_claim_names() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "helpr.toml",
+                "[api]\nissuer = \"https://idp.test\"\naudience = \"helpr\"\n",
+            )?;
+            jail.set_env("HELPR_API__AGENT_CLAIM", "email");
+            let s = Settings::load(Some(Path::new("helpr.toml"))).unwrap();
+            assert_eq!(s.api.issuer, "https://idp.test");
+            assert_eq!(s.api.audience, "helpr");
+            assert_eq!(s.api.agent_claim, "email");
+            assert_eq!(s.api.tenant_claim, "helpr_tenant");
+            assert_eq!(s.api.groups_claim, "groups");
+            jail.create_file("bad.toml", "[api]\nisuer = \"x\"\n")?;
+            assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
             Ok(())
         });
     }

@@ -12,8 +12,12 @@
 //! | [`search`] | tokenizer, blind tokens (HMAC under a per-tenant index key), query language (no I/O) |
 //! | [`lifecycle`] | soft delete, restore, grace period, purge and retention (pure planner + executor) |
 //! | [`metrics`] | counters in the Prometheus text format |
+//! | [`access`] | who may see what: per-inbox decisions over an index of inboxes and grants |
+//! | [`api`] | the agent API (HTTP/JSON): authentication, access on every call, errors |
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod crypto;

@@ -85,6 +85,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: std::net::SocketAddr,
     },
+    /// Serve the agent API (HTTP/JSON) helpdesk agents read their inboxes through: OIDC
+    /// bearer tokens from api.issuer (verified against api.jwks_url), per-inbox access on
+    /// every call and search hit, /healthz, /readyz and /metrics. Stops on SIGINT/SIGTERM.
+    Api {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Send local messages (.eml file, directory of .eml files, or mbox) through the ingest
     /// pipeline (parse, strip quotes, sanitize, seal, store) and index them.
     Import {
@@ -394,6 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => run_purge(&settings, &tenant.tenant, dry_run, json).await?,
         Command::Conversations(command) => run_conversations(&settings, command).await?,
         Command::Control { listen } => run_control(&settings, listen).await?,
+        Command::Api { listen } => run_api(&settings, listen).await?,
         Command::Index { listen } => {
             let index = std::sync::Arc::new(settings.open_search_index()?);
             let listener = tokio::net::TcpListener::bind(listen)
@@ -920,6 +929,26 @@ async fn run_control(settings: &Settings, listen: std::net::SocketAddr) -> anyho
         shutdown_signal(),
     )
     .await?;
+    Ok(())
+}
+
+async fn run_api(settings: &Settings, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use helpr_dataplane::api::{AgentVerifier, ApiState, serve};
+    // Authentication settings first: without them nothing else is opened.
+    let verifier = std::sync::Arc::new(AgentVerifier::new(&settings.api)?);
+    let (keyring, search) = open_search(settings).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "agent api serving http");
+    println!("agent api listening on {addr}");
+    let state = ApiState {
+        keyring,
+        search: std::sync::Arc::new(search),
+        verifier,
+    };
+    serve(state, listener, shutdown_signal()).await?;
     Ok(())
 }
 

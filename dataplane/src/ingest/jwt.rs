@@ -348,7 +348,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 }
 
 /// Parses a JSON object, rejecting repeated keys (a classic parser-differential trick).
-fn parse_strict_object(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
+pub(crate) fn parse_strict_object(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
     match serde_json::from_slice::<StrictValue>(bytes) {
         Ok(StrictValue(Value::Object(map))) => Ok(map),
         Ok(_) => Err(JwtError::Malformed),
@@ -449,7 +449,7 @@ pub fn verify_with_keys(
     check_claims(&payload, cfg, now)
 }
 
-fn unix_seconds(t: SystemTime) -> i64 {
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),

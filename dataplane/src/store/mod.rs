@@ -876,6 +876,72 @@ pub trait Store: Send + Sync + 'static {
     /// (PostgreSQL: LISTEN/NOTIFY, with a periodic read of the log as a fallback; SQLite:
     /// the change counter polled every 100 ms).
     async fn subscribe_changes(&self) -> Result<ChangeFeed, StoreError>;
+
+    // --- agent API reads (read-only; see [`crate::api`]) -------------------------------
+    //
+    // Added for the agent API. None of them writes; they change no other method.
+
+    /// The access settings of every inbox of the tenant managed by an Inbox object, by
+    /// inbox id order.
+    async fn list_inbox_settings(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<InboxSettings>, StoreError>;
+    /// Up to `limit` conversations of an inbox of the tenant, newest (`last_message_at_ms`,
+    /// then id) first, strictly after `before` (the last entry of the previous page).
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        inbox_id: &str,
+        before: Option<&ConversationCursor>,
+        limit: u32,
+    ) -> Result<Vec<ConversationRecord>, StoreError>;
+    /// One conversation of the tenant, while one of its messages is live (not
+    /// soft-deleted).
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<ConversationRecord>, StoreError>;
+    /// The inbox of a conversation of the tenant, whether or not its messages are
+    /// soft-deleted (an access check before a restore).
+    async fn conversation_inbox(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Ids of up to `limit` messages of a conversation of the tenant, oldest
+    /// (`internal_date_ms`, then id) first, strictly after `after`.
+    async fn list_conversation_message_ids(
+        &self,
+        tenant: &TenantId,
+        conversation_id: &str,
+        after: Option<&ConversationCursor>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+/// A position in a list ordered by (date, id): the entry a page ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationCursor {
+    pub date_ms: UnixMillis,
+    pub id: String,
+}
+
+/// A conversation (Gmail thread) of an inbox, as stored: ids, counts and dates only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub inbox_id: String,
+    pub gmail_thread_id: String,
+    /// Date of its newest message (Gmail's `internalDate`).
+    pub last_message_at_ms: UnixMillis,
+    /// Date of its oldest message.
+    pub first_message_at_ms: Option<UnixMillis>,
+    pub message_count: u64,
+    /// Its newest message (by date, then id).
+    pub latest_message_id: Option<String>,
 }
 
 /// Opens the store named by a database URL (`postgres://...` or `sqlite://...`) and

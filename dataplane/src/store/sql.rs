@@ -27,8 +27,8 @@ use super::{
     NewInbox, NewMessage, NewSyncJob, NewTenant, SealReservation, Store, StoreError,
     StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
+use super::{ConversationCursor, ConversationRecord, SearchTombstone, TombstoneScope};
 use super::{PurgeCandidate, PurgeOutcome, RestoreOutcome};
-use super::{SearchTombstone, TombstoneScope};
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
 
@@ -37,7 +37,7 @@ mod control;
 use super::control::{
     ApplyOutcome, ChangeFeed, ControlChange, ControlKind, ControlMeta, ControlObjectRecord,
     DeletionPolicy, GrantRecord, GrantSpec, InboxSettings, InboxSpec, RetentionPolicyRecord,
-    RetentionSpec, SubjectKind, TenantSettings, TenantSpec,
+    RetentionSpec, SubjectKind, TenantSettings, TenantSpec, Visibility,
 };
 
 // --- PostgreSQL -------------------------------------------------------------------------
@@ -570,6 +570,56 @@ const REMOVE_APPLIED_TOMBSTONES: &str = "DELETE FROM search_tombstones \
 const TOMBSTONE_TENANTS: &str =
     "SELECT DISTINCT tenant_id FROM search_tombstones ORDER BY tenant_id";
 
+// --- agent API reads (read-only) -----------------------------------------------------------
+
+const LIST_INBOX_SETTINGS: &str = "SELECT inbox_id, tenant_id, namespace, name, visibility, \
+     team, assignment_limits_visibility, generation FROM inbox_settings \
+     WHERE tenant_id = $1 ORDER BY inbox_id";
+macro_rules! conversation_select {
+    () => {
+        "SELECT c.id, c.tenant_id, c.inbox_id, c.gmail_thread_id, c.last_message_at_ms, \
+         (SELECT COUNT(*) FROM messages n WHERE n.conversation_id = c.id \
+           AND n.deleted_at_ms IS NULL) AS message_count, \
+         (SELECT MIN(f.internal_date_ms) FROM messages f WHERE f.conversation_id = c.id \
+           AND f.deleted_at_ms IS NULL) AS first_message_at_ms, \
+         (SELECT m.id FROM messages m WHERE m.conversation_id = c.id AND m.deleted_at_ms IS NULL \
+           ORDER BY m.internal_date_ms DESC, m.id DESC LIMIT 1) AS latest_message_id \
+         FROM conversations c"
+    };
+}
+/// A conversation is visible while one of its messages is not soft-deleted.
+macro_rules! conversation_live {
+    () => {
+        " AND EXISTS (SELECT 1 FROM messages l WHERE l.conversation_id = c.id \
+          AND l.deleted_at_ms IS NULL)"
+    };
+}
+const LIST_CONVERSATIONS_FIRST: &str = concat!(
+    conversation_select!(),
+    " WHERE c.tenant_id = $1 AND c.inbox_id = $2",
+    conversation_live!(),
+    " ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $3"
+);
+const LIST_CONVERSATIONS_AFTER: &str = concat!(
+    conversation_select!(),
+    " WHERE c.tenant_id = $1 AND c.inbox_id = $2 \
+     AND (c.last_message_at_ms < $3 OR (c.last_message_at_ms = $3 AND c.id < $4))",
+    conversation_live!(),
+    " ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $5"
+);
+const GET_CONVERSATION: &str = concat!(
+    conversation_select!(),
+    " WHERE c.tenant_id = $1 AND c.id = $2",
+    conversation_live!()
+);
+const CONVERSATION_MESSAGES_FIRST: &str = "SELECT id FROM messages \
+     WHERE tenant_id = $1 AND conversation_id = $2 AND deleted_at_ms IS NULL \
+     ORDER BY internal_date_ms, id LIMIT $3";
+const CONVERSATION_MESSAGES_AFTER: &str = "SELECT id FROM messages \
+     WHERE tenant_id = $1 AND conversation_id = $2 AND deleted_at_ms IS NULL \
+     AND (internal_date_ms > $3 OR (internal_date_ms = $3 AND id > $4)) \
+     ORDER BY internal_date_ms, id LIMIT $5";
+
 // --- the implementation, once -----------------------------------------------------------
 
 /// Implements [`Store`] for `$store` (with a `pool` field of the driver's pool type).
@@ -616,6 +666,46 @@ macro_rules! sql_store {
                 row.try_get(column).map_err(|_| StoreError::Corrupt {
                     table,
                     reason: "column has an unexpected type or value",
+                })
+            }
+
+            fn conversation_from_row(row: &$row) -> Result<ConversationRecord, StoreError> {
+                const T: &str = "conversations";
+                Ok(ConversationRecord {
+                    id: Self::col(row, T, "id")?,
+                    tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                    inbox_id: Self::col(row, T, "inbox_id")?,
+                    gmail_thread_id: Self::col(row, T, "gmail_thread_id")?,
+                    last_message_at_ms: Self::col(row, T, "last_message_at_ms")?,
+                    first_message_at_ms: Self::col(row, T, "first_message_at_ms")?,
+                    message_count: to_u64(
+                        T,
+                        Self::col(row, T, "message_count")?,
+                        "negative message count",
+                    )?,
+                    latest_message_id: Self::col(row, T, "latest_message_id")?,
+                })
+            }
+
+            fn api_inbox_settings_from_row(row: &$row) -> Result<InboxSettings, StoreError> {
+                const T: &str = "inbox_settings";
+                let visibility: String = Self::col(row, T, "visibility")?;
+                Ok(InboxSettings {
+                    inbox_id: Self::col(row, T, "inbox_id")?,
+                    tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
+                    namespace: Self::col(row, T, "namespace")?,
+                    name: Self::col(row, T, "name")?,
+                    visibility: Visibility::parse(&visibility).ok_or(StoreError::Corrupt {
+                        table: T,
+                        reason: "unknown visibility",
+                    })?,
+                    team: Self::col(row, T, "team")?,
+                    assignment_limits_visibility: Self::col(
+                        row,
+                        T,
+                        "assignment_limits_visibility",
+                    )?,
+                    generation: Self::col(row, T, "generation")?,
                 })
             }
 
@@ -2618,6 +2708,104 @@ macro_rules! sql_store {
 
             async fn subscribe_changes(&self) -> Result<ChangeFeed, StoreError> {
                 self.ctl_subscribe().await
+            }
+
+            // --- agent API reads (read-only) ---------------------------------------------
+
+            async fn list_inbox_settings(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<InboxSettings>, StoreError> {
+                let rows = sqlx::query(LIST_INBOX_SETTINGS)
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_inbox_settings"))?;
+                rows.iter().map(Self::api_inbox_settings_from_row).collect()
+            }
+
+            async fn list_conversations(
+                &self,
+                tenant: &TenantId,
+                inbox_id: &str,
+                before: Option<&ConversationCursor>,
+                limit: u32,
+            ) -> Result<Vec<ConversationRecord>, StoreError> {
+                let query = match before {
+                    None => sqlx::query(LIST_CONVERSATIONS_FIRST)
+                        .bind(tenant.as_str())
+                        .bind(inbox_id),
+                    Some(c) => sqlx::query(LIST_CONVERSATIONS_AFTER)
+                        .bind(tenant.as_str())
+                        .bind(inbox_id)
+                        .bind(c.date_ms)
+                        .bind(c.id.as_str()),
+                };
+                let rows = query
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_conversations"))?;
+                rows.iter().map(Self::conversation_from_row).collect()
+            }
+
+            async fn get_conversation(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+            ) -> Result<Option<ConversationRecord>, StoreError> {
+                let row = sqlx::query(GET_CONVERSATION)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("get_conversation"))?;
+                row.as_ref().map(Self::conversation_from_row).transpose()
+            }
+
+            async fn conversation_inbox(
+                &self,
+                tenant: &TenantId,
+                id: &str,
+            ) -> Result<Option<String>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT inbox_id FROM conversations WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("conversation_inbox"))?;
+                row.as_ref()
+                    .map(|r| Self::col::<String>(r, "conversations", "inbox_id"))
+                    .transpose()
+            }
+
+            async fn list_conversation_message_ids(
+                &self,
+                tenant: &TenantId,
+                conversation_id: &str,
+                after: Option<&ConversationCursor>,
+                limit: u32,
+            ) -> Result<Vec<String>, StoreError> {
+                let query = match after {
+                    None => sqlx::query(CONVERSATION_MESSAGES_FIRST)
+                        .bind(tenant.as_str())
+                        .bind(conversation_id),
+                    Some(c) => sqlx::query(CONVERSATION_MESSAGES_AFTER)
+                        .bind(tenant.as_str())
+                        .bind(conversation_id)
+                        .bind(c.date_ms)
+                        .bind(c.id.as_str()),
+                };
+                let rows = query
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("list_conversation_message_ids"))?;
+                rows.iter()
+                    .map(|r| Self::col::<String>(r, "messages", "id"))
+                    .collect()
             }
         }
     };
