@@ -1042,6 +1042,33 @@ fn tantivy_backend_runs_the_index_role_as_a_statefulset_with_a_volume() {
     assert!(err.contains("search.quickwit.url"), "{err}");
 }
 
+/// The agent API's OIDC settings reach helpr.toml (and load); left empty, the chart says so.
+#[test]
+fn api_auth_values_reach_the_data_plane_settings() {
+    let r = render_production();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("helpr.toml");
+    std::fs::write(&path, r.helpr_toml()).unwrap();
+    let settings = helpr_dataplane::config::Settings::load(Some(&path))
+        .unwrap_or_else(|e| panic!("the chart's helpr.toml does not load: {e}"));
+    assert_eq!(settings.api.issuer, "https://login.example.com/realms/helpdesk");
+    assert_eq!(settings.api.audience, "helpr-api");
+    assert_eq!(
+        settings.api.jwks_url,
+        "https://login.example.com/realms/helpdesk/protocol/openid-connect/certs"
+    );
+    assert_eq!(settings.api.tenant_claim, "helpr_tenant");
+    assert_eq!(settings.api.groups_claim, "groups");
+    // Defaults: no issuer, so the api pods would refuse to start; the notes warn.
+    let d = render_default();
+    assert!(!d.helpr_toml().contains("issuer ="), "{}", d.helpr_toml());
+    // A JWKS URL over plain HTTP to a remote host is refused by the schema.
+    assert!(
+        render_with(&[], &["api.auth.jwksUrl=http://idp.example.com/jwks"]).is_err(),
+        "plain-http JWKS accepted"
+    );
+}
+
 /// The settings file the chart renders is accepted by the data plane's own settings loader
 /// (unknown keys are errors there).
 #[test]

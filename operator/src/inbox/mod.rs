@@ -115,4 +115,8 @@ impl crate::tenant::reconcile::ControllerError for InboxError {
     fn is_permanent(&self) -> bool {
         InboxError::is_permanent(self)
     }
+
+    fn waits_for_parent(&self) -> bool {
+        matches!(self, InboxError::TenantNotReady { .. })
+    }
 }

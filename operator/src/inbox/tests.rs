@@ -268,3 +268,19 @@ async fn deleting_an_inbox_the_data_plane_no_longer_has_is_done() {
     assert_eq!(seen.body.as_array().unwrap()[1]["op"], "remove");
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
 }
+
+#[test]
+fn waiting_for_the_tenant_is_retried_as_a_safety_net_not_with_backoff() {
+    use crate::tenant::reconcile::ControllerError;
+    let waiting = InboxError::TenantNotReady {
+        inbox: "acme/support".into(),
+        tenant: "acme".into(),
+    };
+    assert!(waiting.waits_for_parent());
+    assert!(!waiting.is_permanent());
+    let missing = InboxError::TenantNotFound {
+        inbox: "acme/support".into(),
+        tenant: "acme".into(),
+    };
+    assert!(!missing.waits_for_parent());
+}

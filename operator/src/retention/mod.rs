@@ -193,6 +193,10 @@ impl crate::tenant::reconcile::ControllerError for RetentionError {
     fn is_permanent(&self) -> bool {
         RetentionError::is_permanent(self)
     }
+
+    fn waits_for_parent(&self) -> bool {
+        matches!(self, RetentionError::TenantNotReady { .. })
+    }
 }
 
 #[cfg(test)]

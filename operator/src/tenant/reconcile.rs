@@ -284,7 +284,18 @@ pub trait ControllerError: std::error::Error {
     fn category(&self) -> &'static str;
     /// Whether only a change of the object can fix it (no retry).
     fn is_permanent(&self) -> bool;
+    /// Whether the object waits for its Tenant to become Ready: the Tenant wakes it then
+    /// (see `wakes_dependents` in main.rs), so it is retried only as a safety net, after
+    /// [`PARENT_WAIT`], instead of with a backoff that starts at seconds (with thousands
+    /// of objects waiting, those retries would crowd out the work that is ready).
+    fn waits_for_parent(&self) -> bool {
+        false
+    }
 }
+
+/// Retry interval of an object waiting for its parent (see
+/// [`ControllerError::waits_for_parent`]).
+pub const PARENT_WAIT: Duration = Duration::from_secs(60);
 
 /// The error policy of every controller: count and log the failure, then requeue with
 /// backoff; a permanent error (invalid spec) waits for a change instead.
@@ -303,6 +314,9 @@ pub fn requeue_on_error<K: Resource>(
     );
     if error.is_permanent() {
         return Action::requeue(MAX_BACKOFF);
+    }
+    if error.waits_for_parent() {
+        return Action::requeue(PARENT_WAIT);
     }
     Action::requeue(ctx.note_failure(&key))
 }
