@@ -30,8 +30,9 @@
 //!
 //! [`IndexKey`] is 32 bytes in a [`Zeroizing`] buffer, per tenant and [versioned](IndexKeyVersion),
 //! wrapped by the KMS like a DEK. It implements neither `Debug`, `Display` nor `Clone`. The HMAC
-//! state derived from it (`ring::hmac::Key`) lives only for the duration of one call; ring does
-//! not wipe it on drop.
+//! state derived from it (`ring::hmac::Key`, and the per-field state after the domain and the
+//! field name, cloned for each token) lives only for the duration of one call; ring does not
+//! wipe it on drop.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,7 +43,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 use zeroize::Zeroizing;
 
-use super::tokenize::normalize_tokens;
+use super::tokenize::{expected_tokens, for_each_token, normalize_tokens};
 use crate::crypto::CryptoError;
 
 /// Length of an index key in bytes.
@@ -202,11 +203,26 @@ pub(crate) struct TokenMac(hmac::Key);
 
 impl TokenMac {
     pub(crate) fn blind(&self, field: Field, token: &str) -> BlindToken {
+        self.field(field).blind(token)
+    }
+
+    /// The MAC state after the domain and `field`'s name, to blind many tokens of one field.
+    pub(crate) fn field(&self, field: Field) -> FieldMac {
         let name = field.name().as_bytes();
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(BLIND_DOMAIN);
         ctx.update(&len_prefix(name.len()));
         ctx.update(name);
+        FieldMac(ctx)
+    }
+}
+
+/// The HMAC state of one key and one field (the MAC input up to the token), cloned per token.
+pub(crate) struct FieldMac(hmac::Context);
+
+impl FieldMac {
+    pub(crate) fn blind(&self, token: &str) -> BlindToken {
+        let mut ctx = self.0.clone();
         ctx.update(&len_prefix(token.len()));
         ctx.update(token.as_bytes());
         let tag = ctx.sign();
@@ -352,22 +368,34 @@ pub type IndexedField = FieldTerms<IndexTerm>;
 /// Normalizes `text` and blinds every token for `field`. A token that occurs many times is
 /// hashed once.
 pub fn blind_text(key: &IndexKey, field: Field, text: &str) -> BlindedField {
-    let mac = key.mac();
-    let tokens = normalize_tokens(text);
-    let mut seen: HashMap<&str, BlindToken> = HashMap::new();
-    let blinded = tokens
-        .iter()
-        .map(|t| {
-            let b = *seen
-                .entry(t.text.as_str())
-                .or_insert_with(|| mac.blind(field, &t.text));
-            (b, t.position)
-        })
-        .collect();
     FieldTerms {
         field,
-        tokens: blinded,
+        tokens: blind_tokens(key, field, text, |t| t),
     }
+}
+
+/// The blind tokens of `text` for `field` with their positions, each mapped by `wrap`.
+fn blind_tokens<T>(
+    key: &IndexKey,
+    field: Field,
+    text: &str,
+    wrap: impl Fn(BlindToken) -> T,
+) -> Vec<(T, u32)> {
+    let mac = key.mac().field(field);
+    let mut seen: HashMap<String, BlindToken> = HashMap::new();
+    let mut out = Vec::with_capacity(expected_tokens(text));
+    for_each_token(text, |token, position, _| {
+        let b = match seen.get(token) {
+            Some(b) => *b,
+            None => {
+                let b = mac.blind(token);
+                seen.insert(token.to_owned(), b);
+                b
+            }
+        };
+        out.push((wrap(b), position));
+    });
+    out
 }
 
 /// Normalizes `text`: the plaintext-mode counterpart of [`blind_text`].
@@ -407,17 +435,10 @@ impl Indexer<'_> {
     /// Normalizes `text` into index terms for `field`.
     pub fn index_text(&self, field: Field, text: &str) -> IndexedField {
         match self {
-            Indexer::Blind(key) => {
-                let b = blind_text(key, field, text);
-                FieldTerms {
-                    field,
-                    tokens: b
-                        .tokens
-                        .into_iter()
-                        .map(|(t, p)| (IndexTerm::Blind(t), p))
-                        .collect(),
-                }
-            }
+            Indexer::Blind(key) => FieldTerms {
+                field,
+                tokens: blind_tokens(key, field, text, IndexTerm::Blind),
+            },
             Indexer::Plaintext => {
                 let p = plaintext_text(field, text);
                 FieldTerms {
