@@ -30,8 +30,9 @@
 //!
 //! [`IndexKey`] is 32 bytes in a [`Zeroizing`] buffer, per tenant and [versioned](IndexKeyVersion),
 //! wrapped by the KMS like a DEK. It implements neither `Debug`, `Display` nor `Clone`. The HMAC
-//! state derived from it (`ring::hmac::Key`) lives only for the duration of one call; ring does
-//! not wipe it on drop.
+//! state derived from it (the SHA-256 states after the inner and outer key blocks, from which
+//! each token's MAC takes two compressions) lives only for the duration of one call, in
+//! [`Zeroizing`] buffers; the copies made per token live on the stack and are not wiped.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,10 +40,9 @@ use std::num::NonZeroU32;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
 use zeroize::Zeroizing;
 
-use super::tokenize::normalize_tokens;
+use super::tokenize::{expected_tokens, for_each_token, normalize_tokens};
 use crate::crypto::CryptoError;
 
 /// Length of an index key in bytes.
@@ -193,25 +193,118 @@ impl IndexKey {
     }
 
     pub(crate) fn mac(&self) -> TokenMac {
-        TokenMac(hmac::Key::new(hmac::HMAC_SHA256, self.bytes.as_ref()))
+        TokenMac::new(&self.bytes)
     }
 }
 
-/// The HMAC state of one index key, built once per text or query (not per token).
-pub(crate) struct TokenMac(hmac::Key);
+/// The HMAC-SHA256 state of one index key (the compressed inner and outer key blocks), built
+/// once per text or query, not per token.
+pub(crate) struct TokenMac {
+    inner: Zeroizing<[u32; 8]>,
+    outer: Zeroizing<[u32; 8]>,
+}
+
+/// SHA-256's initial state.
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+const SHA256_BLOCK: usize = 64;
+
+fn compress(state: &mut [u32; 8], block: &[u8]) {
+    let block = sha2::digest::generic_array::GenericArray::from_slice(block);
+    sha2::compress256(state, std::slice::from_ref(block));
+}
 
 impl TokenMac {
+    fn new(key: &[u8; INDEX_KEY_LEN]) -> Self {
+        let mut block = Zeroizing::new([0u8; SHA256_BLOCK]);
+        let state = |pad: u8, block: &mut [u8; SHA256_BLOCK]| {
+            block.fill(pad);
+            for (b, k) in block.iter_mut().zip(key) {
+                *b ^= k;
+            }
+            let mut state = Zeroizing::new(SHA256_IV);
+            compress(&mut state, block.as_ref());
+            state
+        };
+        let inner = state(0x36, &mut block);
+        let outer = state(0x5c, &mut block);
+        Self { inner, outer }
+    }
+
     pub(crate) fn blind(&self, field: Field, token: &str) -> BlindToken {
+        self.field(field).blind(token)
+    }
+
+    /// The MAC input up to the token for `field`, to blind many tokens of one field.
+    pub(crate) fn field(&self, field: Field) -> FieldMac<'_> {
         let name = field.name().as_bytes();
-        let mut ctx = hmac::Context::with_key(&self.0);
-        ctx.update(BLIND_DOMAIN);
-        ctx.update(&len_prefix(name.len()));
-        ctx.update(name);
-        ctx.update(&len_prefix(token.len()));
-        ctx.update(token.as_bytes());
-        let tag = ctx.sign();
+        let mut prefix = Vec::with_capacity(BLIND_DOMAIN.len() + 4 + name.len());
+        prefix.extend_from_slice(BLIND_DOMAIN);
+        prefix.extend_from_slice(&len_prefix(name.len()));
+        prefix.extend_from_slice(name);
+        FieldMac { mac: self, prefix }
+    }
+}
+
+/// One key's HMAC state and one field's MAC input prefix (domain and field name).
+pub(crate) struct FieldMac<'m> {
+    mac: &'m TokenMac,
+    prefix: Vec<u8>,
+}
+
+impl FieldMac<'_> {
+    /// HMAC-SHA256(key, prefix || u32be(len(token)) || token), truncated to 128 bits.
+    pub(crate) fn blind(&self, token: &str) -> BlindToken {
+        // Inner hash: the message after the (already compressed) key block, padded.
+        let mut state = *self.mac.inner;
+        let mut block = [0u8; SHA256_BLOCK];
+        let mut filled = 0;
+        let mut absorb = |bytes: &[u8], state: &mut [u32; 8], block: &mut [u8; SHA256_BLOCK]| {
+            for chunk in bytes.chunks(SHA256_BLOCK) {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let take = rest.len().min(SHA256_BLOCK - filled);
+                    block[filled..filled + take].copy_from_slice(&rest[..take]);
+                    filled += take;
+                    rest = &rest[take..];
+                    if filled == SHA256_BLOCK {
+                        compress(state, block);
+                        filled = 0;
+                    }
+                }
+            }
+        };
+        absorb(&self.prefix, &mut state, &mut block);
+        absorb(&len_prefix(token.len()), &mut state, &mut block);
+        absorb(token.as_bytes(), &mut state, &mut block);
+        let message_len = self.prefix.len() + 4 + token.len();
+        let bits = ((SHA256_BLOCK + message_len) as u64).wrapping_mul(8);
+        absorb(&[0x80], &mut state, &mut block);
+        let zeros = (SHA256_BLOCK + 56 - (message_len + 1) % SHA256_BLOCK) % SHA256_BLOCK;
+        absorb(&[0u8; SHA256_BLOCK][..zeros], &mut state, &mut block);
+        absorb(&bits.to_be_bytes(), &mut state, &mut block);
+        debug_assert_eq!(filled, 0);
+        // Outer hash: the inner digest after the compressed outer key block, in one block.
+        let mut outer = *self.mac.outer;
+        let mut block = [0u8; SHA256_BLOCK];
+        for (i, word) in state.iter().enumerate() {
+            block[4 * i..4 * i + 4].copy_from_slice(&word.to_be_bytes());
+        }
+        block[32] = 0x80;
+        block[56..].copy_from_slice(&(((SHA256_BLOCK + 32) as u64) * 8).to_be_bytes());
+        compress(&mut outer, &block);
         let mut out = [0u8; BLIND_TOKEN_LEN];
-        out.copy_from_slice(&tag.as_ref()[..BLIND_TOKEN_LEN]);
+        for (i, word) in outer.iter().take(BLIND_TOKEN_LEN / 4).enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&word.to_be_bytes());
+        }
         BlindToken(out)
     }
 }
@@ -352,22 +445,35 @@ pub type IndexedField = FieldTerms<IndexTerm>;
 /// Normalizes `text` and blinds every token for `field`. A token that occurs many times is
 /// hashed once.
 pub fn blind_text(key: &IndexKey, field: Field, text: &str) -> BlindedField {
-    let mac = key.mac();
-    let tokens = normalize_tokens(text);
-    let mut seen: HashMap<&str, BlindToken> = HashMap::new();
-    let blinded = tokens
-        .iter()
-        .map(|t| {
-            let b = *seen
-                .entry(t.text.as_str())
-                .or_insert_with(|| mac.blind(field, &t.text));
-            (b, t.position)
-        })
-        .collect();
     FieldTerms {
         field,
-        tokens: blinded,
+        tokens: blind_tokens(key, field, text, |t| t),
     }
+}
+
+/// The blind tokens of `text` for `field` with their positions, each mapped by `wrap`.
+fn blind_tokens<T>(
+    key: &IndexKey,
+    field: Field,
+    text: &str,
+    wrap: impl Fn(BlindToken) -> T,
+) -> Vec<(T, u32)> {
+    let key_mac = key.mac();
+    let mac = key_mac.field(field);
+    let mut seen: HashMap<String, BlindToken> = HashMap::new();
+    let mut out = Vec::with_capacity(expected_tokens(text));
+    for_each_token(text, |token, position, _| {
+        let b = match seen.get(token) {
+            Some(b) => *b,
+            None => {
+                let b = mac.blind(token);
+                seen.insert(token.to_owned(), b);
+                b
+            }
+        };
+        out.push((wrap(b), position));
+    });
+    out
 }
 
 /// Normalizes `text`: the plaintext-mode counterpart of [`blind_text`].
@@ -407,17 +513,10 @@ impl Indexer<'_> {
     /// Normalizes `text` into index terms for `field`.
     pub fn index_text(&self, field: Field, text: &str) -> IndexedField {
         match self {
-            Indexer::Blind(key) => {
-                let b = blind_text(key, field, text);
-                FieldTerms {
-                    field,
-                    tokens: b
-                        .tokens
-                        .into_iter()
-                        .map(|(t, p)| (IndexTerm::Blind(t), p))
-                        .collect(),
-                }
-            }
+            Indexer::Blind(key) => FieldTerms {
+                field,
+                tokens: blind_tokens(key, field, text, IndexTerm::Blind),
+            },
             Indexer::Plaintext => {
                 let p = plaintext_text(field, text);
                 FieldTerms {
@@ -467,6 +566,40 @@ mod tests {
         assert_eq!(t.to_base64url(), "3QaK-1cXKCNW4rSlY1DPlA");
         let t = blind(&k, Field::Body, "müller");
         assert_eq!(t.to_hex(), "67dfee2534ab686a2f49e875490050fa");
+    }
+
+    /// The MAC over precomputed key states equals a plain HMAC-SHA256 (ring's) of the
+    /// documented input, for tokens of every length around the block boundaries.
+    #[test]
+    fn blind_token_equals_ring_hmac_for_all_lengths() {
+        let mut rng = crate::search::tests_support::XorShift::new(0x4a4c);
+        for _ in 0..20 {
+            let mut key_bytes = [0u8; INDEX_KEY_LEN];
+            for b in &mut key_bytes {
+                *b = rng.next() as u8;
+            }
+            let k = IndexKey::from_slice(IndexKeyVersion::FIRST, &key_bytes).unwrap();
+            let ring_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes);
+            for len in 0..300 {
+                let token: String = (0..len)
+                    .map(|_| char::from(b'a' + rng.below(26) as u8))
+                    .collect();
+                for field in Field::ALL {
+                    let name = field.name().as_bytes();
+                    let mut input = BLIND_DOMAIN.to_vec();
+                    input.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                    input.extend_from_slice(name);
+                    input.extend_from_slice(&(token.len() as u32).to_be_bytes());
+                    input.extend_from_slice(token.as_bytes());
+                    let tag = ring::hmac::sign(&ring_key, &input);
+                    assert_eq!(
+                        blind(&k, field, &token).as_bytes()[..],
+                        tag.as_ref()[..BLIND_TOKEN_LEN],
+                        "{field} token of {len} bytes"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,10 +3,39 @@
 //! Schema: `message_id`, `conversation_id`, `inbox_id` (raw strings, indexed for filters and
 //! deletes, stored so a hit can name its message), `date_ms` (i64, fast + indexed + stored),
 //! `seq` (u64 tie-breaker, fast + stored), `has_attachment` (indexed), `key_version`
-//! (indexed + stored: which index-key version blinded the terms) and one pre-tokenized text
-//! field per [`Field`], indexed with positions and never stored. The caller hands in terms
-//! (blind tokens by default) with their positions; the original text is not given to tantivy
-//! at all, so no file of the index can hold it.
+//! (indexed + stored: which index-key version blinded the terms) and one text field per
+//! [`Field`], indexed with positions and never stored. The caller hands in terms (blind
+//! tokens by default) with their positions; the original text is not given to tantivy at all,
+//! so no file of the index can hold it.
+//!
+//! # How terms reach tantivy
+//!
+//! A field's terms are handed to tantivy as one string, the *term list*, that the
+//! [`TERMS_TOKENIZER`] splits back into the same terms and positions without copying or
+//! allocating per term: each term is preceded by one separator byte, `0x01` (the next position)
+//! or `0x02` (the previous term's position: the parts of an address), and terms are sorted by
+//! position. This replaces tantivy's `PreTokenizedString`, which tantivy serializes to JSON,
+//! parses back and clones for every document (most of the indexing time for 20 KiB messages).
+//! Terms that cannot be written that way (a term containing a separator byte or empty, a gap
+//! in the positions) are handed in as a `PreTokenizedString`, which indexes the same terms at
+//! the same positions. The terms in the index are the same either way: the base64url form
+//! of each blind token, or the normalized token in plaintext mode.
+//!
+//! Indexes created before the term list (text fields with tantivy's `raw` tokenizer) are
+//! opened as they are and written through the `PreTokenizedString` path; their terms are the
+//! same, so nothing has to be rebuilt. Any other schema is refused with an error naming the
+//! remedy (drop the tenant's index and reindex).
+//!
+//! # Queries
+//!
+//! The inbox restriction is a clause of the index query ([`InboxFilter`]: the documents
+//! whose `inbox_id` term is one of the request's inboxes, read from the inverted index once
+//! per segment and search). It is required at the top of every query, and also inside every
+//! disjunction that is not negated (an unfielded term or phrase is a disjunction over the
+//! text fields): tantivy
+//! evaluates a disjunction window by window over all its documents, so without the filter
+//! inside, a phrase over common words would check the positions of every document that has
+//! both words instead of only those in the caller's inboxes.
 //!
 //! Visibility: additions become searchable at the next commit: at once when the commit
 //! interval is zero, otherwise within the interval (a background task commits dirty
@@ -27,24 +56,29 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::directory::error::LockError;
+use tantivy::index::SegmentId;
 use tantivy::query::{
-    AllQuery, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhraseQuery, Query as TQuery,
-    RangeQuery, TermQuery,
+    AllQuery, BitSetDocSet, BooleanQuery, ConstScorer, EmptyQuery, EnableScoring, Explanation,
+    Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{
     FAST, Field as TField, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions, Value,
 };
-use tantivy::tokenizer::{PreTokenizedString, Token as TToken};
+use tantivy::tokenizer::{
+    PreTokenizedString, TextAnalyzer, Token as TToken, TokenStream, Tokenizer,
+};
 use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, TantivyDocument,
-    TantivyError, Term,
+    BitSet, DocAddress, DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score,
+    SegmentReader, TERMINATED, TantivyDocument, TantivyError, Term,
 };
 
-use super::blind::{Field, IndexTerm};
+use super::blind::{BLIND_TOKEN_STR_LEN, Field, IndexTerm};
 use super::index::{
     DeleteScope, IndexDoc, IndexStats, SearchError, SearchHit, SearchIndex, SearchPage,
     SearchRequest, validate_request,
@@ -115,7 +149,20 @@ impl Fields {
     }
 }
 
+/// The tokenizer of the text fields: splits a term list (see the module docs).
+pub const TERMS_TOKENIZER: &str = "helpr_terms";
+/// The text fields' tokenizer of indexes created before the term list.
+const LEGACY_TOKENIZER: &str = "raw";
+/// Term-list separator: the term is at the next position.
+const NEXT_POSITION: u8 = 0x01;
+/// Term-list separator: the term is at the previous term's position.
+const SAME_POSITION: u8 = 0x02;
+
 fn schema() -> (Schema, Fields) {
+    schema_with_tokenizer(TERMS_TOKENIZER)
+}
+
+fn schema_with_tokenizer(tokenizer: &str) -> (Schema, Fields) {
     let mut b = Schema::builder();
     let message_id = b.add_text_field("message_id", STRING | STORED);
     let conversation_id = b.add_text_field("conversation_id", STRING | STORED);
@@ -126,7 +173,7 @@ fn schema() -> (Schema, Fields) {
     let key_version = b.add_u64_field("key_version", INDEXED | STORED);
     let terms = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
-            .set_tokenizer("raw")
+            .set_tokenizer(tokenizer)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let text = Field::ALL.map(|f| b.add_text_field(f.name(), terms.clone()));
@@ -159,6 +206,8 @@ struct TenantIndex {
     index: Index,
     reader: IndexReader,
     fields: Fields,
+    /// Created before the term list: text fields take `PreTokenizedString`s only.
+    legacy: bool,
     writer_heap_bytes: usize,
     /// Taken on the first write; `None` until then (a reader-only process never takes it).
     writer: Mutex<Option<IndexWriter>>,
@@ -174,7 +223,30 @@ impl TenantIndex {
         let mmap = MmapDirectory::open(&dir)
             .map_err(|e| SearchError::Unavailable(format!("index directory: {e}")))?;
         let (schema, fields) = schema();
-        let index = Index::open_or_create(mmap, schema).map_err(backend_err)?;
+        let (index, legacy) = if Index::exists(&mmap)
+            .map_err(|e| SearchError::Unavailable(format!("index directory: {e}")))?
+        {
+            let index = Index::open(mmap).map_err(backend_err)?;
+            if index.schema() == schema {
+                (index, false)
+            } else if index.schema() == schema_with_tokenizer(LEGACY_TOKENIZER).0 {
+                (index, true)
+            } else {
+                return Err(SearchError::Backend(format!(
+                    "the index of tenant {tenant} has a schema this version cannot use; \
+                     drop the tenant's index and reindex it"
+                )));
+            }
+        } else {
+            (
+                Index::create(mmap, schema, Default::default()).map_err(backend_err)?,
+                false,
+            )
+        };
+        index.tokenizers().register(
+            TERMS_TOKENIZER,
+            TextAnalyzer::from(TermListTokenizer::default()),
+        );
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -186,6 +258,7 @@ impl TenantIndex {
             index,
             reader,
             fields,
+            legacy,
             writer_heap_bytes: cfg.writer_heap_bytes,
             writer: Mutex::new(None),
             dirty: AtomicBool::new(false),
@@ -255,6 +328,14 @@ impl TenantIndex {
             if field.tokens.is_empty() {
                 continue;
             }
+            let target = f.text(field.field);
+            // No original text: the index never receives it, only the terms.
+            if !self.legacy
+                && let Some(list) = term_list(&field.tokens)
+            {
+                d.add_text(target, list);
+                continue;
+            }
             let tokens = field
                 .tokens
                 .iter()
@@ -266,9 +347,8 @@ impl TenantIndex {
                     position_length: 1,
                 })
                 .collect();
-            // No original text: the index never receives it.
             d.add_pre_tokenized_text(
-                f.text(field.field),
+                target,
                 PreTokenizedString {
                     text: String::new(),
                     tokens,
@@ -333,7 +413,11 @@ impl TenantIndex {
         ))
     }
 
-    fn build(&self, q: &IndexQuery) -> Box<dyn TQuery> {
+    /// `q` with `filter` (when given) required inside every disjunction that is not under a
+    /// negation (see the module docs). The caller requires `filter` at the top as well; within
+    /// it, each copy changes no result. Negated parts get no copy: tantivy checks exclusions
+    /// document by document, and an intersection under an exclusion trips its phrase scorer.
+    fn build(&self, q: &IndexQuery, filter: Option<&InboxFilter>) -> Box<dyn TQuery> {
         let f = &self.fields;
         match q {
             IndexQuery::Term { field, term } => self.term_query(*field, term),
@@ -350,8 +434,10 @@ impl TenantIndex {
                 let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
                 for child in children {
                     match child {
-                        IndexQuery::Not(inner) => clauses.push((Occur::MustNot, self.build(inner))),
-                        other => clauses.push((Occur::Must, self.build(other))),
+                        IndexQuery::Not(inner) => {
+                            clauses.push((Occur::MustNot, self.build(inner, None)));
+                        }
+                        other => clauses.push((Occur::Must, self.build(other, filter))),
                     }
                 }
                 if !clauses.iter().any(|(o, _)| *o == Occur::Must) {
@@ -366,13 +452,23 @@ impl TenantIndex {
                 Box::new(BooleanQuery::new(
                     children
                         .iter()
-                        .map(|c| (Occur::Should, self.build(c)))
+                        .map(|c| {
+                            let child = self.build(c, filter);
+                            let Some(filter) = filter else {
+                                return (Occur::Should, child);
+                            };
+                            let filtered = BooleanQuery::new(vec![
+                                (Occur::Must, child),
+                                (Occur::Must, Box::new(filter.clone()) as Box<dyn TQuery>),
+                            ]);
+                            (Occur::Should, Box::new(filtered) as Box<dyn TQuery>)
+                        })
                         .collect(),
                 ))
             }
             IndexQuery::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
-                (Occur::MustNot, self.build(inner)),
+                (Occur::MustNot, self.build(inner, None)),
             ])),
             IndexQuery::HasAttachment => Box::new(TermQuery::new(
                 Term::from_field_bool(f.has_attachment, true),
@@ -389,25 +485,6 @@ impl TenantIndex {
         }
     }
 
-    /// The inbox restriction: a constant-score disjunction of one term query per inbox.
-    fn inbox_filter<'a>(&self, inboxes: impl Iterator<Item = &'a String>) -> Box<dyn TQuery> {
-        let clauses: Vec<(Occur, Box<dyn TQuery>)> = inboxes
-            .map(|id| {
-                (
-                    Occur::Should,
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(self.fields.inbox_id, id),
-                        IndexRecordOption::Basic,
-                    )) as Box<dyn TQuery>,
-                )
-            })
-            .collect();
-        Box::new(ConstScoreQuery::new(
-            Box::new(BooleanQuery::new(clauses)),
-            0.0,
-        ))
-    }
-
     fn search(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
         validate_request(request)?;
         if request.inboxes.is_empty() {
@@ -418,9 +495,10 @@ impl TenantIndex {
             self.reader.reload().map_err(backend_err)?;
         }
         SEARCHES.inc();
+        let filter = InboxFilter::new(self.fields.inbox_id, request.inboxes.iter().cloned());
         let query = BooleanQuery::new(vec![
-            (Occur::Must, self.build(&request.query)),
-            (Occur::Must, self.inbox_filter(request.inboxes.iter())),
+            (Occur::Must, self.build(&request.query, Some(&filter))),
+            (Occur::Must, Box::new(filter) as Box<dyn TQuery>),
         ]);
         let after = request.after;
         let sort_key = move |segment: &SegmentReader| {
@@ -509,6 +587,192 @@ fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The term list of one field (see the module docs), or `None` when a term or the positions
+/// cannot be written as one (the caller then hands tantivy a `PreTokenizedString`).
+fn term_list(tokens: &[(IndexTerm, u32)]) -> Option<String> {
+    if tokens.is_sorted_by_key(|(_, p)| *p) {
+        write_term_list(tokens.iter())
+    } else {
+        // Terms blinded under two keys (during a rotation) come as two runs; a stable sort
+        // keeps each term's positions in order.
+        let mut sorted: Vec<&(IndexTerm, u32)> = tokens.iter().collect();
+        sorted.sort_by_key(|(_, p)| *p);
+        write_term_list(sorted.into_iter())
+    }
+}
+
+fn write_term_list<'a>(
+    tokens: impl ExactSizeIterator<Item = &'a (IndexTerm, u32)>,
+) -> Option<String> {
+    let mut out = String::with_capacity(tokens.len() * (BLIND_TOKEN_STR_LEN + 1));
+    let mut previous: Option<u32> = None;
+    for (term, position) in tokens {
+        let separator = match previous {
+            None if *position == 0 => NEXT_POSITION,
+            None => return None,
+            Some(p) if p == *position => SAME_POSITION,
+            Some(p) if p.checked_add(1) == Some(*position) => NEXT_POSITION,
+            Some(_) => return None,
+        };
+        previous = Some(*position);
+        out.push(char::from(separator));
+        match term {
+            IndexTerm::Blind(t) => {
+                let mut buf = [0u8; BLIND_TOKEN_STR_LEN + 2];
+                let len = URL_SAFE_NO_PAD.encode_slice(t.as_bytes(), &mut buf).ok()?;
+                out.push_str(std::str::from_utf8(buf.get(..len)?).ok()?);
+            }
+            IndexTerm::Plain(s) => {
+                if s.is_empty() || s.bytes().any(is_separator) {
+                    return None;
+                }
+                out.push_str(s);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn is_separator(b: u8) -> bool {
+    b == NEXT_POSITION || b == SAME_POSITION
+}
+
+/// Splits a term list back into its terms and positions (see the module docs).
+#[derive(Clone, Default)]
+pub struct TermListTokenizer {
+    token: TToken,
+}
+
+impl Tokenizer for TermListTokenizer {
+    type TokenStream<'a> = TermListStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> TermListStream<'a> {
+        // `reset` leaves the position at usize::MAX, so the first term's NEXT_POSITION is 0.
+        self.token.reset();
+        TermListStream {
+            rest: text,
+            offset: 0,
+            token: &mut self.token,
+        }
+    }
+}
+
+/// The token stream of [`TermListTokenizer`].
+pub struct TermListStream<'a> {
+    rest: &'a str,
+    offset: usize,
+    token: &'a mut TToken,
+}
+
+impl TokenStream for TermListStream<'_> {
+    fn advance(&mut self) -> bool {
+        let bytes = self.rest.as_bytes();
+        let Some((&separator, body)) = bytes.split_first() else {
+            return false;
+        };
+        let len = body
+            .iter()
+            .position(|b| is_separator(*b))
+            .unwrap_or(body.len());
+        // Separators are ASCII, so both ends are character boundaries.
+        let term = self.rest.get(1..1 + len).unwrap_or_default();
+        self.token.text.clear();
+        self.token.text.push_str(term);
+        if separator == NEXT_POSITION || self.token.position == usize::MAX {
+            self.token.position = self.token.position.wrapping_add(1);
+        }
+        self.token.offset_from = self.offset + 1;
+        self.token.offset_to = self.offset + 1 + len;
+        self.offset += 1 + len;
+        self.rest = self.rest.get(1 + len..).unwrap_or_default();
+        true
+    }
+
+    fn token(&self) -> &TToken {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut TToken {
+        self.token
+    }
+}
+
+/// The inbox restriction as a query clause: the documents whose `inbox_id` is one of the
+/// request's inboxes, i.e. the union of one term's postings per inbox, read once per segment
+/// and search into a bit set that every copy of the clause in the query shares.
+#[derive(Clone)]
+struct InboxFilter {
+    field: TField,
+    inboxes: Arc<Vec<String>>,
+    segments: Arc<Mutex<HashMap<SegmentId, BitSet>>>,
+}
+
+impl std::fmt::Debug for InboxFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Inbox ids are not secret, but the count is all a debug print needs.
+        write!(f, "InboxFilter({} inboxes)", self.inboxes.len())
+    }
+}
+
+impl InboxFilter {
+    fn new(field: TField, inboxes: impl Iterator<Item = String>) -> Self {
+        Self {
+            field,
+            inboxes: Arc::new(inboxes.collect()),
+            segments: Arc::default(),
+        }
+    }
+
+    /// The matching documents of one segment (deleted ones included: the collector skips
+    /// those).
+    fn docs(&self, segment: &SegmentReader) -> tantivy::Result<BitSet> {
+        let id = segment.segment_id();
+        let mut cache = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bits) = cache.get(&id) {
+            return Ok(bits.clone());
+        }
+        let mut bits = BitSet::with_max_value(segment.max_doc());
+        let inverted = segment.inverted_index(self.field)?;
+        for inbox in self.inboxes.iter() {
+            let term = Term::from_field_text(self.field, inbox);
+            if let Some(mut postings) = inverted.read_postings(&term, IndexRecordOption::Basic)? {
+                let mut doc = postings.doc();
+                while doc != TERMINATED {
+                    bits.insert(doc);
+                    doc = postings.advance();
+                }
+            }
+        }
+        cache.insert(id, bits.clone());
+        Ok(bits)
+    }
+}
+
+impl TQuery for InboxFilter {
+    fn weight(&self, _scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Weight for InboxFilter {
+    fn scorer(&self, segment: &SegmentReader, _boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        Ok(Box::new(ConstScorer::new(
+            BitSetDocSet::from(self.docs(segment)?),
+            0.0,
+        )))
+    }
+
+    fn explain(&self, segment: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        if self.docs(segment)?.contains(doc) {
+            Ok(Explanation::new("in one of the requested inboxes", 0.0))
+        } else {
+            Err(TantivyError::InvalidArgument(format!(
+                "document {doc} is not in the requested inboxes"
+            )))
+        }
+    }
 }
 
 /// The tantivy backend (see the module docs).
@@ -771,6 +1035,222 @@ mod tests {
             ids(&second, &t, &ix, "hello", &["inbox-a"]).await,
             ["m2", "m1"]
         );
+    }
+
+    fn split(list: &str) -> Vec<(String, u32)> {
+        let mut tokenizer = TermListTokenizer::default();
+        let mut stream = tokenizer.token_stream(list);
+        let mut out = Vec::new();
+        while stream.advance() {
+            let t = stream.token();
+            out.push((t.text.clone(), t.position as u32));
+        }
+        out
+    }
+
+    fn plain(terms: &[(&str, u32)]) -> Vec<(IndexTerm, u32)> {
+        terms
+            .iter()
+            .map(|(t, p)| (IndexTerm::Plain((*t).to_owned()), *p))
+            .collect()
+    }
+
+    #[test]
+    fn term_lists_split_back_into_the_same_terms_and_positions() {
+        let k = key(3);
+        let ix = Indexer::Blind(&k);
+        let text = "Ann Lee <ann.lee@example.com> wrote: Müller's café ½ 東京 done";
+        for field in [
+            ix.index_text(Field::From, text),
+            Indexer::Plaintext.index_text(Field::From, text),
+            Indexer::Plaintext.index_text(Field::Body, text),
+        ] {
+            let list = term_list(&field.tokens)
+                .unwrap_or_else(|| panic!("not representable: {:?}", field.tokens));
+            let expected: Vec<(String, u32)> = field
+                .tokens
+                .iter()
+                .map(|(t, p)| (t.to_index_string(), *p))
+                .collect();
+            assert_eq!(split(&list), expected);
+        }
+        // Two runs (terms blinded under two keys during a rotation) come back ordered by
+        // position, each run's terms in their order.
+        let k2 = key(4);
+        let a = ix.index_text(Field::Body, "one two three");
+        let b = Indexer::Blind(&k2).index_text(Field::Body, "one two three");
+        let mut both = a.tokens.clone();
+        both.extend(b.tokens.iter().cloned());
+        let list = term_list(&both).unwrap_or_else(|| panic!("not representable"));
+        let expected: Vec<(String, u32)> = (0..3)
+            .flat_map(|i| [&a.tokens[i], &b.tokens[i]])
+            .map(|(t, p)| (t.to_index_string(), *p))
+            .collect();
+        assert_eq!(split(&list), expected);
+        assert_eq!(split(""), Vec::new());
+    }
+
+    #[test]
+    fn terms_a_term_list_cannot_hold_are_refused() {
+        assert!(term_list(&plain(&[("a", 0), ("b", 2)])).is_none(), "gap");
+        assert!(term_list(&plain(&[("a", 1)])).is_none(), "first not at 0");
+        assert!(term_list(&plain(&[("a\u{1}b", 0)])).is_none(), "separator");
+        assert!(term_list(&plain(&[("x", 0), ("a\u{2}", 1)])).is_none());
+        assert!(term_list(&plain(&[("", 0)])).is_none(), "empty term");
+        assert!(term_list(&plain(&[("a", 0), ("b", 0), ("c", 1)])).is_some());
+    }
+
+    fn plain_doc(id: &str, inbox: &str, body: Vec<(IndexTerm, u32)>) -> IndexDoc {
+        IndexDoc {
+            message_id: id.to_owned(),
+            conversation_id: id.to_owned(),
+            inbox_id: inbox.to_owned(),
+            date_ms: 0,
+            has_attachment: false,
+            key_version: None,
+            fields: vec![crate::search::FieldTerms {
+                field: Field::Body,
+                tokens: body,
+            }],
+        }
+    }
+
+    /// Terms that go the `PreTokenizedString` way are indexed at their positions too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terms_outside_a_term_list_are_indexed_at_their_positions() {
+        let (index, _dir) = fresh(Duration::ZERO).await;
+        let t = tenant("fallback");
+        let ix = Indexer::Plaintext;
+        let docs = vec![
+            plain_doc("gap", "inbox-a", plain(&[("alpha", 0), ("beta", 2)])),
+            plain_doc("late", "inbox-a", plain(&[("alpha", 5), ("beta", 6)])),
+            plain_doc("odd", "inbox-a", plain(&[("we\u{1}ird", 0), ("beta", 1)])),
+        ];
+        index
+            .index(&t, docs)
+            .await
+            .unwrap_or_else(|e| panic!("index: {e}"));
+        let mut got = ids(&index, &t, &ix, "body:alpha", &["inbox-a"]).await;
+        got.sort();
+        assert_eq!(got, ["gap", "late"]);
+        assert_eq!(
+            ids(&index, &t, &ix, "\"alpha beta\"", &["inbox-a"]).await,
+            ["late"]
+        );
+        let mut got = ids(&index, &t, &ix, "beta", &["inbox-a"]).await;
+        got.sort();
+        assert_eq!(got, ["gap", "late", "odd"]);
+    }
+
+    /// An index created with the schema before the term list (text fields with the `raw`
+    /// tokenizer) is used as it is; an index with any other schema is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexes_of_the_previous_schema_stay_usable_and_others_are_refused() {
+        let (index, dir) = fresh(Duration::ZERO).await;
+        let root = dir.path().join("index");
+        let legacy_dir = root.join("legacy");
+        std::fs::create_dir_all(&legacy_dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        Index::create_in_dir(&legacy_dir, schema_with_tokenizer(LEGACY_TOKENIZER).0)
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let k = key(9);
+        let ix = Indexer::Blind(&k);
+        let t = tenant("legacy");
+        let m = Msg::new("m1", "inbox-a", 0, "hello", "quarterly report here");
+        index
+            .index(&t, vec![m.doc(&ix)])
+            .await
+            .unwrap_or_else(|e| panic!("index: {e}"));
+        assert_eq!(
+            ids(&index, &t, &ix, "\"quarterly report\"", &["inbox-a"]).await,
+            ["m1"]
+        );
+        let on_disk = Index::open_in_dir(&legacy_dir).unwrap_or_else(|e| panic!("open: {e}"));
+        assert_eq!(on_disk.schema(), schema_with_tokenizer(LEGACY_TOKENIZER).0);
+
+        let foreign_dir = root.join("foreign");
+        std::fs::create_dir_all(&foreign_dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        let mut b = Schema::builder();
+        b.add_text_field("something_else", STRING);
+        Index::create_in_dir(&foreign_dir, b.build()).unwrap_or_else(|e| panic!("create: {e}"));
+        match index.index(&tenant("foreign"), vec![m.doc(&ix)]).await {
+            Err(SearchError::Backend(msg)) => assert!(msg.contains("reindex"), "{msg}"),
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+    }
+
+    /// The inbox filter inside disjunctions changes no result: over several segments with
+    /// deletes, every query restricted to some inboxes finds exactly the hits of the same
+    /// query over all inboxes that lie in those inboxes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inbox_filter_inside_disjunctions_changes_no_result() {
+        let (index, _dir) = fresh(Duration::ZERO).await;
+        let k = key(12);
+        let words = ["red", "green", "blue", "cyan", "gold", "gray"];
+        let mut rng = crate::search::tests_support::XorShift::new(0xf11e);
+        let mut inbox_of = HashMap::new();
+        for ix in [Indexer::Blind(&k), Indexer::Plaintext] {
+            let t = tenant(&format!("pushdown-{}", ix.mode()));
+            for batch in 0..3 {
+                let mut docs = Vec::new();
+                for i in 0..100 {
+                    let id = format!("m{batch}-{i}");
+                    let inbox = format!("inbox-{}", rng.below(6));
+                    let text = |rng: &mut crate::search::tests_support::XorShift, n: usize| {
+                        (0..n)
+                            .map(|_| words[rng.below(words.len())])
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    let subject = text(&mut rng, 3);
+                    let body = text(&mut rng, 12);
+                    let m = Msg::new(&id, &inbox, i64::from(i % 7), &subject, &body);
+                    inbox_of.insert(id, inbox);
+                    docs.push(m.doc(&ix));
+                }
+                // One call per batch: a commit, so a segment, each.
+                index
+                    .index(&t, docs)
+                    .await
+                    .unwrap_or_else(|e| panic!("index: {e}"));
+            }
+            index
+                .delete(&t, &DeleteScope::Message("m1-7".into()))
+                .await
+                .unwrap_or_else(|e| panic!("delete: {e}"));
+            let all: Vec<String> = (0..6).map(|i| format!("inbox-{i}")).collect();
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let queries = [
+                "red",
+                "red blue",
+                "\"red blue\"",
+                "subject:\"gold gray\"",
+                "red OR cyan",
+                "\"red blue\" OR \"gold gold\"",
+                "green -\"red blue\"",
+                "-(red OR blue) gold",
+                "(red OR blue) (cyan OR \"gray green\")",
+            ];
+            for q in queries {
+                let everywhere = ids(&index, &t, &ix, q, &all).await;
+                assert!(!everywhere.iter().any(|id| id == "m1-7"), "deleted hit");
+                assert!(
+                    q.contains('-') || !everywhere.is_empty(),
+                    "{q:?} found nothing"
+                );
+                for allowed in [&all[..1], &all[1..3], &all[2..]] {
+                    let expected: Vec<String> = everywhere
+                        .iter()
+                        .filter(|id| allowed.contains(&inbox_of[*id].as_str()))
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        ids(&index, &t, &ix, q, allowed).await,
+                        expected,
+                        "{q:?} in {allowed:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// 10,000 messages, every field carrying a unique canary: no file under the index

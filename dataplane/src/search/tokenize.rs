@@ -77,7 +77,32 @@ pub struct Token {
 
 /// Splits `text` into normalized tokens with positions (see the module docs).
 pub fn normalize_tokens(text: &str) -> Vec<Token> {
-    let mut out = TokenSink::default();
+    let mut tokens = Vec::with_capacity(expected_tokens(text));
+    for_each_token(text, |text, position, kind| {
+        tokens.push(Token {
+            text: text.to_owned(),
+            position,
+            kind,
+        });
+    });
+    tokens
+}
+
+/// A guess of how many tokens `text` has (about one per 6 bytes of mail text), for
+/// preallocation; never more than the cap.
+pub(crate) fn expected_tokens(text: &str) -> usize {
+    (text.len() / 6 + 1).min(MAX_TOKENS_PER_FIELD)
+}
+
+/// [`normalize_tokens`] without a `String` per token: calls `emit(text, position, kind)` for
+/// each token, in order.
+pub(crate) fn for_each_token(text: &str, mut emit: impl FnMut(&str, u32, TokenKind)) {
+    let mut out = TokenSink {
+        emit: &mut emit,
+        count: 0,
+        next_position: 0,
+        word: String::new(),
+    };
     let mut rest_start = 0;
     for (start, end) in find_addresses(text) {
         if out.full() {
@@ -88,7 +113,6 @@ pub fn normalize_tokens(text: &str) -> Vec<Token> {
         rest_start = end;
     }
     out.words(&text[rest_start..]);
-    out.tokens
 }
 
 /// Folds one word: compatibility decomposition, lowercase, diacritics dropped, NFC.
@@ -129,20 +153,44 @@ fn fold_unicode(word: &str) -> String {
     folded.nfc().collect()
 }
 
-/// Collects tokens, numbering positions and enforcing the caps.
-#[derive(Default)]
-struct TokenSink {
-    tokens: Vec<Token>,
+/// Hands tokens on, numbering positions and enforcing the caps.
+struct TokenSink<'e> {
+    emit: &'e mut dyn FnMut(&str, u32, TokenKind),
+    /// Tokens emitted so far.
+    count: usize,
     next_position: u32,
+    /// Reused buffer of the ASCII shortcut.
+    word: String,
 }
 
-impl TokenSink {
+impl TokenSink<'_> {
     fn full(&self) -> bool {
-        self.tokens.len() >= MAX_TOKENS_PER_FIELD
+        self.count >= MAX_TOKENS_PER_FIELD
+    }
+
+    fn push(&mut self, text: &str, position: u32, kind: TokenKind) {
+        (self.emit)(text, position, kind);
+        self.count += 1;
     }
 
     fn words(&mut self, text: &str) {
         for word in text.unicode_words() {
+            // ASCII letters, digits and `_` only (most words of most mail): folding is
+            // lowercasing and the folded word is one segment, so the general path below
+            // would produce exactly this token.
+            if word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                if self.full() {
+                    return;
+                }
+                let mut buf = std::mem::take(&mut self.word);
+                buf.clear();
+                buf.push_str(truncate(word, MAX_TOKEN_BYTES));
+                buf.make_ascii_lowercase();
+                self.push(&buf, self.next_position, TokenKind::Word);
+                self.word = buf;
+                self.next_position = self.next_position.saturating_add(1);
+                continue;
+            }
             let folded = fold(word);
             for piece in folded.unicode_words() {
                 if self.full() {
@@ -152,11 +200,7 @@ impl TokenSink {
                 if text.is_empty() {
                     continue;
                 }
-                self.tokens.push(Token {
-                    text: text.to_owned(),
-                    position: self.next_position,
-                    kind: TokenKind::Word,
-                });
+                self.push(text, self.next_position, TokenKind::Word);
                 self.next_position = self.next_position.saturating_add(1);
             }
         }
@@ -199,11 +243,7 @@ impl TokenSink {
                 continue;
             }
             emitted.push(part);
-            self.tokens.push(Token {
-                text: part.to_owned(),
-                position,
-                kind,
-            });
+            self.push(part, position, kind);
         }
         self.next_position = self.next_position.saturating_add(1);
     }
@@ -557,6 +597,49 @@ mod tests {
                     assert_eq!(texts(&t.text), std::slice::from_ref(&t.text), "input {s:?}");
                 }
             }
+        }
+    }
+
+    /// The word path of [`normalize_tokens`] without its ASCII shortcut: fold, segment
+    /// again, truncate.
+    fn general_word_path(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for word in text.unicode_words() {
+            for piece in fold(word).unicode_words() {
+                let t = truncate(piece, MAX_TOKEN_BYTES);
+                if !t.is_empty() {
+                    out.push(t.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ascii_word_shortcut_gives_the_tokens_of_the_general_path() {
+        let alphabet: Vec<char> = "aZq09_ .,:'\"-\n".chars().collect();
+        let mut rng = crate::search::tests_support::XorShift::new(0xa5c11);
+        let long = format!("{}_X9", "Ab".repeat(40));
+        let mut inputs = vec![
+            "Hello WORLD foo_bar 42 3.14 don't a:b _x_ x__ Z9z".to_owned(),
+            long.clone(),
+            format!("{long} {long}b"),
+        ];
+        for _ in 0..3000 {
+            let len = rng.below(60);
+            inputs.push(
+                (0..len)
+                    .map(|_| alphabet[rng.below(alphabet.len())])
+                    .collect(),
+            );
+        }
+        for s in &inputs {
+            let tokens = normalize_tokens(s);
+            let got: Vec<String> = tokens.iter().map(|t| t.text.clone()).collect();
+            assert_eq!(got, general_word_path(s), "input {s:?}");
+            let positions: Vec<u32> = tokens.iter().map(|t| t.position).collect();
+            let expected: Vec<u32> = (0..positions.len() as u32).collect();
+            assert_eq!(positions, expected, "input {s:?}");
         }
     }
 }
