@@ -31,7 +31,10 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument that is not ours means "not me".
-    if std::env::args().skip(1).any(|a| a != "--bench" && !a.starts_with('-') && a != "scale") {
+    if std::env::args()
+        .skip(1)
+        .any(|a| a != "--bench" && !a.starts_with('-') && a != "scale")
+    {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +108,9 @@ async fn run() {
                     let ready = condition(&waiting, "Ready").cloned().unwrap_or_default();
                     println!(
                         "           e.g. {}/{}: {} {}",
-                        waiting["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        waiting["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or_default(),
                         waiting["metadata"]["name"].as_str().unwrap_or_default(),
                         ready["reason"].as_str().unwrap_or("no status yet"),
                         ready["message"].as_str().unwrap_or_default()
@@ -135,11 +140,15 @@ async fn run() {
     tenant["spec"]["displayName"] = "Renamed".into();
     env.api.put(TENANTS, ns, tenant);
     let one = env
-        .wait_for("the changed tenant to be Ready", Duration::from_secs(120), |env| {
-            env.api.get(TENANTS, ns, ns).is_some_and(|t| {
-                is_ready(&t) && t["status"]["observedGeneration"] == t["metadata"]["generation"]
-            })
-        })
+        .wait_for(
+            "the changed tenant to be Ready",
+            Duration::from_secs(120),
+            |env| {
+                env.api.get(TENANTS, ns, ns).is_some_and(|t| {
+                    is_ready(&t) && t["status"]["observedGeneration"] == t["metadata"]["generation"]
+                })
+            },
+        )
         .await
         .unwrap();
     println!(
@@ -148,7 +157,7 @@ async fn run() {
     );
 
     tokio::time::sleep(Duration::from_secs(
-        env_usize("HELPR_SCALE_IDLE_SECS", 20) as u64,
+        env_usize("HELPR_SCALE_IDLE_SECS", 20) as u64
     ))
     .await;
     let rss_idle = env.peak_rss_kib().unwrap();

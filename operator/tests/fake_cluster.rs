@@ -54,10 +54,15 @@ fn ready(env: &OperatorEnv, collection: &str, namespace: &str, name: &str) -> bo
 async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_and_go_away_again() {
     let mut env = OperatorEnv::start(operator()).await.unwrap();
     env.vault_secret("acme");
-    env.api.put(TENANTS, "acme", env.tenant("acme", "acme", "Shred"));
-    env.api.put(INBOXES, "acme", inbox("acme", "support", "acme"));
     env.api
-        .put(GRANTS, "acme", grant("acme", "support-alice", "support", "alice@acme.example"));
+        .put(TENANTS, "acme", env.tenant("acme", "acme", "Shred"));
+    env.api
+        .put(INBOXES, "acme", inbox("acme", "support", "acme"));
+    env.api.put(
+        GRANTS,
+        "acme",
+        grant("acme", "support-alice", "support", "alice@acme.example"),
+    );
 
     let result = env
         .wait_for("the tenant, inbox and grant to be Ready", WAIT, |env| {
@@ -71,7 +76,9 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
             "{error}\ntenant: {:#}\ninbox: {:#}\ngrant: {:#}",
             env.api.get(TENANTS, "acme", "acme").unwrap_or_default()["status"],
             env.api.get(INBOXES, "acme", "support").unwrap_or_default()["status"],
-            env.api.get(GRANTS, "acme", "support-alice").unwrap_or_default()["status"],
+            env.api
+                .get(GRANTS, "acme", "support-alice")
+                .unwrap_or_default()["status"],
         );
     }
 
@@ -79,13 +86,21 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
     let tenant = env.api.get(TENANTS, "acme", "acme").unwrap();
     assert!(condition(&tenant, "Reconciling").is_none(), "{tenant:#}");
     let deployments = env.api.list("apps/v1/deployments");
-    assert_eq!(deployments.len(), 1, "one sync Deployment: {deployments:#?}");
+    assert_eq!(
+        deployments.len(),
+        1,
+        "one sync Deployment: {deployments:#?}"
+    );
     let args = deployments[0]
         .pointer("/spec/template/spec/containers/0/args")
         .unwrap()
         .to_string();
     assert!(args.contains("sync") && args.contains("acme"), "{args}");
-    assert!(!env.api.list("networking.k8s.io/v1/networkpolicies").is_empty());
+    assert!(
+        !env.api
+            .list("networking.k8s.io/v1/networkpolicies")
+            .is_empty()
+    );
     assert!(!env.api.list("/v1/serviceaccounts").is_empty());
     // Events were published.
     assert!(
@@ -111,7 +126,10 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
             .unwrap()
             .is_some()
     );
-    assert_eq!(env.store.list_grants_for_tenant(&id).await.unwrap().len(), 1);
+    assert_eq!(
+        env.store.list_grants_for_tenant(&id).await.unwrap().len(),
+        1
+    );
 
     // A RetentionPolicy reaches the data plane and schedules the purge CronJob.
     env.api.put(
@@ -151,7 +169,13 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
     })
     .await
     .unwrap();
-    assert!(env.store.list_grants_for_tenant(&id).await.unwrap().is_empty());
+    assert!(
+        env.store
+            .list_grants_for_tenant(&id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Deleting the inbox and the Shred tenant destroys the key and the tenant's data.
     assert!(env.api.delete(RETENTION_POLICIES, "acme", "acme"));
@@ -167,14 +191,18 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
     assert!(env.store.tenant_settings(&id).await.unwrap().is_none());
     let keys = env.bao.api("LIST", "transit/keys", None).await;
     assert!(
-        keys.as_ref().map_or(true, |k| !k.to_string().contains("acme")),
+        keys.as_ref()
+            .map_or(true, |k| !k.to_string().contains("acme")),
         "{keys:?}"
     );
     // The sync Deployment and the purge CronJob went with their owners.
     assert!(env.api.list("apps/v1/deployments").is_empty());
     assert!(env.api.list("batch/v1/cronjobs").is_empty());
 
-    assert!(env.shutdown().await.unwrap(), "the operator exits cleanly on SIGTERM");
+    assert!(
+        env.shutdown().await.unwrap(),
+        "the operator exits cleanly on SIGTERM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,22 +224,19 @@ async fn a_tenant_whose_sync_pods_are_not_available_is_not_ready_and_says_why() 
     assert!(!is_ready(&tenant));
     let ready = condition(&tenant, "Ready").unwrap();
     assert!(
-        ready["message"].as_str().unwrap_or_default().contains("sync"),
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sync"),
         "{ready:#}"
     );
     // Once the pods are available, it becomes Ready.
     env.api.hold_deployments(false);
     let deployment = env.api.list("apps/v1/deployments").remove(0);
-    env.api.put(
-        "apps/v1/deployments",
-        "globex",
-        deployment,
-    );
-    env.wait_for("the tenant to be Ready", WAIT, |env| {
-        ready_tenant(env)
-    })
-    .await
-    .unwrap();
+    env.api.put("apps/v1/deployments", "globex", deployment);
+    env.wait_for("the tenant to be Ready", WAIT, ready_tenant)
+        .await
+        .unwrap();
     assert!(env.shutdown().await.unwrap());
 }
 

@@ -366,7 +366,10 @@ impl Harness {
     /// The id of the newest conversation of an inbox, as `token` lists it.
     async fn first_conversation(&self, inbox: &str, token: &str) -> Option<String> {
         let (status, page) = self
-            .get(&format!("/v1/inboxes/{}/conversations", self.inbox(inbox)), token)
+            .get(
+                &format!("/v1/inboxes/{}/conversations", self.inbox(inbox)),
+                token,
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{page}");
         page["conversations"][0]["id"].as_str().map(str::to_owned)
@@ -1008,10 +1011,17 @@ async fn a_conversation_deleted_by_a_replier_vanishes_at_once_and_can_be_restore
     assert_not_found(s, &b);
     let org = h.first_conversation("org", &ann).await.unwrap();
     let (s, b) = h
-        .send(reqwest::Method::DELETE, &format!("/v1/conversations/{org}"), &ann)
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/conversations/{org}"),
+            &ann,
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
-    assert_eq!(h.first_conversation("org", &ann).await.as_deref(), Some(org.as_str()));
+    assert_eq!(
+        h.first_conversation("org", &ann).await.as_deref(),
+        Some(org.as_str())
+    );
 
     // The replier deletes it: gone from the list, its messages and search before the answer.
     let (s, b) = h.send(reqwest::Method::DELETE, &path, &carol).await;

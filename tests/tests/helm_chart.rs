@@ -1051,7 +1051,10 @@ fn api_auth_values_reach_the_data_plane_settings() {
     std::fs::write(&path, r.helpr_toml()).unwrap();
     let settings = helpr_dataplane::config::Settings::load(Some(&path))
         .unwrap_or_else(|e| panic!("the chart's helpr.toml does not load: {e}"));
-    assert_eq!(settings.api.issuer, "https://login.example.com/realms/helpdesk");
+    assert_eq!(
+        settings.api.issuer,
+        "https://login.example.com/realms/helpdesk"
+    );
     assert_eq!(settings.api.audience, "helpr-api");
     assert_eq!(
         settings.api.jwks_url,

@@ -452,11 +452,7 @@ pub struct LifecycleView {
 
 /// The caller may change the conversation of `inbox_id`: 404 when it may not even read the
 /// inbox, 403 when it only reads it (visibility without a `reply` or `configure` grant).
-async fn require_writer(
-    state: &ApiState,
-    caller: &Caller,
-    inbox_id: &str,
-) -> Result<(), ApiError> {
+async fn require_writer(state: &ApiState, caller: &Caller, inbox_id: &str) -> Result<(), ApiError> {
     let access = caller.access(state).await?;
     match access.role(&caller.agent, inbox_id, now_ms()) {
         None => Err(ApiError::not_found("conversation")),
