@@ -378,7 +378,9 @@ impl FakeApiServer {
             hold_deployments: AtomicBool::new(false),
             uid_counter: AtomicU64::new(1),
         });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -616,12 +618,7 @@ async fn handle(
         *inner.requests.entry(label).or_default() += 1;
     }
     let response = match (&method, &target.name) {
-        (&Method::GET, None)
-            if params
-                .watch
-                .as_deref()
-                .is_some_and(|w| w == "true" || w == "1") =>
-        {
+        (&Method::GET, None) if params.watch.as_deref().is_some_and(|w| w == "true" || w == "1") => {
             return watch(shared, target, params);
         }
         (&Method::GET, None) => list(&shared, &target, &params),
@@ -637,11 +634,7 @@ async fn handle(
                 delete_object(&shared, &mut inner, &key)
             };
             if found {
-                (
-                    StatusCode::OK,
-                    axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
-                )
-                    .into_response()
+                (StatusCode::OK, axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))).into_response()
             } else {
                 not_found(&target)
             }
@@ -722,11 +715,7 @@ fn create(shared: &Shared, target: &Target, body: &Bytes) -> Response {
             name
         }
     };
-    let key = (
-        target.collection.clone(),
-        target.namespace.clone(),
-        name.clone(),
-    );
+    let key = (target.collection.clone(), target.namespace.clone(), name.clone());
     if inner.objects.contains_key(&key) {
         return status_error(
             StatusCode::CONFLICT,
@@ -786,9 +775,7 @@ fn replace(shared: &Shared, target: &Target, body: &Bytes) -> Response {
 
 /// `409 Conflict` when the body names a resourceVersion that is not the stored one.
 fn stale(existing: &Value, body: &Value, target: &Target) -> Option<Response> {
-    let want = body
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)?;
+    let want = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)?;
     let have = existing
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -831,10 +818,7 @@ fn patch(
         return not_found(target);
     };
     let creating = existing.pointer("/metadata/uid").is_none();
-    if let Some(conflict) = (!creating)
-        .then(|| stale(&existing, &patch, target))
-        .flatten()
-    {
+    if let Some(conflict) = (!creating).then(|| stale(&existing, &patch, target)).flatten() {
         return conflict;
     }
     let mut updated = existing.clone();
@@ -919,10 +903,7 @@ fn watch(shared: Arc<Shared>, target: Target, params: Params) -> Response {
         .unwrap_or(0);
     {
         let inner = lock(&shared);
-        let oldest = inner
-            .events
-            .front()
-            .map_or(inner.rv, |e| e.rv.saturating_sub(1));
+        let oldest = inner.events.front().map_or(inner.rv, |e| e.rv.saturating_sub(1));
         if from < oldest && from != 0 {
             let body = json!({"type": "ERROR", "object": {
                 "kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -960,11 +941,7 @@ fn watch(shared: Arc<Shared>, target: Target, params: Params) -> Response {
                 lines
             };
             for line in lines {
-                if tx
-                    .send(Ok(Bytes::from(line.as_bytes().to_vec())))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(Bytes::from(line.as_bytes().to_vec()))).await.is_err() {
                     return;
                 }
             }
@@ -994,11 +971,7 @@ mod tests {
     fn paths_of_core_group_and_named_groups_parse() {
         let t = parse_path("/api/v1/namespaces/ns/secrets/s").unwrap();
         assert_eq!(
-            (
-                t.collection.as_str(),
-                t.namespace.as_str(),
-                t.name.as_deref()
-            ),
+            (t.collection.as_str(), t.namespace.as_str(), t.name.as_deref()),
             ("/v1/secrets", "ns", Some("s"))
         );
         let t = parse_path("/apis/mail.helpr.dev/v1alpha1/tenants").unwrap();
@@ -1007,25 +980,17 @@ mod tests {
         let t = parse_path("/apis/mail.helpr.dev/v1alpha1/namespaces/a/inboxes/b/status").unwrap();
         assert_eq!(t.subresource.as_deref(), Some("status"));
         let t = parse_path("/api/v1/namespaces/helpr").unwrap();
-        assert_eq!(
-            (t.collection.as_str(), t.name.as_deref()),
-            ("/v1/namespaces", Some("helpr"))
-        );
+        assert_eq!((t.collection.as_str(), t.name.as_deref()), ("/v1/namespaces", Some("helpr")));
         assert!(parse_path("/healthz").is_none());
     }
 
     #[test]
     fn selectors_match_labels_and_fields() {
-        let o =
-            json!({"metadata": {"name": "x", "namespace": "n", "labels": {"a": "1", "b": "2"}}});
+        let o = json!({"metadata": {"name": "x", "namespace": "n", "labels": {"a": "1", "b": "2"}}});
         assert!(selector_matches("a=1,b", &o, true));
         assert!(!selector_matches("a=2", &o, true));
         assert!(selector_matches("a!=2", &o, true));
-        assert!(selector_matches(
-            "metadata.name=x,metadata.namespace=n",
-            &o,
-            false
-        ));
+        assert!(selector_matches("metadata.name=x,metadata.namespace=n", &o, false));
         assert!(!selector_matches("metadata.name=y", &o, false));
     }
 
@@ -1059,23 +1024,11 @@ mod tests {
         assert!(server.get("g/v1/things", "ns", "o").is_none());
         assert!(server.get("/v1/configmaps", "ns", "c").is_none());
         // A spec change bumps the generation, a metadata change does not.
-        let a = server.put(
-            "g/v1/things",
-            "ns",
-            json!({"metadata": {"name": "a"}, "spec": {"n": 1}}),
-        );
+        let a = server.put("g/v1/things", "ns", json!({"metadata": {"name": "a"}, "spec": {"n": 1}}));
         assert_eq!(a["metadata"]["generation"], 1);
-        let a = server.put(
-            "g/v1/things",
-            "ns",
-            json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"n": 1}}),
-        );
+        let a = server.put("g/v1/things", "ns", json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"n": 1}}));
         assert_eq!(a["metadata"]["generation"], 1);
-        let a = server.put(
-            "g/v1/things",
-            "ns",
-            json!({"metadata": {"name": "a"}, "spec": {"n": 2}}),
-        );
+        let a = server.put("g/v1/things", "ns", json!({"metadata": {"name": "a"}, "spec": {"n": 2}}));
         assert_eq!(a["metadata"]["generation"], 2);
     }
 }

@@ -84,9 +84,9 @@ impl OperatorEnv {
         let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url).await?);
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(dir.path().join("kms"))?);
         let keyring = Arc::new(Keyring::new(kms, store.clone(), KeyringConfig::default()));
-        let search: Arc<dyn helpr_dataplane::search::SearchIndex> = Arc::new(TantivyIndex::open(
-            TantivyConfig::new(dir.path().join("index")),
-        )?);
+        let search: Arc<dyn helpr_dataplane::search::SearchIndex> = Arc::new(
+            TantivyIndex::open(TantivyConfig::new(dir.path().join("index")))?,
+        );
         let token = format!("control-{}", uuid::Uuid::new_v4().simple());
         let token_file = dir.path().join("control-token");
         std::fs::write(&token_file, &token)?;
@@ -276,9 +276,7 @@ impl Drop for OperatorEnv {
 
 /// Whether a helpr object's status says `Ready=True` for its current generation.
 pub fn is_ready(object: &Value) -> bool {
-    let generation = object
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64);
+    let generation = object.pointer("/metadata/generation").and_then(Value::as_i64);
     let observed = object
         .pointer("/status/observedGeneration")
         .and_then(Value::as_i64);

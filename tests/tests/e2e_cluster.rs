@@ -50,8 +50,7 @@ fn settings() -> Option<Settings> {
         return None;
     };
     let var = |name: &str| {
-        std::env::var(name)
-            .unwrap_or_else(|_| panic!("{name} is required with HELPR_E2E_KUBECONFIG"))
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is required with HELPR_E2E_KUBECONFIG"))
     };
     Some(Settings {
         kubeconfig: PathBuf::from(kubeconfig),
@@ -156,10 +155,9 @@ fn ready(object: &DynamicObject) -> bool {
     let generation = object.metadata.generation;
     let status = &object.data["status"];
     status["observedGeneration"].as_i64() == generation
-        && status["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        && status["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 async fn wait_until<F, Fut>(what: &str, mut done: F)
@@ -179,10 +177,7 @@ async fn wait_ready(client: &Client, object: &Value) {
         "{} {}/{} to be Ready",
         object["kind"], object["metadata"]["namespace"], object["metadata"]["name"]
     );
-    wait_until(&what, || async {
-        get(client, object).await.is_some_and(|o| ready(&o))
-    })
-    .await;
+    wait_until(&what, || async { get(client, object).await.is_some_and(|o| ready(&o)) }).await;
 }
 
 /// Points an example Tenant at the test's Vault with a token Secret.
@@ -199,11 +194,7 @@ async fn prepare_namespace(client: &Client, namespace: &str, s: &Settings) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
     namespaces
-        .patch(
-            namespace,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&ns),
-        )
+        .patch(namespace, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&ns))
         .await
         .unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -213,11 +204,7 @@ async fn prepare_namespace(client: &Client, namespace: &str, s: &Settings) {
         "stringData": {"token": s.vault_token},
     });
     secrets
-        .patch(
-            VAULT_SECRET,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
+        .patch(VAULT_SECRET, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
         .await
         .unwrap();
 }
@@ -278,22 +265,12 @@ async fn chart_examples_grants_and_a_shredded_tenant_on_a_real_cluster() {
         .map(|t| for_this_cluster(t, &s))
         .collect();
     for tenant in &tenants {
-        prepare_namespace(
-            &client,
-            tenant["metadata"]["namespace"].as_str().unwrap(),
-            &s,
-        )
-        .await;
+        prepare_namespace(&client, tenant["metadata"]["namespace"].as_str().unwrap(), &s).await;
     }
     let inboxes = examples("inboxes.yaml");
     let grants = examples("inbox-grants.yaml");
     let policies = examples("retention-policies.yaml");
-    for object in tenants
-        .iter()
-        .chain(&inboxes)
-        .chain(&grants)
-        .chain(&policies)
-    {
+    for object in tenants.iter().chain(&inboxes).chain(&grants).chain(&policies) {
         apply(&client, object).await;
     }
     for object in tenants.iter().chain(&inboxes) {
@@ -328,19 +305,10 @@ async fn chart_examples_grants_and_a_shredded_tenant_on_a_real_cluster() {
     });
     apply(&client, &grant).await;
     wait_ready(&client, &grant).await;
-    assert_eq!(
-        tenant_status(&mut control, tenant_id).await.grant_count,
-        before + 1
-    );
+    assert_eq!(tenant_status(&mut control, tenant_id).await.grant_count, before + 1);
     delete(&client, &grant).await;
-    wait_until("the e2e grant to be gone", || async {
-        get(&client, &grant).await.is_none()
-    })
-    .await;
-    assert_eq!(
-        tenant_status(&mut control, tenant_id).await.grant_count,
-        before
-    );
+    wait_until("the e2e grant to be gone", || async { get(&client, &grant).await.is_none() }).await;
+    assert_eq!(tenant_status(&mut control, tenant_id).await.grant_count, before);
 
     // Deleting a Shred tenant (and its inboxes) leaves nothing of it in the data plane.
     let shred = tenants
@@ -354,10 +322,7 @@ async fn chart_examples_grants_and_a_shredded_tenant_on_a_real_cluster() {
         }
     }
     delete(&client, shred).await;
-    wait_until("the Shred tenant to be gone", || async {
-        get(&client, shred).await.is_none()
-    })
-    .await;
+    wait_until("the Shred tenant to be gone", || async { get(&client, shred).await.is_none() }).await;
     assert_eq!(
         tenant_status(&mut control, shred_id).await.state(),
         proto::TenantState::Absent
