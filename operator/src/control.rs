@@ -234,6 +234,20 @@ impl ControlClient {
         });
         Ok(self.client.get_tenant_status(req).await?.into_inner())
     }
+
+    /// The connection and sync state of the inbox an Inbox object manages;
+    /// [`ControlError::NotFound`] when the data plane has no live Inbox of that name.
+    pub async fn inbox_status(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<proto::InboxStatus, ControlError> {
+        let req = self.request(proto::GetInboxStatusRequest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+        Ok(self.client.get_inbox_status(req).await?.into_inner())
+    }
 }
 
 fn applied(r: proto::ApplyResponse) -> Result<ApplyResult, ControlError> {

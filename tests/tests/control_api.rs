@@ -756,3 +756,149 @@ async fn sqlite_delete_inbox_cascades_into_a_soft_delete() {
     delete_inbox_cascades(&mut h).await;
     h.shutdown().await;
 }
+
+/// GetInboxStatus follows the inbox: pending until a Google account is connected and the
+/// first sync commits, connected after it (with its time), needs reconnect when Google
+/// refuses the token, NOT_FOUND once the Inbox is deleted. Never the address.
+async fn inbox_status_follows_sync(h: &mut Harness) {
+    use helpr_dataplane::store::InboxStatus;
+    use proto::ConnectionState as C;
+    let acme = tid("acme");
+    let req = tenant_req("acme", 1, proto::DeletionPolicy::Retain);
+    assert_eq!(
+        outcome(h.client.upsert_tenant(req).await),
+        proto::Outcome::Applied
+    );
+    let e = h
+        .client
+        .inbox_status("acme-ns", "support")
+        .await
+        .expect_err("not applied yet");
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    let inbox = inbox_req("support", "acme", 1, proto::Visibility::Org);
+    assert_eq!(
+        outcome(h.client.upsert_inbox(inbox).await),
+        proto::Outcome::Applied
+    );
+    let no_address = |s: &proto::InboxStatus| {
+        assert!(!s.connection_message.contains('@'), "{s:?}");
+        assert!(!s.connection_message.is_empty());
+    };
+
+    // No Google account yet: pending, saying what to do.
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.connection_state(), C::Pending);
+    assert_eq!(s.uid, "uid-support");
+    assert_eq!(s.applied_generation, 1);
+    assert!(
+        s.connection_message
+            .contains("connect the inbox's Google account")
+    );
+    assert_eq!((s.last_sync_time, s.watch_expiration_time), (None, None));
+    no_address(&s);
+
+    // A refresh token, no sync yet: still pending.
+    let inbox_id = h
+        .store
+        .inbox_settings("acme-ns", "support")
+        .await
+        .unwrap()
+        .unwrap()
+        .inbox_id;
+    let ctx = SealContext::new("acme", &inbox_id, "inbox.refresh_token");
+    let sealed = h.keyring.seal(&ctx, b"refresh-token").await.unwrap();
+    h.store.set_refresh_token(&inbox_id, &sealed).await.unwrap();
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.connection_state(), C::Pending);
+    assert!(s.connection_message.contains("first sync"), "{s:?}");
+    assert_eq!(s.last_sync_time, None);
+
+    // The sync worker commits its mark: connected, synced at that moment.
+    let before = helpr_dataplane::store::now_ms();
+    h.store
+        .store_synced_messages(&acme, &inbox_id, &[], Some(42))
+        .await
+        .unwrap();
+    let after = helpr_dataplane::store::now_ms();
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.connection_state(), C::Connected);
+    let synced = s.last_sync_time.expect("last sync time");
+    assert!(
+        (before..=after).contains(&synced),
+        "{synced} not in {before}..={after}"
+    );
+    assert_eq!(s.watch_expiration_time, None);
+    no_address(&s);
+
+    // A batch without a mark is no sync progress: the time stays.
+    h.store
+        .store_synced_messages(&acme, &inbox_id, &[], None)
+        .await
+        .unwrap();
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.last_sync_time, Some(synced));
+
+    // Google refused the token (the sync worker's invalid_grant path).
+    h.store
+        .set_inbox_status(&inbox_id, InboxStatus::NeedsReconnect)
+        .await
+        .unwrap();
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.connection_state(), C::NeedsReconnect);
+    assert!(
+        s.connection_message
+            .contains("reconnect the inbox's Google account"),
+        "{s:?}"
+    );
+    assert_eq!(s.last_sync_time, Some(synced));
+    no_address(&s);
+
+    // A newer generation shows; bad names are INVALID_ARGUMENT, unknown ones NOT_FOUND.
+    let inbox = inbox_req("support", "acme", 2, proto::Visibility::Org);
+    assert_eq!(
+        outcome(h.client.upsert_inbox(inbox).await),
+        proto::Outcome::Applied
+    );
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.applied_generation, 2);
+    for (ns, name) in [("Acme", "support"), ("acme-ns", "Support"), ("", "support")] {
+        let e = h.client.inbox_status(ns, name).await.expect_err(name);
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{ns}/{name}: {e}");
+    }
+    let e = h
+        .client
+        .inbox_status("other-ns", "support")
+        .await
+        .expect_err("other namespace");
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+
+    // Deleted: NOT_FOUND, although the data plane keeps the (disconnected) inbox row.
+    h.client
+        .delete_inbox(meta("acme-ns", "support", "uid-support", 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.get_inbox(&inbox_id).await.unwrap().unwrap().status,
+        "disconnected"
+    );
+    let e = h
+        .client
+        .inbox_status("acme-ns", "support")
+        .await
+        .expect_err("deleted");
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_inbox_status_follows_sync() {
+    let mut h = Harness::postgres().await;
+    inbox_status_follows_sync(&mut h).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_inbox_status_follows_sync() {
+    let mut h = Harness::sqlite().await;
+    inbox_status_follows_sync(&mut h).await;
+    h.shutdown().await;
+}

@@ -1458,6 +1458,84 @@ mod cases {
         Ok(())
     }
 
+    pub async fn inbox_sync_status_follows_the_inbox(b: &Backend) -> anyhow::Result<()> {
+        use helpr_dataplane::search::Mode;
+        use helpr_dataplane::store::{
+            ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, TenantSpec, Visibility,
+        };
+        let s = b.store();
+        let m = |ns: &str, name: &str, uid: &str, generation: i64| ControlMeta {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+            generation,
+        };
+        let acme = tenant(s, "acme").await;
+        let tenant_spec = TenantSpec {
+            display_name: "Acme".into(),
+            deletion_policy: DeletionPolicy::Retain,
+            search_mode: Mode::Blind,
+        };
+        assert_eq!(
+            s.apply_tenant(&m("", "acme", "t", 1), &tenant_spec).await?,
+            ApplyOutcome::Applied
+        );
+        assert_eq!(s.inbox_sync_status("ns", "support").await?, None);
+        let spec = InboxSpec {
+            tenant: acme.clone(),
+            address: "support@acme.example".into(),
+            visibility: Visibility::Org,
+            team: None,
+            assignment_limits_visibility: false,
+        };
+        assert_eq!(
+            s.apply_inbox(&m("ns", "support", "u1", 3), &spec).await?,
+            ApplyOutcome::Applied
+        );
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        let inbox_id = status.inbox_id.clone();
+        assert_eq!(
+            (status.uid.as_str(), status.generation, status.status),
+            ("u1", 3, InboxStatus::Connected)
+        );
+        assert!(!status.has_refresh_token);
+        assert_eq!(
+            (status.last_synced_at_ms, status.watch_expires_at_ms),
+            (None, None)
+        );
+        assert_eq!(s.inbox_sync_status("other", "support").await?, None);
+
+        s.set_refresh_token(&inbox_id, &fake_sealed(1, b"token"))
+            .await?;
+        let before = now_ms();
+        s.store_synced_messages(&acme, &inbox_id, &[], Some(10))
+            .await?;
+        let after = now_ms();
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert!(status.has_refresh_token);
+        let synced = status.last_synced_at_ms.expect("synced");
+        assert!((before..=after).contains(&synced));
+        // The mark does not move back, but the sync time does move on.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.store_synced_messages(&acme, &inbox_id, &[], Some(5))
+            .await?;
+        let later = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert!(later.last_synced_at_ms.expect("synced") > synced);
+        assert_eq!(s.get_inbox(&inbox_id).await?.unwrap().history_id, Some(10));
+
+        s.set_inbox_status(&inbox_id, InboxStatus::NeedsReconnect)
+            .await?;
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert_eq!(status.status, InboxStatus::NeedsReconnect);
+
+        assert_eq!(
+            s.delete_inbox(&m("ns", "support", "u1", 3)).await?,
+            ApplyOutcome::Applied
+        );
+        assert_eq!(s.inbox_sync_status("ns", "support").await?, None);
+        Ok(())
+    }
+
     pub async fn control_changes_are_generation_checked(b: &Backend) -> anyhow::Result<()> {
         use helpr_dataplane::search::Mode;
         use helpr_dataplane::store::{
@@ -2056,6 +2134,7 @@ conformance!(
     synced_messages_advance_the_high_water_mark_atomically,
     inbox_status_and_refresh_token_compare_and_swap,
     control_changes_are_generation_checked,
+    inbox_sync_status_follows_the_inbox,
 );
 
 #[tokio::test]

@@ -37,8 +37,8 @@ use crate::search::{Mode, SearchError, SearchIndex};
 use crate::store::control::{Decision, decide};
 use crate::store::{
     ApplyOutcome, AuditEvent, ControlKind, ControlMeta, DeletionPolicy, GrantRole, GrantSpec,
-    InboxSpec, Rejection, RetentionSpec, Store, StoreError, SubjectKind, TenantSpec, TenantState,
-    Visibility, now_ms,
+    InboxSpec, InboxStatus, InboxSyncStatus, Rejection, RetentionSpec, Store, StoreError,
+    SubjectKind, TenantSpec, TenantState, Visibility, now_ms,
 };
 
 pub use auth::{BearerAuth, ControlToken, TokenFileError};
@@ -766,6 +766,66 @@ impl Control for ControlService {
             retired_versions: count(keys.iter().filter(|k| k.retired).count()),
         });
         Ok(Response::new(status))
+    }
+
+    async fn get_inbox_status(
+        &self,
+        request: Request<proto::GetInboxStatusRequest>,
+    ) -> Result<Response<proto::InboxStatus>, Status> {
+        let r = request.into_inner();
+        if !is_dns_label(&r.namespace) {
+            return Err(invalid("namespace must be a DNS label"));
+        }
+        if !is_dns_subdomain(&r.name) {
+            return Err(invalid("name must be a DNS subdomain"));
+        }
+        let meta = ControlMeta {
+            namespace: r.namespace,
+            name: r.name,
+            uid: String::new(),
+            generation: 0,
+        };
+        let status = self
+            .store()
+            .inbox_sync_status(&meta.namespace, &meta.name)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{} is not applied to the data plane",
+                    object_label(ControlKind::Inbox, &meta)
+                ))
+            })?;
+        Ok(Response::new(inbox_status_to_wire(&status)))
+    }
+}
+
+/// The wire form of an inbox's sync status: the state and a message for a person, with
+/// the actionable step when there is one.
+fn inbox_status_to_wire(s: &InboxSyncStatus) -> proto::InboxStatus {
+    use proto::ConnectionState as C;
+    let (state, message) = match s.status {
+        InboxStatus::Connected if !s.has_refresh_token => (
+            C::Pending,
+            "no Google account connected yet; connect the inbox's Google account",
+        ),
+        InboxStatus::Connected if s.last_synced_at_ms.is_none() => {
+            (C::Pending, "waiting for the first sync with Gmail")
+        }
+        InboxStatus::Connected => (C::Connected, "synced with Gmail"),
+        InboxStatus::NeedsReconnect => (
+            C::NeedsReconnect,
+            "Google refused the inbox's refresh token; reconnect the inbox's Google account",
+        ),
+        InboxStatus::Disconnected => (C::Disconnected, "the data plane disconnected the inbox"),
+    };
+    proto::InboxStatus {
+        uid: s.uid.clone(),
+        applied_generation: s.generation,
+        connection_state: state.into(),
+        connection_message: message.into(),
+        last_sync_time: s.last_synced_at_ms,
+        watch_expiration_time: s.watch_expires_at_ms,
     }
 }
 

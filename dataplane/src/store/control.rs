@@ -219,6 +219,25 @@ pub struct InboxSettings {
     pub generation: i64,
 }
 
+/// Connection and sync state of an inbox an Inbox object manages, for the control API's
+/// `GetInboxStatus`. Ids, times and state words only: never the address or a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSyncStatus {
+    pub inbox_id: String,
+    /// uid of the Inbox object last applied.
+    pub uid: String,
+    /// Generation of the Inbox object last applied.
+    pub generation: i64,
+    /// `inboxes.status`, set by the control API and the sync worker.
+    pub status: super::InboxStatus,
+    /// Whether a (sealed) Google refresh token is stored.
+    pub has_refresh_token: bool,
+    /// When a sync worker last committed progress (advanced the history mark).
+    pub last_synced_at_ms: Option<UnixMillis>,
+    /// When the inbox's Gmail push watch expires; `None`: none registered.
+    pub watch_expires_at_ms: Option<UnixMillis>,
+}
+
 /// Whom a grant is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubjectKind {

@@ -13,8 +13,8 @@ mod sql;
 pub use control::{
     ApplyOutcome, ChangeEvent, ChangeFeed, ControlChange, ControlKind, ControlMeta,
     ControlObjectRecord, DeletionPolicy, GrantRecord, GrantRole, GrantSpec, InboxSettings,
-    InboxSpec, Rejection, RetentionPolicyRecord, RetentionSpec, SubjectKind, TenantSettings,
-    TenantSpec, TenantState, Visibility,
+    InboxSpec, InboxSyncStatus, Rejection, RetentionPolicyRecord, RetentionSpec, SubjectKind,
+    TenantSettings, TenantSpec, TenantState, Visibility,
 };
 pub use sql::{PgStore, SqliteStore};
 
@@ -361,6 +361,16 @@ impl InboxStatus {
             InboxStatus::Disconnected => "disconnected",
         }
     }
+
+    /// The status for a stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "connected" => Some(InboxStatus::Connected),
+            "needs_reconnect" => Some(InboxStatus::NeedsReconnect),
+            "disconnected" => Some(InboxStatus::Disconnected),
+            _ => None,
+        }
+    }
 }
 
 /// Why mail was soft-deleted: one word, stored in `messages.deleted_reason`.
@@ -663,7 +673,8 @@ pub trait Store: Send + Sync + 'static {
     /// Marks jobs failed for good (e.g. the inbox needs reconnecting).
     async fn fail_sync_jobs(&self, ids: &[String], error_kind: &str) -> Result<(), StoreError>;
     /// Stores synced messages and advances the inbox's high-water mark to
-    /// `max(stored, history_id)` in one transaction. Messages already stored (same inbox
+    /// `max(stored, history_id)` in one transaction; with a mark it also records now as
+    /// the inbox's last sync time. Messages already stored (same inbox
     /// and Gmail id) are skipped. [`StoreError::Conflict`] if a concurrent writer stored
     /// one of them meanwhile: nothing is written then, and a retry skips it.
     async fn store_synced_messages(
@@ -848,6 +859,13 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         name: &str,
     ) -> Result<Option<InboxSettings>, StoreError>;
+    /// Connection and sync state of the inbox a live Inbox object manages; `None` when the
+    /// object was never applied or was deleted.
+    async fn inbox_sync_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<InboxSyncStatus>, StoreError>;
     async fn list_grants_for_inbox(&self, inbox_id: &str) -> Result<Vec<GrantRecord>, StoreError>;
     /// Grants of one agent or team of the tenant.
     async fn list_grants_for_subject(

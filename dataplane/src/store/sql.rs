@@ -36,8 +36,8 @@ mod control;
 
 use super::control::{
     ApplyOutcome, ChangeFeed, ControlChange, ControlKind, ControlMeta, ControlObjectRecord,
-    DeletionPolicy, GrantRecord, GrantSpec, InboxSettings, InboxSpec, RetentionPolicyRecord,
-    RetentionSpec, SubjectKind, TenantSettings, TenantSpec, Visibility,
+    DeletionPolicy, GrantRecord, GrantSpec, InboxSettings, InboxSpec, InboxSyncStatus,
+    RetentionPolicyRecord, RetentionSpec, SubjectKind, TenantSettings, TenantSpec, Visibility,
 };
 
 // --- PostgreSQL -------------------------------------------------------------------------
@@ -542,7 +542,8 @@ const MARK_JOB_PENDING: &str = "UPDATE sync_jobs SET state = 'pending', claimed_
 const MARK_JOB_FAILED: &str = "UPDATE sync_jobs SET state = 'failed', claimed_at_ms = NULL, \
      last_error_kind = $2 WHERE id = $1";
 const ADVANCE_HISTORY: &str = "UPDATE inboxes SET history_id = CASE \
-       WHEN history_id IS NULL OR history_id < $2 THEN $2 ELSE history_id END \
+       WHEN history_id IS NULL OR history_id < $2 THEN $2 ELSE history_id END, \
+       last_synced_at_ms = $4 \
      WHERE id = $1 AND tenant_id = $3";
 const LATEST_MESSAGE_DATE: &str =
     "SELECT MAX(internal_date_ms) AS latest FROM messages WHERE inbox_id = $1";
@@ -2144,6 +2145,7 @@ macro_rules! sql_store {
                         .bind(inbox_id)
                         .bind(history_id)
                         .bind(tenant.as_str())
+                        .bind(now_ms())
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err(OP))?;
@@ -2662,6 +2664,14 @@ macro_rules! sql_store {
                 name: &str,
             ) -> Result<Option<InboxSettings>, StoreError> {
                 self.ctl_inbox_settings(namespace, name).await
+            }
+
+            async fn inbox_sync_status(
+                &self,
+                namespace: &str,
+                name: &str,
+            ) -> Result<Option<InboxSyncStatus>, StoreError> {
+                self.ctl_inbox_sync_status(namespace, name).await
             }
 
             async fn list_grants_for_inbox(

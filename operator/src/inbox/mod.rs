@@ -2,9 +2,9 @@
 //!
 //! Reconcile is a pipeline: [`validate`] (pure) → the referenced Tenant exists in the inbox's
 //! namespace and is Ready → `UpsertInbox` at the inbox's uid and generation (tenant, Gmail
-//! address, visibility, team, assignmentLimitsVisibility) → status (observedGeneration,
-//! Ready, DataPlaneSynced; Connected stays as the data plane's sync reports it, Unknown until
-//! then). Deleting the Inbox calls `DeleteInbox` (the data plane disconnects it and removes
+//! address, visibility, team, assignmentLimitsVisibility) → `GetInboxStatus` → status
+//! (observedGeneration, Ready, DataPlaneSynced, Connected from the data plane's connection
+//! state, lastSyncTime, watchExpirationTime; a failed status call keeps Connected as it was). Deleting the Inbox calls `DeleteInbox` (the data plane disconnects it and removes
 //! its grants) before the finalizer is removed; its mail stays until the lifecycle module
 //! (cascading soft delete and purge) exists. See [`reconcile`].
 

@@ -4,8 +4,9 @@
 //! - **apply**: validate → the Tenant exists in the inbox's namespace and is Ready (else
 //!   Ready=False TenantNotFound / TenantNotReady, retried with backoff; a Tenant's change
 //!   also wakes its inboxes, see the binary) → `UpsertInbox` at the inbox's uid and generation
-//!   → status (Ready, DataPlaneSynced; Connected is left as it is: the data plane's sync
-//!   reports it, Unknown/Pending until then).
+//!   → `GetInboxStatus` → status (Ready, DataPlaneSynced, Connected, lastSyncTime,
+//!   watchExpirationTime; Connected is kept as it was when the status call fails), requeued
+//!   at the resync interval.
 //! - **cleanup**: `DeleteInbox` (the data plane disconnects the inbox and removes its grants;
 //!   NOT_FOUND is done), then the finalizer goes. The inbox's mail stays: cascading soft
 //!   delete and purge come with the lifecycle module.
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 use helpr_crds::conditions::{ConditionStatus, reasons, types};
 use helpr_crds::{HelprResource, Inbox, StatusConditions, Tenant};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -25,11 +28,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::{InboxError, validate};
 use crate::control::{ControlError, proto};
-use crate::tenant::DATA_PLANE_STALE;
 use crate::tenant::reconcile::{
     Context, RESYNC_INTERVAL, StatusDraft, describe, meta_of, object_key, patch_status_of, publish,
     report_failure, requeue_on_error,
 };
+use crate::tenant::{DATA_PLANE_STALE, control_reason};
 
 /// Reconciles one Inbox: adds the finalizer, then [`apply`] or, once deleted, [`cleanup`].
 pub async fn reconcile(inbox: Arc<Inbox>, ctx: Arc<Context>) -> Result<Action, InboxError> {
@@ -166,6 +169,7 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
                 ),
             );
             draft.status.clear_reconciling();
+            report_connection(ctx, inbox, &mut draft).await;
             Action::requeue(RESYNC_INTERVAL)
         }
         Err(source) => {
@@ -185,6 +189,78 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
     };
     patch_status(ctx, inbox, &draft).await?;
     Ok(action)
+}
+
+/// Asks the data plane how the inbox's sync is doing and sets the Connected condition,
+/// `lastSyncTime` and `watchExpirationTime` from it. When the data plane cannot answer
+/// (or answers for another incarnation of the inbox), the previous Connected condition and
+/// times stay: an outage of the status call says nothing about Gmail.
+async fn report_connection(ctx: &Context, inbox: &Inbox, draft: &mut StatusDraft<Inbox>) {
+    let namespace = inbox.namespace().unwrap_or_default();
+    let name = inbox.name_any();
+    match ctx.data_plane.inbox_status(&namespace, &name).await {
+        Ok(status) if Some(&status.uid) == inbox.metadata.uid.as_ref() => {
+            if !apply_connection(draft, &status) {
+                tracing::warn!(inbox = %object_key(inbox), state = status.connection_state, "the data plane answered an unknown connection state; Connected kept");
+            }
+        }
+        Ok(_) => {
+            tracing::warn!(inbox = %object_key(inbox), "the data plane's inbox status is of another incarnation; Connected kept");
+        }
+        Err(e) => {
+            tracing::warn!(inbox = %object_key(inbox), reason = control_reason(&e), error = %e, "reading the inbox's sync status failed; Connected kept");
+        }
+    }
+}
+
+/// Sets Connected and the sync times from the data plane's answer; false (nothing changed)
+/// for an unknown state.
+pub(crate) fn apply_connection(
+    draft: &mut StatusDraft<Inbox>,
+    status: &proto::InboxStatus,
+) -> bool {
+    use proto::ConnectionState as C;
+    let detail = |fallback: &str| {
+        if status.connection_message.is_empty() {
+            fallback.to_owned()
+        } else {
+            status.connection_message.clone()
+        }
+    };
+    let (state, reason, message) = match C::try_from(status.connection_state) {
+        Ok(C::Pending) => (
+            ConditionStatus::Unknown,
+            reasons::PENDING,
+            detail("waiting for the first sync with Gmail"),
+        ),
+        Ok(C::Connected) => (
+            ConditionStatus::True,
+            reasons::CONNECTED,
+            detail("synced with Gmail"),
+        ),
+        Ok(C::NeedsReconnect) => (
+            ConditionStatus::False,
+            reasons::NEEDS_RECONNECT,
+            "Google refused the inbox's credentials: reconnect the inbox's Google account"
+                .to_owned(),
+        ),
+        Ok(C::Disconnected) => (
+            ConditionStatus::False,
+            reasons::DISCONNECTED,
+            "the data plane disconnected the inbox (its tenant was deleted with policy Retain); it does not sync"
+                .to_owned(),
+        ),
+        Ok(C::Unspecified) | Err(_) => return false,
+    };
+    draft.set(types::CONNECTED, state, reason, message);
+    draft.status.last_sync_time = status.last_sync_time.and_then(time_of);
+    draft.status.watch_expiration_time = status.watch_expiration_time.and_then(time_of);
+    true
+}
+
+/// Unix milliseconds as a Kubernetes time (`None` when out of range).
+fn time_of(ms: i64) -> Option<Time> {
+    Timestamp::from_millisecond(ms).ok().map(Time)
 }
 
 /// Deletes the inbox from the data plane (disconnects it, removes its grants); NOT_FOUND is

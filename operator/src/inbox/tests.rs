@@ -122,19 +122,173 @@ async fn an_inbox_of_a_ready_tenant_is_applied_and_ready() {
 }
 
 #[tokio::test]
-async fn a_reported_connection_is_kept() {
+async fn a_reported_connection_is_kept_while_the_data_plane_cannot_say() {
     let mut h = harness(FakeVault::default());
-    let inbox = inbox().with_finalizer().with_condition(
+    h.data_plane
+        .status_unavailable
+        .store(true, Ordering::Relaxed);
+    let mut inbox = inbox().with_finalizer().with_condition(
         types::CONNECTED,
         ConditionStatus::False,
         reasons::NEEDS_RECONNECT,
     );
+    inbox.status.get_or_insert_default().last_sync_time = Some(time(1_767_200_000));
     let task = run(inbox.clone(), &h);
     expect_tenant(&mut h, Some(Tenant::test("acme").with_ready())).await;
     let status = expect_status(&mut h, &inbox).await;
-    task.await.unwrap().unwrap();
+    // Still applied and Ready; the status call's outage flips nothing.
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(condition(&status, types::READY).unwrap()["status"], "True");
     let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "False");
     assert_eq!(connected["reason"], reasons::NEEDS_RECONNECT);
+    assert_eq!(
+        status["status"]["lastSyncTime"],
+        serde_json::to_value(time(1_767_200_000)).unwrap()
+    );
+    assert_eq!(
+        h.data_plane.calls.lock().unwrap().last().unwrap(),
+        "inbox status helpr-test/support"
+    );
+}
+
+/// Runs one apply with the data plane answering `answer` to GetInboxStatus; the status
+/// patch.
+async fn applied_with(answer: Option<proto::InboxStatus>, inbox: Inbox) -> Value {
+    let mut h = harness(FakeVault::default());
+    *h.data_plane.inbox_status.lock().unwrap() = answer;
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, Some(Tenant::test("acme").with_ready())).await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300)),
+        "requeued at the resync interval so that sync changes show up"
+    );
+    let calls = h.data_plane.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "upsert inbox helpr-test/support g1".to_owned(),
+            "inbox status helpr-test/support".to_owned()
+        ]
+    );
+    status
+}
+
+#[tokio::test]
+async fn a_synced_inbox_is_connected_with_its_sync_and_watch_times() {
+    let status = applied_with(
+        Some(proto::InboxStatus {
+            connection_state: proto::ConnectionState::Connected.into(),
+            connection_message: "synced with Gmail".into(),
+            last_sync_time: Some(1_767_300_000_123),
+            watch_expiration_time: Some(1_767_900_000_000),
+            ..Default::default()
+        }),
+        inbox().with_finalizer(),
+    )
+    .await;
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "True");
+    assert_eq!(connected["reason"], reasons::CONNECTED);
+    assert_eq!(connected["message"], "synced with Gmail");
+    // Kubernetes times have second precision.
+    assert_eq!(status["status"]["lastSyncTime"], "2026-01-01T20:40:00Z");
+    assert_eq!(
+        status["status"]["watchExpirationTime"],
+        "2026-01-08T19:20:00Z"
+    );
+}
+
+#[tokio::test]
+async fn an_inbox_google_refused_needs_reconnecting() {
+    let mut inbox = inbox().with_finalizer().with_condition(
+        types::CONNECTED,
+        ConditionStatus::True,
+        reasons::CONNECTED,
+    );
+    inbox.status.get_or_insert_default().watch_expiration_time = Some(time(1_767_900_000));
+    let status = applied_with(
+        Some(proto::InboxStatus {
+            connection_state: proto::ConnectionState::NeedsReconnect.into(),
+            connection_message: "refused".into(),
+            last_sync_time: Some(1_767_300_000_000),
+            watch_expiration_time: None,
+            ..Default::default()
+        }),
+        inbox,
+    )
+    .await;
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "False");
+    assert_eq!(connected["reason"], reasons::NEEDS_RECONNECT);
+    let message = connected["message"].as_str().unwrap();
+    assert!(
+        message.contains("reconnect the inbox's Google account"),
+        "{message}"
+    );
+    assert!(!message.contains('@'), "{message}");
+    assert_eq!(status["status"]["lastSyncTime"], "2026-01-01T20:40:00Z");
+    // The data plane has no watch any more: the time goes.
+    assert!(status["status"].get("watchExpirationTime").is_none());
+}
+
+#[tokio::test]
+async fn a_disconnected_inbox_and_a_pending_one_say_so() {
+    let status = applied_with(
+        Some(proto::InboxStatus {
+            connection_state: proto::ConnectionState::Disconnected.into(),
+            connection_message: "the data plane disconnected the inbox".into(),
+            ..Default::default()
+        }),
+        inbox().with_finalizer(),
+    )
+    .await;
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "False");
+    assert_eq!(connected["reason"], reasons::DISCONNECTED);
+    assert!(status["status"].get("lastSyncTime").is_none());
+
+    let status = applied_with(
+        Some(proto::InboxStatus {
+            connection_state: proto::ConnectionState::Pending.into(),
+            connection_message:
+                "no Google account connected yet; connect the inbox's Google account".into(),
+            ..Default::default()
+        }),
+        inbox().with_finalizer(),
+    )
+    .await;
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "Unknown");
+    assert_eq!(connected["reason"], reasons::PENDING);
+    assert_eq!(
+        connected["message"],
+        "no Google account connected yet; connect the inbox's Google account"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_connection_state_keeps_the_condition() {
+    let status = applied_with(
+        Some(proto::InboxStatus {
+            connection_state: 42,
+            ..Default::default()
+        }),
+        inbox().with_finalizer().with_condition(
+            types::CONNECTED,
+            ConditionStatus::True,
+            reasons::CONNECTED,
+        ),
+    )
+    .await;
+    let connected = condition(&status, types::CONNECTED).unwrap();
+    assert_eq!(connected["status"], "True");
+    assert_eq!(connected["reason"], reasons::CONNECTED);
 }
 
 #[tokio::test]

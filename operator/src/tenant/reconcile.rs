@@ -94,6 +94,13 @@ pub trait DataPlane: Send + Sync {
         &self,
         meta: proto::ObjectMeta,
     ) -> Result<ApplyResult, ControlError>;
+    /// The connection and sync state of the inbox an Inbox object manages (NOT_FOUND when
+    /// the data plane has no live Inbox of that name).
+    async fn inbox_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<proto::InboxStatus, ControlError>;
 }
 
 fn object_meta(tenant: &ValidTenant) -> proto::ObjectMeta {
@@ -166,6 +173,14 @@ impl DataPlane for ControlClient {
         meta: proto::ObjectMeta,
     ) -> Result<ApplyResult, ControlError> {
         ControlClient::delete_retention_policy(&mut self.clone(), meta).await
+    }
+
+    async fn inbox_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<proto::InboxStatus, ControlError> {
+        ControlClient::inbox_status(&mut self.clone(), namespace, name).await
     }
 }
 

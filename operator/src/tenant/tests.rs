@@ -91,6 +91,10 @@ pub(crate) struct FakeDataPlane {
     /// Answer upserts of retention policies with ALREADY_EXISTS (another object owns the
     /// tenant's policy).
     pub(crate) policy_taken: std::sync::atomic::AtomicBool,
+    /// What `GetInboxStatus` answers; `None`: a pending inbox of the requested name.
+    pub(crate) inbox_status: Mutex<Option<proto::InboxStatus>>,
+    /// Answer `GetInboxStatus` with UNAVAILABLE (upserts still succeed).
+    pub(crate) status_unavailable: std::sync::atomic::AtomicBool,
 }
 
 impl FakeDataPlane {
@@ -205,6 +209,46 @@ impl DataPlane for FakeDataPlane {
         meta: proto::ObjectMeta,
     ) -> Result<ApplyResult, ControlError> {
         self.deleted("retention policy", &meta)
+    }
+    async fn inbox_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<proto::InboxStatus, ControlError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("inbox status {namespace}/{name}"));
+        if self.unavailable.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .status_unavailable
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(ControlError::Unavailable("database unreachable".to_owned()));
+        }
+        // The identity of the last upsert of that name, as the data plane records it.
+        let applied = self
+            .inboxes
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter_map(|r| r.meta.clone())
+            .find(|m| m.namespace == namespace && m.name == name)
+            .ok_or_else(|| ControlError::NotFound(format!("Inbox {namespace}/{name}")))?;
+        let mut status = self
+            .inbox_status
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| proto::InboxStatus {
+                connection_state: proto::ConnectionState::Pending.into(),
+                connection_message: "waiting for the first sync with Gmail".into(),
+                ..Default::default()
+            });
+        status.uid = applied.uid;
+        status.applied_generation = applied.generation;
+        Ok(status)
     }
 }
 

@@ -15,10 +15,10 @@ use sqlx::sqlite::SqliteRow;
 use super::super::control::{
     ApplyOutcome, CHANGE_LOG_RETAINED, ChangeEvent, ChangeFeed, ControlChange, ControlKind,
     ControlMeta, ControlObjectRecord, Decision, DeletionPolicy, GrantRecord, GrantRole, GrantSpec,
-    InboxSettings, InboxSpec, NOTIFY_CHANNEL, Rejection, RetentionPolicyRecord, RetentionSpec,
-    SubjectKind, TenantSettings, TenantSpec, TenantState, Visibility, decide,
+    InboxSettings, InboxSpec, InboxSyncStatus, NOTIFY_CHANNEL, Rejection, RetentionPolicyRecord,
+    RetentionSpec, SubjectKind, TenantSettings, TenantSpec, TenantState, Visibility, decide,
 };
-use super::super::{DeleteReason, Deletion};
+use super::super::{DeleteReason, Deletion, InboxStatus};
 use super::{
     MARK_INBOX_DELETED, PgStore, SOFT_DELETE_INBOX_MESSAGES, SqliteStore, Store, StoreError,
     db_err, now_ms, to_tenant,
@@ -103,6 +103,12 @@ const INBOX_SETTINGS_BY_NAME: &str = concat!(
     " WHERE s.namespace = $1 AND s.name = $2"
 );
 const INBOX_SETTINGS_BY_ID: &str = concat!(inbox_settings_select!(), " WHERE s.inbox_id = $1");
+const INBOX_SYNC_STATUS: &str = "SELECT s.inbox_id, o.uid, o.generation, i.status, \
+     CAST(CASE WHEN i.refresh_token IS NULL THEN 0 ELSE 1 END AS BIGINT) AS has_refresh_token, \
+     i.last_synced_at_ms, i.watch_expires_at_ms FROM inbox_settings s \
+     JOIN control_objects o ON o.kind = 'inbox' AND o.namespace = s.namespace \
+     AND o.name = s.name JOIN inboxes i ON i.id = s.inbox_id \
+     WHERE s.namespace = $1 AND s.name = $2 AND NOT o.deleted";
 const FIND_TENANT_INBOX: &str =
     "SELECT id FROM inboxes WHERE tenant_id = $1 AND lower(address) = lower($2)";
 const INSERT_MANAGED_INBOX: &str = "INSERT INTO inboxes \
@@ -845,6 +851,34 @@ macro_rules! control_sql {
                         .await?
                         .map(|(s, _)| s),
                 )
+            }
+
+            pub(super) async fn ctl_inbox_sync_status(
+                &self,
+                namespace: &str,
+                name: &str,
+            ) -> Result<Option<InboxSyncStatus>, StoreError> {
+                const T: &str = "inboxes";
+                let Some(row) = sqlx::query(INBOX_SYNC_STATUS)
+                    .bind(namespace)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("inbox_sync_status"))?
+                else {
+                    return Ok(None);
+                };
+                let status: String = Self::col(&row, T, "status")?;
+                let has_refresh_token: i64 = Self::col(&row, T, "has_refresh_token")?;
+                Ok(Some(InboxSyncStatus {
+                    inbox_id: Self::col(&row, T, "inbox_id")?,
+                    uid: Self::col(&row, T, "uid")?,
+                    generation: Self::col(&row, T, "generation")?,
+                    status: InboxStatus::parse(&status).ok_or(corrupt(T, "unknown status"))?,
+                    has_refresh_token: has_refresh_token != 0,
+                    last_synced_at_ms: Self::col(&row, T, "last_synced_at_ms")?,
+                    watch_expires_at_ms: Self::col(&row, T, "watch_expires_at_ms")?,
+                }))
             }
 
             async fn ctl_grants(
