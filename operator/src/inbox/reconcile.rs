@@ -165,7 +165,9 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
                 reasons::RECONCILED,
                 format!(
                     "inbox {} of tenant {} is on the data plane (visibility {:?})",
-                    valid.gmail_address, valid.tenant, valid.visibility
+                    object_key(inbox),
+                    valid.tenant,
+                    valid.visibility
                 ),
             );
             draft.status.clear_reconciling();
