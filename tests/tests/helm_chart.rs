@@ -19,9 +19,6 @@ const PRODUCTION: &str = "ci/production-values.yaml";
 /// Every permission the operator needs, and nothing more: (API group, resources, verbs).
 /// The chart's RBAC must grant exactly this set; drift either way fails
 /// `operator_rbac_grants_exactly_what_it_does`.
-const CHILD_VERBS: &[&str] = &[
-    "get", "list", "watch", "create", "patch", "update", "delete",
-];
 const OPERATOR_RBAC: &[(&str, &[&str], &[&str])] = &[
     (
         "mail.helpr.dev",
@@ -55,10 +52,20 @@ const OPERATOR_RBAC: &[(&str, &[&str], &[&str])] = &[
         &["leases"],
         &["get", "create", "update", "patch"],
     ),
-    ("", &["serviceaccounts", "configmaps"], CHILD_VERBS),
+    // Per-tenant children: server-side apply (patch; create on the first apply) and the owned
+    // watches; only a Retain tenant's sync Deployment is deleted by the operator.
+    ("", &["serviceaccounts"], &["list", "watch", "create", "patch"]),
     ("", &["serviceaccounts/token"], &["create"]),
-    ("apps", &["deployments"], CHILD_VERBS),
-    ("networking.k8s.io", &["networkpolicies"], CHILD_VERBS),
+    (
+        "apps",
+        &["deployments"],
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "networking.k8s.io",
+        &["networkpolicies"],
+        &["list", "watch", "create", "patch"],
+    ),
     // RetentionPolicy purge CronJobs: server-side apply (patch; create on the first apply)
     // and the owned watch; deleted with their policy by owner reference, never by the operator.
     (
