@@ -54,7 +54,11 @@ const OPERATOR_RBAC: &[(&str, &[&str], &[&str])] = &[
     ),
     // Per-tenant children: server-side apply (patch; create on the first apply) and the owned
     // watches; only a Retain tenant's sync Deployment is deleted by the operator.
-    ("", &["serviceaccounts"], &["list", "watch", "create", "patch"]),
+    (
+        "",
+        &["serviceaccounts"],
+        &["list", "watch", "create", "patch"],
+    ),
     ("", &["serviceaccounts/token"], &["create"]),
     (
         "apps",
