@@ -769,8 +769,15 @@ mod cases {
         let second = inbox(s, &t, "sales@acme.example").await;
         let listed = s.list_inboxes(&t).await?;
         assert_eq!(listed.len(), 2);
-        assert_eq!(listed[0], rec);
-        assert_eq!(listed[1].id, second);
+        // Oldest first, ties (the same millisecond) by id.
+        assert!(
+            listed
+                .windows(2)
+                .all(|w| (w[0].created_at_ms, &w[0].id) <= (w[1].created_at_ms, &w[1].id)),
+            "{listed:?}"
+        );
+        assert!(listed.contains(&rec));
+        assert!(listed.iter().any(|i| i.id == second));
         assert!(s.list_inboxes(&other).await?.is_empty());
 
         // Same address in the same tenant: Conflict. In another tenant: fine.
