@@ -374,18 +374,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .watches(
             scoped_api::<Inbox>(&client, scope.as_deref()),
             watcher::Config::default(),
-            move |inbox: Inbox| {
-                if !wakes_dependents(&inbox) {
-                    return Vec::new();
-                }
-                let (namespace, name) = (inbox.namespace(), inbox.name_any());
-                grants
-                    .state()
-                    .into_iter()
-                    .filter(|g| g.namespace() == namespace && g.spec.inbox_ref.name == name)
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            move |inbox: Inbox| dependents(&inbox, &grants, |g| &g.spec.inbox_ref.name),
         )
         .shutdown_on_signal()
         .run(grant::reconcile, grant::error_policy, ctx.clone())
@@ -407,18 +396,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .watches(
             scoped_api::<Tenant>(&client, scope.as_deref()),
             watcher::Config::default(),
-            move |tenant: Tenant| {
-                if !wakes_dependents(&tenant) {
-                    return Vec::new();
-                }
-                let (namespace, name) = (tenant.namespace(), tenant.name_any());
-                inboxes
-                    .state()
-                    .into_iter()
-                    .filter(|i| i.namespace() == namespace && i.spec.tenant_ref.name == name)
-                    .map(|i| ObjectRef::from_obj(i.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            move |tenant: Tenant| dependents(&tenant, &inboxes, |i| &i.spec.tenant_ref.name),
         )
         .shutdown_on_signal()
         .run(inbox::reconcile, inbox::error_policy, ctx.clone())
@@ -445,18 +423,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .watches(
             scoped_api::<Tenant>(&client, scope.as_deref()),
             watcher::Config::default(),
-            move |tenant: Tenant| {
-                if !wakes_dependents(&tenant) {
-                    return Vec::new();
-                }
-                let (namespace, name) = (tenant.namespace(), tenant.name_any());
-                policies
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == namespace && p.spec.tenant_ref.name == name)
-                    .map(|p| ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            move |tenant: Tenant| dependents(&tenant, &policies, |p| &p.spec.tenant_ref.name),
         )
         .shutdown_on_signal()
         .run(retention::reconcile, retention::error_policy, ctx.clone())
@@ -504,6 +471,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// the work at startup. A dependent still sees every other change at its resync.
 fn wakes_dependents<K: HelprResource>(parent: &K) -> bool {
     parent.is_ready() || parent.meta().deletion_timestamp.is_some()
+}
+
+/// The objects of `store` that refer to `parent` (same namespace, `reference` names it),
+/// when a change of `parent` should wake them (see [`wakes_dependents`]).
+fn dependents<P, K>(
+    parent: &P,
+    store: &kube::runtime::reflector::Store<K>,
+    reference: impl Fn(&K) -> &String,
+) -> Vec<ObjectRef<K>>
+where
+    P: HelprResource,
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    if !wakes_dependents(parent) {
+        return Vec::new();
+    }
+    let (namespace, name) = (parent.namespace(), parent.name_any());
+    store
+        .state()
+        .into_iter()
+        .filter(|k| k.namespace() == namespace && *reference(k) == name)
+        .map(|k| ObjectRef::from_obj(k.as_ref()))
+        .collect()
 }
 
 /// An Api over one namespace, or all of them.
