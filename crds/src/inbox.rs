@@ -262,11 +262,10 @@ impl InboxSpec {
             254,
         ));
         if !self.gmail_address.is_empty() && !validation::is_email_address(&self.gmail_address) {
-            c.push(validation::malformed(
-                "spec.gmailAddress",
-                &self.gmail_address,
-                "a lowercase e-mail address such as support@example.com",
-            ));
+            c.push(SpecError::MalformedPersonal {
+                field: "spec.gmailAddress".into(),
+                expected: "a lowercase e-mail address such as support@example.com",
+            });
         }
         match (&self.visibility, &self.team_name) {
             (Visibility::Team, None) => c.push(SpecError::Required {
@@ -319,10 +318,8 @@ impl InboxSpec {
             });
         }
         if self.gmail_address != old.gmail_address {
-            c.push(SpecError::Immutable {
+            c.push(SpecError::ImmutablePersonal {
                 field: "spec.gmailAddress".into(),
-                old: old.gmail_address.clone(),
-                new: self.gmail_address.clone(),
             });
         }
         c.finish()

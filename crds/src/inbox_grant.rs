@@ -177,16 +177,15 @@ impl InboxGrantSpec {
             }
         };
         if !name.is_empty() && !name_ok {
-            c.push(validation::malformed(
-                "spec.subject.name",
-                name,
-                match self.subject.kind {
+            c.push(SpecError::MalformedPersonal {
+                field: "spec.subject.name".into(),
+                expected: match self.subject.kind {
                     SubjectKind::Team => "a team name (lowercase letters, digits and '-')",
                     SubjectKind::Agent => {
                         "an agent login (letters, digits and -._@+, starting and ending with a letter or digit)"
                     }
                 },
-            ));
+            });
         }
         c.finish()
     }
@@ -205,10 +204,8 @@ impl InboxGrantSpec {
             });
         }
         if self.subject != old.subject {
-            c.push(SpecError::Immutable {
+            c.push(SpecError::ImmutablePersonal {
                 field: "spec.subject".into(),
-                old: format!("{:?} {}", old.subject.kind, old.subject.name),
-                new: format!("{:?} {}", self.subject.kind, self.subject.name),
             });
         }
         c.finish()

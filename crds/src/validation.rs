@@ -41,6 +41,16 @@ pub enum SpecError {
         /// What the field must be, as a noun phrase.
         expected: &'static str,
     },
+    /// A value that identifies a person or mailbox (an e-mail address, an agent login)
+    /// does not have the required form. The value is not repeated: errors reach Events,
+    /// conditions and the operator's log.
+    #[error("{field} is not {expected} (the value is not repeated here)")]
+    MalformedPersonal {
+        /// Path of the field.
+        field: String,
+        /// What the field must be, as a noun phrase.
+        expected: &'static str,
+    },
     /// A number is outside its range.
     #[error("{field} is {value}, outside {min}..={max}")]
     OutOfRange {
@@ -88,6 +98,13 @@ pub enum SpecError {
         old: String,
         /// Value the update asks for.
         new: String,
+    },
+    /// An immutable field that identifies a person or mailbox changed on update (the values
+    /// are not repeated, see [`SpecError::MalformedPersonal`]).
+    #[error("{field} is immutable: the update changes it (the values are not repeated here)")]
+    ImmutablePersonal {
+        /// Path of the field.
+        field: String,
     },
     /// A cron expression is invalid.
     #[error("{field} {value:?} is not a valid 5-field cron expression: {source}")]
