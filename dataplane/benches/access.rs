@@ -57,6 +57,7 @@ async fn populate(store: &dyn Store, tenant: &TenantId) {
             visibility,
             team: (visibility == Visibility::Team).then(|| format!("team{}", i % 7)),
             assignment_limits_visibility: false,
+            pubsub_topic: None,
         };
         let applied = store
             .apply_inbox(&meta(format!("inbox{i}")), &spec)

@@ -126,6 +126,17 @@ async fn a_tenant_inbox_and_grant_become_ready_reach_vault_and_the_data_plane_an
             .unwrap()
             .is_some()
     );
+    // With the Pub/Sub topic the sync worker registers the push watch on.
+    let synced = env
+        .store
+        .inbox_sync_status("acme", "support")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        synced.pubsub_topic.as_deref(),
+        Some("projects/helpr-test/topics/support")
+    );
     assert_eq!(
         env.store.list_grants_for_tenant(&id).await.unwrap().len(),
         1

@@ -54,7 +54,24 @@ struct DoubleState {
     revoked: Vec<String>,
     page_size: usize,
     latency_ms: u64,
+    /// Pub/Sub topics that exist, and whether Gmail may publish to each.
+    topics: HashMap<String, bool>,
+    watch: Option<WatchState>,
+    watch_calls: Vec<WatchState>,
 }
+
+/// A push watch the double took (users.watch), as requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchState {
+    pub topic: String,
+    pub label_ids: Vec<String>,
+    pub label_filter_behavior: Option<String>,
+    /// The expiration the double answered (Unix ms).
+    pub expiration_ms: i64,
+}
+
+/// How long the double's watches last, like Gmail's: 7 days.
+pub const WATCH_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The running double.
 pub struct GoogleDouble {
@@ -94,6 +111,8 @@ impl GoogleDouble {
             .route("/gmail/v1/users/me/messages", get(search))
             .route("/gmail/v1/users/me/messages/{id}", get(message))
             .route("/gmail/v1/users/me/profile", get(profile))
+            .route("/gmail/v1/users/me/watch", post(watch))
+            .route("/gmail/v1/users/me/stop", post(stop))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -220,6 +239,24 @@ impl GoogleDouble {
     /// Tokens revoked through the revoke endpoint.
     pub fn revoked(&self) -> Vec<String> {
         lock(&self.state).revoked.clone()
+    }
+
+    /// Makes a Pub/Sub topic exist; `publishable`: Gmail's service account may publish to
+    /// it (otherwise users.watch answers 403). Unknown topics answer 404.
+    pub fn add_topic(&self, topic: &str, publishable: bool) {
+        lock(&self.state)
+            .topics
+            .insert(topic.to_string(), publishable);
+    }
+
+    /// The mailbox's current push watch, if any (stopped or never registered: `None`).
+    pub fn watch(&self) -> Option<WatchState> {
+        lock(&self.state).watch.clone()
+    }
+
+    /// Every users.watch call the double accepted, oldest first.
+    pub fn watch_calls(&self) -> Vec<WatchState> {
+        lock(&self.state).watch_calls.clone()
     }
 
     /// Page size of history and search answers (default 2, to exercise pagination).
@@ -529,6 +566,115 @@ async fn profile(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> R
         "messagesTotal": s.mail.len(), "threadsTotal": s.mail.len()}),
     )
     .into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// users.watch: checks the request body the way Gmail documents it (topicName required and
+/// a full topic name; labelIds a list of strings; labelFilterBehavior include or exclude),
+/// then the topic (404 unknown, 403 not publishable), and answers historyId + expiration.
+async fn watch(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Some(r) = intercept(&state, &uri) {
+        return r;
+    }
+    if !authorized(&state, &headers) {
+        return gmail_error(401, "Invalid Credentials");
+    }
+    if !headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return gmail_error(400, "Invalid JSON payload: expected application/json");
+    }
+    let Ok(request) = serde_json::from_str::<Value>(&body) else {
+        return gmail_error(400, "Invalid JSON payload received.");
+    };
+    let Some(fields) = request.as_object() else {
+        return gmail_error(400, "Invalid JSON payload received.");
+    };
+    if let Some(unknown) = fields.keys().find(|k| {
+        ![
+            "topicName",
+            "labelIds",
+            "labelFilterBehavior",
+            "labelFilterAction",
+        ]
+        .contains(&k.as_str())
+    }) {
+        return gmail_error(
+            400,
+            &format!("Invalid JSON payload received. Unknown name \"{unknown}\""),
+        );
+    }
+    let Some(topic) = fields.get("topicName").and_then(Value::as_str) else {
+        return gmail_error(400, "Invalid topicName");
+    };
+    let well_formed = topic
+        .strip_prefix("projects/")
+        .and_then(|rest| rest.split_once("/topics/"))
+        .is_some_and(|(p, t)| !p.is_empty() && !t.is_empty() && !t.contains('/'));
+    if !well_formed {
+        return gmail_error(400, "Invalid topicName does not match projects/*/topics/*");
+    }
+    let label_ids: Vec<String> = match fields.get("labelIds") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => match items
+            .iter()
+            .map(|v| v.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(ids) => ids,
+            None => return gmail_error(400, "Invalid value at 'label_ids'"),
+        },
+        Some(_) => return gmail_error(400, "Invalid value at 'label_ids'"),
+    };
+    let behavior = match fields.get("labelFilterBehavior") {
+        None => None,
+        Some(Value::String(b)) if b == "include" || b == "exclude" => Some(b.clone()),
+        Some(_) => return gmail_error(400, "Invalid value at 'label_filter_behavior'"),
+    };
+    let mut s = lock(&state);
+    match s.topics.get(topic) {
+        None => return gmail_error(404, "Resource not found"),
+        Some(false) => return gmail_error(403, "User not authorized to perform this action."),
+        Some(true) => {}
+    }
+    let taken = WatchState {
+        topic: topic.to_string(),
+        label_ids,
+        label_filter_behavior: behavior,
+        expiration_ms: now_ms() + WATCH_LIFETIME_MS,
+    };
+    s.watch = Some(taken.clone());
+    s.watch_calls.push(taken.clone());
+    axum::Json(json!({
+        "historyId": s.history_id.to_string(),
+        "expiration": taken.expiration_ms.to_string(),
+    }))
+    .into_response()
+}
+
+/// users.stop: ends the watch; an empty answer, like Gmail's.
+async fn stop(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(r) = intercept(&state, &uri) {
+        return r;
+    }
+    if !authorized(&state, &headers) {
+        return gmail_error(401, "Invalid Credentials");
+    }
+    lock(&state).watch = None;
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn url_form(body: &str) -> HashMap<String, String> {

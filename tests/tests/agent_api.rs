@@ -206,6 +206,7 @@ impl Harness {
                 visibility,
                 team: team.map(str::to_owned),
                 assignment_limits_visibility: false,
+                pubsub_topic: None,
             };
             assert_eq!(
                 control.apply_inbox(&meta(name, 1), &spec).await.unwrap(),

@@ -195,9 +195,12 @@ fn inbox_req(
                 String::new()
             },
             assignment_limits_visibility: false,
+            pubsub_topic: TOPIC.into(),
         }),
     }
 }
+
+const TOPIC: &str = "projects/acme-mail/topics/gmail-push";
 
 fn grant_req(name: &str, inbox: &str, agent: &str, generation: i64) -> proto::UpsertGrantRequest {
     proto::UpsertGrantRequest {
@@ -828,7 +831,27 @@ async fn inbox_status_follows_sync(h: &mut Harness) {
         "{synced} not in {before}..={after}"
     );
     assert_eq!(s.watch_expiration_time, None);
+    assert!(s.connection_message.contains("registering"), "{s:?}");
     no_address(&s);
+
+    // The sync worker registered the push watch: its expiration shows.
+    h.store
+        .record_inbox_watch(&inbox_id, Ok(Some((TOPIC, after + 604_800_000))))
+        .await
+        .unwrap();
+    let s = h.client.inbox_status("acme-ns", "support").await.unwrap();
+    assert_eq!(s.connection_state(), C::Connected);
+    assert_eq!(s.watch_expiration_time, Some(after + 604_800_000));
+    assert!(s.connection_message.contains("pushes changes"), "{s:?}");
+    assert!(!s.connection_message.contains(TOPIC));
+
+    // A topic that is no Pub/Sub topic name is refused.
+    let mut bad = inbox_req("support", "acme", 2, proto::Visibility::Org);
+    if let Some(spec) = bad.spec.as_mut() {
+        spec.pubsub_topic = "projects/acme-mail/subscriptions/gmail-push".into();
+    }
+    let e = h.client.upsert_inbox(bad).await.expect_err("bad topic");
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
 
     // A batch without a mark is no sync progress: the time stays.
     h.store

@@ -1494,6 +1494,7 @@ mod cases {
             visibility: Visibility::Org,
             team: None,
             assignment_limits_visibility: false,
+            pubsub_topic: None,
         };
         assert_eq!(
             s.apply_inbox(&m("ns", "support", "u1", 3), &spec).await?,
@@ -1540,6 +1541,136 @@ mod cases {
             ApplyOutcome::Applied
         );
         assert_eq!(s.inbox_sync_status("ns", "support").await?, None);
+        Ok(())
+    }
+
+    pub async fn push_watches_follow_the_inbox_topic(b: &Backend) -> anyhow::Result<()> {
+        use helpr_dataplane::search::Mode;
+        use helpr_dataplane::store::{
+            ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, InboxWatch, TenantSpec,
+            Visibility, WatchError,
+        };
+        const T1: &str = "projects/acme-mail/topics/gmail-push";
+        const T2: &str = "projects/acme-mail/topics/gmail-push-2";
+        let s = b.store();
+        let m = |name: &str, generation: i64| ControlMeta {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            generation,
+        };
+        let acme = tenant(s, "acme").await;
+        let tenant_spec = TenantSpec {
+            display_name: "Acme".into(),
+            deletion_policy: DeletionPolicy::Retain,
+            search_mode: Mode::Blind,
+        };
+        s.apply_tenant(&m("acme", 1), &tenant_spec).await?;
+        let spec = |address: &str, topic: Option<&str>| InboxSpec {
+            tenant: acme.clone(),
+            address: address.into(),
+            visibility: Visibility::Org,
+            team: None,
+            assignment_limits_visibility: false,
+            pubsub_topic: topic.map(String::from),
+        };
+        assert_eq!(
+            s.apply_inbox(&m("support", 1), &spec("support@acme.example", Some(T1)))
+                .await?,
+            ApplyOutcome::Applied
+        );
+        s.apply_inbox(&m("polling", 1), &spec("polling@acme.example", None))
+            .await?;
+        let id = s
+            .inbox_sync_status("ns", "support")
+            .await?
+            .unwrap()
+            .inbox_id;
+        let polling = s
+            .inbox_sync_status("ns", "polling")
+            .await?
+            .unwrap()
+            .inbox_id;
+        // No refresh token yet: nothing to watch with.
+        assert_eq!(s.inbox_watches(&acme).await?, vec![]);
+        for inbox in [&id, &polling] {
+            s.set_refresh_token(inbox, &fake_sealed(1, b"token"))
+                .await?;
+        }
+        let wanted = InboxWatch {
+            inbox_id: id.clone(),
+            desired_topic: Some(T1.into()),
+            topic: None,
+            expires_at_ms: None,
+        };
+        // The polling-only inbox never shows up.
+        assert_eq!(s.inbox_watches(&acme).await?, vec![wanted.clone()]);
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert_eq!(
+            (
+                status.pubsub_topic.as_deref(),
+                status.watch_expires_at_ms,
+                status.watch_error
+            ),
+            (Some(T1), None, None)
+        );
+
+        s.record_inbox_watch(&id, Ok(Some((T1, 1_000_000)))).await?;
+        assert_eq!(
+            s.inbox_watches(&acme).await?,
+            vec![InboxWatch {
+                topic: Some(T1.into()),
+                expires_at_ms: Some(1_000_000),
+                ..wanted.clone()
+            }]
+        );
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert_eq!(status.watch_expires_at_ms, Some(1_000_000));
+
+        // A failure keeps the watch Gmail still has and is reported.
+        s.record_inbox_watch(&id, Err(WatchError::Forbidden))
+            .await?;
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert_eq!(
+            (status.watch_expires_at_ms, status.watch_error),
+            (Some(1_000_000), Some(WatchError::Forbidden))
+        );
+        assert_eq!(s.inbox_watches(&acme).await?[0].topic.as_deref(), Some(T1));
+
+        // A new topic: the old watch is no longer the inbox's watch.
+        s.apply_inbox(&m("support", 2), &spec("support@acme.example", Some(T2)))
+            .await?;
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert_eq!(
+            (status.pubsub_topic.as_deref(), status.watch_expires_at_ms),
+            (Some(T2), None)
+        );
+        s.record_inbox_watch(&id, Ok(Some((T2, 2_000_000)))).await?;
+        let status = s.inbox_sync_status("ns", "support").await?.unwrap();
+        assert_eq!(
+            (status.watch_expires_at_ms, status.watch_error),
+            (Some(2_000_000), None),
+            "a registration clears the error"
+        );
+
+        // Topic removed: listed (to be stopped) until the stop is recorded.
+        s.apply_inbox(&m("support", 3), &spec("support@acme.example", None))
+            .await?;
+        assert_eq!(
+            s.inbox_watches(&acme).await?,
+            vec![InboxWatch {
+                inbox_id: id.clone(),
+                desired_topic: None,
+                topic: Some(T2.into()),
+                expires_at_ms: Some(2_000_000),
+            }]
+        );
+        s.record_inbox_watch(&id, Ok(None)).await?;
+        assert_eq!(s.inbox_watches(&acme).await?, vec![]);
+        assert!(matches!(
+            s.record_inbox_watch("no-such-inbox", Ok(None)).await,
+            Err(StoreError::NotFound(_))
+        ));
         Ok(())
     }
 
@@ -1603,6 +1734,7 @@ mod cases {
             visibility: Visibility::Org,
             team: None,
             assignment_limits_visibility: true,
+            pubsub_topic: None,
         };
         assert_eq!(
             s.apply_inbox(&m("ns", "support", 1), &inbox("ghost"))
@@ -2142,6 +2274,7 @@ conformance!(
     inbox_status_and_refresh_token_compare_and_swap,
     control_changes_are_generation_checked,
     inbox_sync_status_follows_the_inbox,
+    push_watches_follow_the_inbox_topic,
 );
 
 #[tokio::test]

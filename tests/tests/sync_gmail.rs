@@ -16,9 +16,10 @@ use helpr_dataplane::ingest::sync::{SyncConfig, SyncError, SyncWorker};
 use helpr_dataplane::keyring::{Keyring, KeyringConfig};
 use helpr_dataplane::kms::vault::{VaultAuth, VaultConfig, VaultKms};
 use helpr_dataplane::store::{
-    MessageFields, NewInbox, PgStore, REFRESH_TOKEN_FIELD, Store, StoredMessage, now_ms,
+    ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, MessageFields, NewInbox, PgStore,
+    REFRESH_TOKEN_FIELD, Store, StoredMessage, TenantSpec, Visibility, WatchError, now_ms,
 };
-use helpr_tests::google::GoogleDouble;
+use helpr_tests::google::{GoogleDouble, WATCH_LIFETIME_MS};
 use helpr_tests::openbao::OpenBao;
 use helpr_tests::postgres::TestDatabase;
 
@@ -727,5 +728,172 @@ async fn the_periodic_poll_syncs_connected_inboxes_without_a_notification() {
         0,
         "not due again before the interval"
     );
+    drop(env.bao);
+}
+
+/// Applies the tenant and an Inbox object for the test mailbox (adopting the inbox the
+/// environment created), naming `topic`, as the operator does.
+async fn apply_inbox_topic(env: &Env, generation: i64, topic: Option<&str>) {
+    let meta = |name: &str, generation| ControlMeta {
+        namespace: "helpdesk".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        generation,
+    };
+    let tenant = TenantSpec {
+        display_name: "Acme".into(),
+        deletion_policy: DeletionPolicy::Retain,
+        search_mode: helpr_dataplane::search::Mode::Blind,
+    };
+    env.store
+        .apply_tenant(&meta("acme", 1), &tenant)
+        .await
+        .unwrap();
+    let spec = InboxSpec {
+        tenant: env.tenant.clone(),
+        address: MAILBOX.into(),
+        visibility: Visibility::Org,
+        team: None,
+        assignment_limits_visibility: false,
+        pubsub_topic: topic.map(String::from),
+    };
+    assert_eq!(
+        env.store
+            .apply_inbox(&meta("support", generation), &spec)
+            .await
+            .unwrap(),
+        ApplyOutcome::Applied
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_watches_are_registered_renewed_moved_and_stopped_as_the_inbox_asks() {
+    const TOPIC: &str = "projects/helpr-test/topics/gmail-push";
+    const MOVED: &str = "projects/helpr-test/topics/gmail-push-moved";
+    let env = Env::start().await;
+    env.google.add_topic(TOPIC, true);
+    apply_inbox_topic(&env, 1, Some(TOPIC)).await;
+    let status = || async {
+        env.store
+            .inbox_sync_status("helpdesk", "support")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        status().await.inbox_id,
+        env.inbox_id,
+        "the inbox is adopted"
+    );
+
+    // Registered with the documented body; the expiration Gmail answered is stored.
+    let worker = env.worker();
+    let before = now_ms();
+    assert_eq!(worker.maintain_watches().await, 1);
+    let watch = env.google.watch().expect("a watch is registered");
+    assert_eq!(watch.topic, TOPIC);
+    assert_eq!(watch.label_ids, vec!["INBOX".to_string()]);
+    assert_eq!(watch.label_filter_behavior.as_deref(), Some("include"));
+    assert!(watch.expiration_ms >= before + WATCH_LIFETIME_MS);
+    let s = status().await;
+    assert_eq!(s.watch_expires_at_ms, Some(watch.expiration_ms));
+    assert_eq!(s.watch_error, None);
+
+    // A fresh watch is left alone.
+    assert_eq!(worker.maintain_watches().await, 0);
+    assert_eq!(env.google.watch_calls().len(), 1);
+
+    // Within a day of expiring it is renewed, also when the access token expired meanwhile.
+    env.store
+        .record_inbox_watch(&env.inbox_id, Ok(Some((TOPIC, now_ms() + 3_600_000))))
+        .await
+        .unwrap();
+    env.google.expire_access_tokens();
+    assert_eq!(worker.maintain_watches().await, 1);
+    assert_eq!(env.google.watch_calls().len(), 2);
+    let renewed = env.google.watch().unwrap().expiration_ms;
+    assert_eq!(status().await.watch_expires_at_ms, Some(renewed));
+
+    // A new topic Gmail may not publish to: the failure is recorded as a word, the old
+    // watch is no longer reported, and it is not retried at once.
+    env.google.add_topic(MOVED, false);
+    apply_inbox_topic(&env, 2, Some(MOVED)).await;
+    let watch_requests = env.google.requests("/gmail/v1/users/me/watch");
+    assert_eq!(worker.maintain_watches().await, 0);
+    let s = status().await;
+    assert_eq!(
+        (s.watch_error, s.watch_expires_at_ms),
+        (Some(WatchError::Forbidden), None)
+    );
+    assert_eq!(
+        env.google.requests("/gmail/v1/users/me/watch"),
+        watch_requests + 1
+    );
+    assert_eq!(worker.maintain_watches().await, 0);
+    assert_eq!(
+        env.google.requests("/gmail/v1/users/me/watch"),
+        watch_requests + 1,
+        "not retried before watch_retry_secs"
+    );
+    // Mail keeps flowing by polling meanwhile.
+    env.google
+        .deliver(&eml("while unwatched", "hi"), &["INBOX"], now_ms());
+    assert_eq!(worker.poll_due().await, 1);
+    assert_eq!(env.messages(&env.inbox_id).await.len(), 1);
+
+    // Publishing allowed: the next worker (or the next retry) moves the watch.
+    env.google.add_topic(MOVED, true);
+    let worker = env.worker();
+    assert_eq!(worker.maintain_watches().await, 1);
+    assert_eq!(env.google.watch().unwrap().topic, MOVED);
+    let s = status().await;
+    assert_eq!(s.watch_error, None);
+    assert_eq!(
+        s.watch_expires_at_ms,
+        Some(env.google.watch().unwrap().expiration_ms)
+    );
+
+    // The topic removed from the Inbox: the watch is stopped and nothing more is due.
+    apply_inbox_topic(&env, 3, None).await;
+    assert_eq!(worker.maintain_watches().await, 1);
+    assert_eq!(env.google.watch(), None);
+    assert_eq!(env.store.inbox_watches(&env.tenant).await.unwrap(), vec![]);
+    assert_eq!(status().await.watch_expires_at_ms, None);
+    assert_eq!(worker.maintain_watches().await, 0);
+    drop(env.bao);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_topic_and_a_gmail_outage_are_recorded_and_polling_goes_on() {
+    const TOPIC: &str = "projects/helpr-test/topics/not-created";
+    let env = Env::start().await;
+    apply_inbox_topic(&env, 1, Some(TOPIC)).await;
+    let worker = env.worker();
+    assert_eq!(worker.maintain_watches().await, 0);
+    let s = env
+        .store
+        .inbox_sync_status("helpdesk", "support")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.watch_error, Some(WatchError::NotFound));
+
+    env.google.add_topic(TOPIC, true);
+    env.google
+        .fail_next("/gmail/v1/users/me/watch", 503, None, 10);
+    let worker = env.worker();
+    assert_eq!(worker.maintain_watches().await, 0);
+    let s = env
+        .store
+        .inbox_sync_status("helpdesk", "support")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.watch_error, Some(WatchError::Unavailable));
+    assert_eq!(env.google.watch(), None);
+    env.google
+        .deliver(&eml("still polled", "hi"), &["INBOX"], now_ms());
+    assert_eq!(worker.poll_due().await, 1);
+    assert_eq!(env.messages(&env.inbox_id).await.len(), 1);
     drop(env.bao);
 }

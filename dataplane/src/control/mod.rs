@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::ids::TenantId;
+use crate::ingest::gmail::is_pubsub_topic;
 use crate::keyring::{Keyring, KeyringError};
 use crate::kms::{KeyRef, KmsError};
 use crate::lifecycle::{IndexRemoval, Lifecycle, LifecycleError};
@@ -38,7 +39,7 @@ use crate::store::control::{Decision, decide};
 use crate::store::{
     ApplyOutcome, AuditEvent, ControlKind, ControlMeta, DeletionPolicy, GrantRole, GrantSpec,
     InboxSpec, InboxStatus, InboxSyncStatus, Rejection, RetentionSpec, Store, StoreError,
-    SubjectKind, TenantSpec, TenantState, Visibility, now_ms,
+    SubjectKind, TenantSpec, TenantState, Visibility, WatchError, now_ms,
 };
 
 pub use auth::{BearerAuth, ControlToken, TokenFileError};
@@ -245,12 +246,18 @@ fn inbox_spec_from_wire(spec: Option<proto::InboxSpec>) -> Checked<InboxSpec> {
         _ => return Err(invalid("spec.visibility must be ORG, TEAM or RESTRICTED")),
     };
     plain_text("spec.team", &s.team, visibility == Visibility::Team)?;
+    if !s.pubsub_topic.is_empty() && !is_pubsub_topic(&s.pubsub_topic) {
+        return Err(invalid(
+            "spec.pubsub_topic must be a Pub/Sub topic name projects/PROJECT/topics/TOPIC",
+        ));
+    }
     Ok(InboxSpec {
         tenant: tenant_ref("spec.tenant", &s.tenant)?,
         address: gmail_address(&s.gmail_address)?,
         visibility,
         team: (!s.team.is_empty()).then_some(s.team),
         assignment_limits_visibility: s.assignment_limits_visibility,
+        pubsub_topic: (!s.pubsub_topic.is_empty()).then_some(s.pubsub_topic),
     })
 }
 
@@ -800,6 +807,31 @@ impl Control for ControlService {
     }
 }
 
+/// The Connected message of a synced inbox: says whether Gmail pushes its changes and,
+/// when the push watch failed, what to do.
+fn connected_message(s: &InboxSyncStatus) -> &'static str {
+    let watching = s.pubsub_topic.is_some() && s.watch_expires_at_ms.is_some();
+    match (&s.pubsub_topic, s.watch_error) {
+        (None, _) => "synced with Gmail by polling (no Pub/Sub topic configured)",
+        (Some(_), Some(WatchError::Forbidden)) => {
+            "synced with Gmail by polling: Gmail may not publish to the Pub/Sub topic; grant roles/pubsub.publisher on it to gmail-api-push@system.gserviceaccount.com"
+        }
+        (Some(_), Some(WatchError::NotFound)) => {
+            "synced with Gmail by polling: the Pub/Sub topic does not exist; create it or fix spec.pubSub.topic"
+        }
+        (Some(_), Some(WatchError::Rejected)) => {
+            "synced with Gmail by polling: Gmail refused the push watch; the topic must be in the Google Cloud project of the OAuth client"
+        }
+        (Some(_), Some(WatchError::Unavailable)) => {
+            "synced with Gmail by polling: Gmail was unavailable when registering the push watch; retrying"
+        }
+        (Some(_), None) if watching => {
+            "synced with Gmail; Gmail pushes changes to the Pub/Sub topic"
+        }
+        (Some(_), None) => "synced with Gmail by polling; registering the Gmail push watch",
+    }
+}
+
 /// The wire form of an inbox's sync status: the state and a message for a person, with
 /// the actionable step when there is one.
 fn inbox_status_to_wire(s: &InboxSyncStatus) -> proto::InboxStatus {
@@ -812,7 +844,7 @@ fn inbox_status_to_wire(s: &InboxSyncStatus) -> proto::InboxStatus {
         InboxStatus::Connected if s.last_synced_at_ms.is_none() => {
             (C::Pending, "waiting for the first sync with Gmail")
         }
-        InboxStatus::Connected => (C::Connected, "synced with Gmail"),
+        InboxStatus::Connected => (C::Connected, connected_message(s)),
         InboxStatus::NeedsReconnect => (
             C::NeedsReconnect,
             "Google refused the inbox's refresh token; reconnect the inbox's Google account",
@@ -832,6 +864,107 @@ fn inbox_status_to_wire(s: &InboxSyncStatus) -> proto::InboxStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn synced(
+        topic: Option<&str>,
+        expires: Option<i64>,
+        error: Option<WatchError>,
+    ) -> InboxSyncStatus {
+        InboxSyncStatus {
+            inbox_id: "i1".into(),
+            uid: "u1".into(),
+            generation: 2,
+            status: InboxStatus::Connected,
+            has_refresh_token: true,
+            last_synced_at_ms: Some(1_000),
+            watch_expires_at_ms: expires,
+            pubsub_topic: topic.map(String::from),
+            watch_error: error,
+        }
+    }
+
+    #[test]
+    fn the_connected_message_says_how_gmail_reaches_the_inbox_and_what_to_fix() {
+        const TOPIC: &str = "projects/acme-mail/topics/gmail-push";
+        let wire = |s: InboxSyncStatus| {
+            let w = inbox_status_to_wire(&s);
+            assert_eq!(
+                w.connection_state,
+                i32::from(proto::ConnectionState::Connected)
+            );
+            assert!(
+                !w.connection_message.contains(TOPIC),
+                "no configuration echoed"
+            );
+            (w.connection_message, w.watch_expiration_time)
+        };
+        let (m, expires) = wire(synced(Some(TOPIC), Some(9_000), None));
+        assert_eq!(
+            m,
+            "synced with Gmail; Gmail pushes changes to the Pub/Sub topic"
+        );
+        assert_eq!(expires, Some(9_000));
+        assert!(
+            wire(synced(None, None, None))
+                .0
+                .contains("no Pub/Sub topic")
+        );
+        assert!(
+            wire(synced(Some(TOPIC), None, None))
+                .0
+                .contains("registering")
+        );
+        let (m, expires) = wire(synced(Some(TOPIC), None, Some(WatchError::Forbidden)));
+        assert!(
+            m.contains("gmail-api-push@system.gserviceaccount.com"),
+            "{m}"
+        );
+        assert_eq!(expires, None);
+        assert!(
+            wire(synced(Some(TOPIC), None, Some(WatchError::NotFound)))
+                .0
+                .contains("does not exist")
+        );
+        assert!(
+            wire(synced(Some(TOPIC), None, Some(WatchError::Rejected)))
+                .0
+                .contains("refused")
+        );
+        assert!(
+            wire(synced(
+                Some(TOPIC),
+                Some(9_000),
+                Some(WatchError::Unavailable)
+            ))
+            .0
+            .contains("retrying")
+        );
+    }
+
+    #[test]
+    fn inbox_topics_are_checked() {
+        let spec = |topic: &str| {
+            inbox_spec_from_wire(Some(proto::InboxSpec {
+                tenant: "acme".into(),
+                gmail_address: "support@acme.example".into(),
+                visibility: proto::Visibility::Org.into(),
+                team: String::new(),
+                assignment_limits_visibility: false,
+                pubsub_topic: topic.into(),
+            }))
+        };
+        assert_eq!(spec("").unwrap().pubsub_topic, None);
+        assert_eq!(
+            spec("projects/acme-mail/topics/gmail-push")
+                .unwrap()
+                .pubsub_topic
+                .as_deref(),
+            Some("projects/acme-mail/topics/gmail-push")
+        );
+        let err = spec("projects/acme-mail/subscriptions/x").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("spec.pubsub_topic"));
+    }
 
     #[test]
     fn names_are_checked_like_kubernetes_does() {

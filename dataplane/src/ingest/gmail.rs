@@ -1,4 +1,4 @@
-//! Gmail API client: history, raw messages, message search and the profile.
+//! Gmail API client: history, raw messages, message search, the profile and push watches.
 //!
 //! Reaches Google only through the configured base URL. 429 and 5xx answers (and
 //! connection failures) are retried with exponential backoff and full jitter, honouring
@@ -39,6 +39,9 @@ pub struct GmailConfig {
     pub request_timeout_secs: u64,
     /// `maxResults` of history and search pages (Gmail allows up to 500).
     pub page_size: u32,
+    /// Labels a push watch reports changes of (`labelIds` of users.watch, with
+    /// `labelFilterBehavior: include`); empty: every change of the mailbox.
+    pub watch_label_ids: Vec<String>,
 }
 
 impl Default for GmailConfig {
@@ -50,6 +53,7 @@ impl Default for GmailConfig {
             max_backoff_ms: 60_000,
             request_timeout_secs: 30,
             page_size: 500,
+            watch_label_ids: vec!["INBOX".into()],
         }
     }
 }
@@ -85,6 +89,9 @@ pub enum GmailError {
     /// The access token was refused: refresh it and try again.
     #[error("gmail refused the access token")]
     Unauthorized,
+    /// Gmail refused the request (403): for a watch, Gmail may not publish to the topic.
+    #[error("gmail refused the request (http 403)")]
+    Forbidden,
     /// Rate limited or unavailable after every retry.
     #[error("gmail unavailable: {0}")]
     Unavailable(String),
@@ -211,6 +218,47 @@ struct Profile {
     history_id: String,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchResponse {
+    history_id: String,
+    expiration: String,
+}
+
+/// A push watch Gmail took (users.watch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    /// The mailbox's history id when the watch started.
+    pub history_id: u64,
+    /// When the watch expires (Unix ms); renew before then.
+    pub expiration_ms: i64,
+}
+
+/// Whether `s` is a full Pub/Sub topic name `projects/PROJECT/topics/TOPIC`: a project id of
+/// 6-30 lowercase letters, digits and `-` (starting with a letter, not ending with `-`) and
+/// a topic id of 3-255 letters, digits and `-_.~+%` starting with a letter, not with `goog`.
+pub fn is_pubsub_topic(s: &str) -> bool {
+    let Some((project, topic)) = s
+        .strip_prefix("projects/")
+        .and_then(|rest| rest.split_once("/topics/"))
+    else {
+        return false;
+    };
+    let project_ok = (6..=30).contains(&project.len())
+        && project.starts_with(|c: char| c.is_ascii_lowercase())
+        && !project.ends_with('-')
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let topic_ok = (3..=255).contains(&topic.len())
+        && topic.starts_with(|c: char| c.is_ascii_alphabetic())
+        && !topic.to_ascii_lowercase().starts_with("goog")
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~+%".contains(&b));
+    project_ok && topic_ok
+}
+
 fn parse_id(what: &str, s: &str) -> Result<u64, GmailError> {
     s.parse()
         .map_err(|_| GmailError::Protocol(format!("{what} is not a decimal id")))
@@ -326,6 +374,53 @@ impl GmailClient {
         parse_id("historyId", &profile.history_id)
     }
 
+    /// Registers (or renews) the mailbox's push watch on `topic`: Gmail publishes a
+    /// notification there for each change of the configured labels until the answered
+    /// expiration (about 7 days). Calling it again replaces the watch.
+    pub async fn watch(&self, token: &AccessToken, topic: &str) -> Result<Watch, GmailError> {
+        if !is_pubsub_topic(topic) {
+            return Err(GmailError::Protocol(
+                "the watch topic is not a Pub/Sub topic name".into(),
+            ));
+        }
+        let mut body = serde_json::json!({ "topicName": topic });
+        if !self.cfg.watch_label_ids.is_empty() {
+            body["labelIds"] = serde_json::json!(self.cfg.watch_label_ids);
+            body["labelFilterBehavior"] = serde_json::json!("include");
+        }
+        let r: WatchResponse = self
+            .send_json(
+                reqwest::Method::POST,
+                "/gmail/v1/users/me/watch",
+                &[],
+                Some(&body),
+                token,
+            )
+            .await?;
+        let expiration_ms = r
+            .expiration
+            .parse()
+            .map_err(|_| GmailError::Protocol("watch expiration is not a number".into()))?;
+        Ok(Watch {
+            history_id: parse_id("historyId", &r.history_id)?,
+            expiration_ms,
+        })
+    }
+
+    /// Stops the mailbox's push watch (notifications stop within a few minutes).
+    pub async fn stop_watch(&self, token: &AccessToken) -> Result<(), GmailError> {
+        let _: serde::de::IgnoredAny = self
+            .send_json(
+                reqwest::Method::POST,
+                "/gmail/v1/users/me/stop",
+                &[],
+                Some(&serde_json::json!({})),
+                token,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// One message in RFC 822 form.
     pub async fn get_raw(&self, token: &AccessToken, id: &str) -> Result<RawMessage, GmailError> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -365,28 +460,46 @@ impl GmailClient {
         query: &[(&str, String)],
         token: &AccessToken,
     ) -> Result<T, GmailError> {
+        self.send_json(reqwest::Method::GET, path, query, None, token)
+            .await
+    }
+
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        token: &AccessToken,
+    ) -> Result<T, GmailError> {
         let url = format!("{}{}", self.base, path);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             GMAIL_REQUESTS.inc();
-            let sent = self
+            let mut request = self
                 .http
-                .get(&url)
+                .request(method.clone(), &url)
                 .query(query)
-                .bearer_auth(token.expose())
-                .send()
-                .await;
+                .bearer_auth(token.expose());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let sent = request.send().await;
             let retry_after = match sent {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
-                        return resp.json::<T>().await.map_err(|_| {
-                            GmailError::Protocol(format!("unexpected answer to {path}"))
-                        });
+                        let unexpected =
+                            || GmailError::Protocol(format!("unexpected answer to {path}"));
+                        let body = resp.bytes().await.map_err(|_| unexpected())?;
+                        // An empty answer (users.stop) reads as JSON null.
+                        let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+                        return serde_json::from_slice::<T>(body).map_err(|_| unexpected());
                     }
                     match status.as_u16() {
                         401 => return Err(GmailError::Unauthorized),
+                        403 => return Err(GmailError::Forbidden),
                         404 => return Err(GmailError::MessageGone),
                         429 | 500..=599 => {
                             let hint = retry_after(resp.headers());
@@ -535,6 +648,30 @@ mod tests {
         assert!(m(&["DRAFT"]).is_draft_or_sent());
         assert!(m(&["SENT", "INBOX"]).is_draft_or_sent());
         assert!(!m(&["INBOX", "UNREAD"]).is_draft_or_sent());
+    }
+
+    #[test]
+    fn pubsub_topic_names_are_checked() {
+        assert!(is_pubsub_topic("projects/acme-mail/topics/gmail-push"));
+        assert!(is_pubsub_topic(
+            "projects/acme-mail-1/topics/Gmail_push.v2~a+b%20"
+        ));
+        for bad in [
+            "",
+            "gmail-push",
+            "projects/acme-mail/topics/",
+            "projects/acme-mail/topics/ab",
+            "projects/acme/topics/gmail-push",
+            "projects/Acme-mail/topics/gmail-push",
+            "projects/acme-mail-/topics/gmail-push",
+            "projects/acme-mail/topics/googmail",
+            "projects/acme-mail/topics/1gmail",
+            "projects/acme-mail/topics/gmail push",
+            "projects/acme-mail/topics/gmail/push",
+            "projects/acme-mail/subscriptions/gmail-push",
+        ] {
+            assert!(!is_pubsub_topic(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! together with the advanced mark, in batches, one transaction per batch. A periodic poll
 //! covers notifications Gmail dropped. Messages are idempotent by (inbox, Gmail id), so a
 //! worker killed at any point resumes with nothing lost and nothing stored twice.
+//!
+//! The worker also keeps each inbox's Gmail push watch (users.watch) on the Pub/Sub topic
+//! its Inbox object names: registered when missing or on another topic, renewed a day
+//! before it expires (Gmail lets a watch lapse after about 7 days), stopped when the topic
+//! is removed. A failure is recorded as a fixed word for the Inbox's status and retried
+//! later; polling keeps mail flowing meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
-use super::gmail::{AccessToken, AddedMessage, GmailClient, GmailError};
+use super::gmail::{AccessToken, AddedMessage, GmailClient, GmailError, Watch};
 use super::oauth::{OAuthError, TokenSource};
 use super::pipeline::{self, PipelinedWriter, RawInput};
 use crate::crypto::SealContext;
@@ -23,8 +29,8 @@ use crate::ids::TenantId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::metrics::Counter;
 use crate::store::{
-    InboxRecord, InboxStatus, InsertOutcome, REFRESH_TOKEN_FIELD, Store, StoreError, SyncJob,
-    now_ms,
+    InboxRecord, InboxStatus, InboxWatch, InsertOutcome, REFRESH_TOKEN_FIELD, Store, StoreError,
+    SyncJob, UnixMillis, WatchError, now_ms,
 };
 
 static STORED: Counter = Counter::new(
@@ -46,6 +52,21 @@ static UNPARSEABLE: Counter = Counter::new(
     "helpr_sync_messages_total",
     "outcome=\"unparseable\"",
     "Messages seen by sync workers, by outcome",
+);
+static WATCHES_REGISTERED: Counter = Counter::new(
+    "helpr_sync_watch_calls_total",
+    "outcome=\"registered\"",
+    "Gmail push watch registrations, renewals and stops by sync workers, by outcome",
+);
+static WATCHES_STOPPED: Counter = Counter::new(
+    "helpr_sync_watch_calls_total",
+    "outcome=\"stopped\"",
+    "Gmail push watch registrations, renewals and stops by sync workers, by outcome",
+);
+static WATCHES_FAILED: Counter = Counter::new(
+    "helpr_sync_watch_calls_total",
+    "outcome=\"failed\"",
+    "Gmail push watch registrations, renewals and stops by sync workers, by outcome",
 );
 static STALE_RECOVERIES: Counter = Counter::new(
     "helpr_sync_stale_history_recoveries_total",
@@ -73,6 +94,13 @@ pub struct SyncConfig {
     pub idle_wait_ms: u64,
     /// Inboxes synced at the same time.
     pub concurrency: usize,
+    /// How often the inboxes' push watches are checked, seconds.
+    pub watch_check_secs: u64,
+    /// A watch is renewed when it expires within this many seconds (Google suggests daily
+    /// renewal; a watch lasts about 7 days).
+    pub watch_renew_before_secs: u64,
+    /// A failed watch registration is tried again after this many seconds.
+    pub watch_retry_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -86,6 +114,9 @@ impl Default for SyncConfig {
             retry_max_secs: 600,
             idle_wait_ms: 1000,
             concurrency: 4,
+            watch_check_secs: 60,
+            watch_renew_before_secs: 86_400,
+            watch_retry_secs: 900,
         }
     }
 }
@@ -166,6 +197,46 @@ pub struct InboxSyncReport {
     pub recovered_stale_history: bool,
 }
 
+/// What an inbox's push watch needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchAction<'a> {
+    /// Register (or renew) a watch on this topic.
+    Register(&'a str),
+    /// Stop the watch: the Inbox no longer names a topic.
+    Stop,
+}
+
+/// Decides what a watch needs at `now`: a watch on the desired topic that expires more
+/// than `renew_before_ms` from now needs nothing; a missing, expiring or other-topic watch
+/// is registered; a watch nobody wants any more is stopped.
+pub fn watch_action(
+    w: &InboxWatch,
+    now: UnixMillis,
+    renew_before_ms: i64,
+) -> Option<WatchAction<'_>> {
+    match (&w.desired_topic, &w.topic) {
+        (Some(want), have) => {
+            let same_topic = have.as_deref() == Some(want.as_str());
+            let fresh = w
+                .expires_at_ms
+                .is_some_and(|e| e.saturating_sub(now) > renew_before_ms);
+            (!(same_topic && fresh)).then_some(WatchAction::Register(want))
+        }
+        (None, Some(_)) => Some(WatchAction::Stop),
+        (None, None) => None,
+    }
+}
+
+/// The fixed word recorded for a failed watch call.
+fn watch_error(e: &GmailError) -> WatchError {
+    match e {
+        GmailError::Forbidden => WatchError::Forbidden,
+        GmailError::MessageGone | GmailError::StaleHistory => WatchError::NotFound,
+        GmailError::Unavailable(_) => WatchError::Unavailable,
+        GmailError::Unauthorized | GmailError::Protocol(_) => WatchError::Rejected,
+    }
+}
+
 struct CachedToken {
     token: AccessToken,
     valid_until: Instant,
@@ -181,6 +252,9 @@ pub struct SyncWorker {
     cfg: SyncConfig,
     tokens: Mutex<HashMap<String, CachedToken>>,
     last_synced: Mutex<HashMap<String, Instant>>,
+    /// Inboxes whose last watch call failed, and when to try again.
+    watch_retry_at: Mutex<HashMap<String, Instant>>,
+    watches_checked: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -205,6 +279,8 @@ impl SyncWorker {
             cfg,
             tokens: Mutex::new(HashMap::new()),
             last_synced: Mutex::new(HashMap::new()),
+            watch_retry_at: Mutex::new(HashMap::new()),
+            watches_checked: Mutex::new(None),
         }
     }
 
@@ -220,6 +296,13 @@ impl SyncWorker {
                 }
             };
             let polled = self.poll_due().await;
+            let watch_due = lock(&self.watches_checked).is_none_or(|t| {
+                t.elapsed() >= Duration::from_secs(self.cfg.watch_check_secs.max(1))
+            });
+            if watch_due {
+                *lock(&self.watches_checked) = Some(Instant::now());
+                self.maintain_watches().await;
+            }
             if worked + polled == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(self.cfg.idle_wait_ms)) => {}
@@ -292,6 +375,129 @@ impl SyncWorker {
         }
         while set.join_next().await.is_some() {}
         due.len()
+    }
+
+    /// Registers, renews or stops the push watches that need it (see [`watch_action`]),
+    /// skipping inboxes whose last attempt failed less than `watch_retry_secs` ago.
+    /// Returns how many watch calls succeeded.
+    pub async fn maintain_watches(self: &Arc<Self>) -> usize {
+        let watches = match self.store.inbox_watches(&self.tenant).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, error = %e, "listing push watches failed");
+                return 0;
+            }
+        };
+        let renew_before = i64::try_from(self.cfg.watch_renew_before_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let now = now_ms();
+        let due: Vec<InboxWatch> = {
+            let mut retry = lock(&self.watch_retry_at);
+            retry.retain(|_, at| *at > Instant::now());
+            watches
+                .into_iter()
+                .filter(|w| watch_action(w, now, renew_before).is_some())
+                .filter(|w| !retry.contains_key(&w.inbox_id))
+                .collect()
+        };
+        let limiter = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        let mut set = JoinSet::new();
+        for w in due {
+            let me = self.clone();
+            let limiter = limiter.clone();
+            set.spawn(async move {
+                let _permit = limiter.acquire_owned().await;
+                me.keep_watch(&w, now, renew_before).await
+            });
+        }
+        let mut done = 0;
+        while let Some(joined) = set.join_next().await {
+            done += usize::from(matches!(joined, Ok(true)));
+        }
+        done
+    }
+
+    /// Carries out the watch's action and records the outcome; true when Gmail took it.
+    async fn keep_watch(&self, w: &InboxWatch, now: UnixMillis, renew_before: i64) -> bool {
+        let Some(action) = watch_action(w, now, renew_before) else {
+            return true;
+        };
+        let called = match self.watch_call(&w.inbox_id, action).await {
+            // The access token expired early or was revoked: refresh once and go again.
+            Err(SyncError::Gmail(GmailError::Unauthorized)) => {
+                lock(&self.tokens).remove(&w.inbox_id);
+                self.watch_call(&w.inbox_id, action).await
+            }
+            other => other,
+        };
+        let (recorded, ok) = match (&called, action) {
+            (Ok(Some(watch)), WatchAction::Register(topic)) => {
+                WATCHES_REGISTERED.inc();
+                tracing::info!(tenant = %self.tenant, inbox = %w.inbox_id, expires_at_ms = watch.expiration_ms, "gmail push watch registered");
+                let r = self
+                    .store
+                    .record_inbox_watch(&w.inbox_id, Ok(Some((topic, watch.expiration_ms))))
+                    .await;
+                (r, true)
+            }
+            (Ok(_), _) => {
+                WATCHES_STOPPED.inc();
+                tracing::info!(tenant = %self.tenant, inbox = %w.inbox_id, "gmail push watch stopped");
+                (
+                    self.store.record_inbox_watch(&w.inbox_id, Ok(None)).await,
+                    true,
+                )
+            }
+            (Err(SyncError::Gmail(e)), _) => {
+                WATCHES_FAILED.inc();
+                let word = watch_error(e);
+                tracing::warn!(tenant = %self.tenant, inbox = %w.inbox_id, reason = word.as_str(), error = %e, retry_in_secs = self.cfg.watch_retry_secs, "gmail push watch call failed; polling meanwhile");
+                (
+                    self.store.record_inbox_watch(&w.inbox_id, Err(word)).await,
+                    false,
+                )
+            }
+            (Err(e), _) => {
+                // No usable access token (needs reconnecting, KMS or database trouble):
+                // the sync path reports that state; the watch is tried again later.
+                WATCHES_FAILED.inc();
+                tracing::warn!(tenant = %self.tenant, inbox = %w.inbox_id, kind = e.kind(), error = %e, "gmail push watch not renewed");
+                (Ok(()), false)
+            }
+        };
+        if let Err(e) = &recorded {
+            tracing::warn!(tenant = %self.tenant, inbox = %w.inbox_id, error = %e, "recording the push watch failed");
+        }
+        if !ok {
+            lock(&self.watch_retry_at).insert(
+                w.inbox_id.clone(),
+                Instant::now() + Duration::from_secs(self.cfg.watch_retry_secs),
+            );
+        }
+        ok && recorded.is_ok()
+    }
+
+    async fn watch_call(
+        &self,
+        inbox_id: &str,
+        action: WatchAction<'_>,
+    ) -> Result<Option<Watch>, SyncError> {
+        let inbox = self
+            .store
+            .get_inbox(inbox_id)
+            .await?
+            .ok_or(SyncError::NotConnected)?;
+        if inbox.tenant_id != self.tenant {
+            return Err(SyncError::WrongTenant);
+        }
+        let token = self.access_token(&inbox).await?;
+        match action {
+            WatchAction::Register(topic) => Ok(Some(self.gmail.watch(&token, topic).await?)),
+            WatchAction::Stop => {
+                self.gmail.stop_watch(&token).await?;
+                Ok(None)
+            }
+        }
     }
 
     async fn finish_jobs(
@@ -567,5 +773,84 @@ impl SyncWorker {
             },
         );
         Ok(refreshed.access_token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    fn watch(desired: Option<&str>, topic: Option<&str>, expires: Option<i64>) -> InboxWatch {
+        InboxWatch {
+            inbox_id: "i1".into(),
+            desired_topic: desired.map(String::from),
+            topic: topic.map(String::from),
+            expires_at_ms: expires,
+        }
+    }
+
+    const T1: &str = "projects/acme-mail/topics/gmail-push";
+    const T2: &str = "projects/acme-mail/topics/gmail-push-2";
+
+    #[test]
+    fn a_missing_watch_is_registered() {
+        let w = watch(Some(T1), None, None);
+        assert_eq!(watch_action(&w, 0, DAY), Some(WatchAction::Register(T1)));
+    }
+
+    #[test]
+    fn a_fresh_watch_on_the_desired_topic_needs_nothing() {
+        let now = 1_000 * DAY;
+        let w = watch(Some(T1), Some(T1), Some(now + 7 * DAY));
+        assert_eq!(watch_action(&w, now, DAY), None);
+        // Just outside the renewal window still needs nothing.
+        let w = watch(Some(T1), Some(T1), Some(now + DAY + 1));
+        assert_eq!(watch_action(&w, now, DAY), None);
+    }
+
+    #[test]
+    fn a_watch_is_renewed_within_the_window_and_after_it_lapsed() {
+        let now = 1_000 * DAY;
+        for expires in [now + DAY, now + 1, now, now - 3 * DAY] {
+            let w = watch(Some(T1), Some(T1), Some(expires));
+            assert_eq!(
+                watch_action(&w, now, DAY),
+                Some(WatchAction::Register(T1)),
+                "expires {expires}"
+            );
+        }
+        // Registered but with no known expiration: register again to learn it.
+        let w = watch(Some(T1), Some(T1), None);
+        assert_eq!(watch_action(&w, now, DAY), Some(WatchAction::Register(T1)));
+    }
+
+    #[test]
+    fn a_changed_topic_is_registered_at_once() {
+        let now = 1_000 * DAY;
+        let w = watch(Some(T2), Some(T1), Some(now + 7 * DAY));
+        assert_eq!(watch_action(&w, now, DAY), Some(WatchAction::Register(T2)));
+    }
+
+    #[test]
+    fn a_watch_nobody_wants_is_stopped() {
+        let w = watch(None, Some(T1), Some(7 * DAY));
+        assert_eq!(watch_action(&w, 0, DAY), Some(WatchAction::Stop));
+        assert_eq!(watch_action(&watch(None, None, None), 0, DAY), None);
+    }
+
+    #[test]
+    fn watch_failures_are_recorded_as_fixed_words() {
+        assert_eq!(watch_error(&GmailError::Forbidden), WatchError::Forbidden);
+        assert_eq!(watch_error(&GmailError::MessageGone), WatchError::NotFound);
+        assert_eq!(
+            watch_error(&GmailError::Unavailable("http 503 after 6 attempts".into())),
+            WatchError::Unavailable
+        );
+        assert_eq!(
+            watch_error(&GmailError::Protocol("http 400".into())),
+            WatchError::Rejected
+        );
     }
 }

@@ -204,6 +204,8 @@ pub struct InboxSpec {
     pub visibility: Visibility,
     pub team: Option<String>,
     pub assignment_limits_visibility: bool,
+    /// The Pub/Sub topic of the inbox's Gmail push watch; `None`: polling only.
+    pub pubsub_topic: Option<String>,
 }
 
 /// An inbox managed by an Inbox object.
@@ -234,8 +236,60 @@ pub struct InboxSyncStatus {
     pub has_refresh_token: bool,
     /// When a sync worker last committed progress (advanced the history mark).
     pub last_synced_at_ms: Option<UnixMillis>,
-    /// When the inbox's Gmail push watch expires; `None`: none registered.
+    /// When the inbox's Gmail push watch on its current topic expires; `None`: none registered.
     pub watch_expires_at_ms: Option<UnixMillis>,
+    /// The Pub/Sub topic the Inbox object names; `None`: polling only.
+    pub pubsub_topic: Option<String>,
+    /// Why the last watch registration failed (a [`WatchError`] word); `None`: it did not.
+    pub watch_error: Option<WatchError>,
+}
+
+/// Why Gmail refused or could not take a push watch (`inboxes.watch_error`). Fixed words:
+/// Gmail's own text never reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchError {
+    /// 403: Gmail may not publish to the topic (grant `roles/pubsub.publisher` on it to
+    /// gmail-api-push@system.gserviceaccount.com) or the account may not watch.
+    Forbidden,
+    /// 404: the topic does not exist.
+    NotFound,
+    /// Any other refusal (e.g. 400: a topic in another project than the OAuth client's).
+    Rejected,
+    /// Gmail was unreachable or kept answering 429/5xx.
+    Unavailable,
+}
+
+impl WatchError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchError::Forbidden => "forbidden",
+            WatchError::NotFound => "not_found",
+            WatchError::Rejected => "rejected",
+            WatchError::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "forbidden" => Some(WatchError::Forbidden),
+            "not_found" => Some(WatchError::NotFound),
+            "rejected" => Some(WatchError::Rejected),
+            "unavailable" => Some(WatchError::Unavailable),
+            _ => None,
+        }
+    }
+}
+
+/// The Gmail push watch of a connected inbox: what is wanted and what Gmail last took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxWatch {
+    pub inbox_id: String,
+    /// The topic the Inbox object names; `None`: no watch wanted.
+    pub desired_topic: Option<String>,
+    /// The topic of the watch last registered; `None`: none.
+    pub topic: Option<String>,
+    /// When that watch expires.
+    pub expires_at_ms: Option<UnixMillis>,
 }
 
 /// Whom a grant is for.

@@ -13,8 +13,8 @@ mod sql;
 pub use control::{
     ApplyOutcome, ChangeEvent, ChangeFeed, ControlChange, ControlKind, ControlMeta,
     ControlObjectRecord, DeletionPolicy, GrantRecord, GrantRole, GrantSpec, InboxSettings,
-    InboxSpec, InboxSyncStatus, Rejection, RetentionPolicyRecord, RetentionSpec, SubjectKind,
-    TenantSettings, TenantSpec, TenantState, Visibility,
+    InboxSpec, InboxSyncStatus, InboxWatch, Rejection, RetentionPolicyRecord, RetentionSpec,
+    SubjectKind, TenantSettings, TenantSpec, TenantState, Visibility, WatchError,
 };
 pub use sql::{PgStore, SqliteStore};
 
@@ -866,6 +866,17 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         name: &str,
     ) -> Result<Option<InboxSyncStatus>, StoreError>;
+    /// The Gmail push watches a tenant's sync worker keeps: every connected inbox (with a
+    /// refresh token) that wants a watch or still has one, by inbox id.
+    async fn inbox_watches(&self, tenant: &TenantId) -> Result<Vec<InboxWatch>, StoreError>;
+    /// Records the outcome of a watch registration: `Ok(Some((topic, expires)))` a watch
+    /// Gmail took (clears any error), `Ok(None)` a watch stopped, `Err(e)` a failure (the
+    /// previous watch, if any, stays recorded). `NotFound` when the inbox does not exist.
+    async fn record_inbox_watch(
+        &self,
+        inbox_id: &str,
+        watch: Result<Option<(&str, UnixMillis)>, WatchError>,
+    ) -> Result<(), StoreError>;
     async fn list_grants_for_inbox(&self, inbox_id: &str) -> Result<Vec<GrantRecord>, StoreError>;
     /// Grants of one agent or team of the tenant.
     async fn list_grants_for_subject(

@@ -36,8 +36,9 @@ mod control;
 
 use super::control::{
     ApplyOutcome, ChangeFeed, ControlChange, ControlKind, ControlMeta, ControlObjectRecord,
-    DeletionPolicy, GrantRecord, GrantSpec, InboxSettings, InboxSpec, InboxSyncStatus,
+    DeletionPolicy, GrantRecord, GrantSpec, InboxSettings, InboxSpec, InboxSyncStatus, InboxWatch,
     RetentionPolicyRecord, RetentionSpec, SubjectKind, TenantSettings, TenantSpec, Visibility,
+    WatchError,
 };
 
 // --- PostgreSQL -------------------------------------------------------------------------
@@ -2672,6 +2673,21 @@ macro_rules! sql_store {
                 name: &str,
             ) -> Result<Option<InboxSyncStatus>, StoreError> {
                 self.ctl_inbox_sync_status(namespace, name).await
+            }
+
+            async fn inbox_watches(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<InboxWatch>, StoreError> {
+                self.ctl_inbox_watches(tenant).await
+            }
+
+            async fn record_inbox_watch(
+                &self,
+                inbox_id: &str,
+                watch: Result<Option<(&str, UnixMillis)>, WatchError>,
+            ) -> Result<(), StoreError> {
+                self.ctl_record_inbox_watch(inbox_id, watch).await
             }
 
             async fn list_grants_for_inbox(

@@ -21,6 +21,8 @@ pub struct ValidInbox {
     /// The team of `Team` visibility.
     pub team: Option<String>,
     pub assignment_limits_visibility: bool,
+    /// The Pub/Sub topic the data plane's push watch (users.watch) publishes to.
+    pub pubsub_topic: String,
 }
 
 impl ValidInbox {
@@ -49,6 +51,7 @@ impl ValidInbox {
                 .into(),
                 team: self.team.clone().unwrap_or_default(),
                 assignment_limits_visibility: self.assignment_limits_visibility,
+                pubsub_topic: self.pubsub_topic.clone(),
             }),
         }
     }
@@ -102,6 +105,7 @@ pub fn validate(inbox: &Inbox) -> Result<ValidInbox, InboxError> {
         visibility: inbox.spec.visibility,
         team: inbox.spec.team_name.clone(),
         assignment_limits_visibility: inbox.spec.assignment_limits_visibility,
+        pubsub_topic: inbox.spec.pub_sub.topic.clone(),
     })
 }
 
@@ -128,6 +132,8 @@ mod tests {
         assert_eq!(spec.visibility, i32::from(proto::Visibility::Team));
         assert_eq!(spec.team, "tier-1");
         assert!(spec.assignment_limits_visibility);
+        assert_eq!(spec.pubsub_topic, inbox.spec.pub_sub.topic);
+        assert!(!spec.pubsub_topic.is_empty());
     }
 
     #[test]

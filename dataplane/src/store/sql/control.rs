@@ -15,10 +15,11 @@ use sqlx::sqlite::SqliteRow;
 use super::super::control::{
     ApplyOutcome, CHANGE_LOG_RETAINED, ChangeEvent, ChangeFeed, ControlChange, ControlKind,
     ControlMeta, ControlObjectRecord, Decision, DeletionPolicy, GrantRecord, GrantRole, GrantSpec,
-    InboxSettings, InboxSpec, InboxSyncStatus, NOTIFY_CHANNEL, Rejection, RetentionPolicyRecord,
-    RetentionSpec, SubjectKind, TenantSettings, TenantSpec, TenantState, Visibility, decide,
+    InboxSettings, InboxSpec, InboxSyncStatus, InboxWatch, NOTIFY_CHANNEL, Rejection,
+    RetentionPolicyRecord, RetentionSpec, SubjectKind, TenantSettings, TenantSpec, TenantState,
+    Visibility, WatchError, decide,
 };
-use super::super::{DeleteReason, Deletion, InboxStatus};
+use super::super::{DeleteReason, Deletion, InboxStatus, UnixMillis};
 use super::{
     MARK_INBOX_DELETED, PgStore, SOFT_DELETE_INBOX_MESSAGES, SqliteStore, Store, StoreError,
     db_err, now_ms, to_tenant,
@@ -105,7 +106,10 @@ const INBOX_SETTINGS_BY_NAME: &str = concat!(
 const INBOX_SETTINGS_BY_ID: &str = concat!(inbox_settings_select!(), " WHERE s.inbox_id = $1");
 const INBOX_SYNC_STATUS: &str = "SELECT s.inbox_id, o.uid, o.generation, i.status, \
      CAST(CASE WHEN i.refresh_token IS NULL THEN 0 ELSE 1 END AS BIGINT) AS has_refresh_token, \
-     i.last_synced_at_ms, i.watch_expires_at_ms FROM inbox_settings s \
+     i.last_synced_at_ms, \
+     CASE WHEN i.watch_topic = s.pubsub_topic THEN i.watch_expires_at_ms END AS watch_expires_at_ms, \
+     s.pubsub_topic, i.watch_error \
+     FROM inbox_settings s \
      JOIN control_objects o ON o.kind = 'inbox' AND o.namespace = s.namespace \
      AND o.name = s.name JOIN inboxes i ON i.id = s.inbox_id \
      WHERE s.namespace = $1 AND s.name = $2 AND NOT o.deleted";
@@ -116,10 +120,20 @@ const INSERT_MANAGED_INBOX: &str = "INSERT INTO inboxes \
      VALUES ($1, $2, $3, NULL, 'connected', NULL, $4, $4)";
 const UPSERT_INBOX_SETTINGS: &str = "INSERT INTO inbox_settings \
      (inbox_id, tenant_id, namespace, name, visibility, team, assignment_limits_visibility, \
-      generation, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+      generation, updated_at_ms, pubsub_topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
      ON CONFLICT (inbox_id) DO UPDATE SET visibility = excluded.visibility, \
      team = excluded.team, assignment_limits_visibility = excluded.assignment_limits_visibility, \
-     generation = excluded.generation, updated_at_ms = excluded.updated_at_ms";
+     generation = excluded.generation, updated_at_ms = excluded.updated_at_ms, \
+     pubsub_topic = excluded.pubsub_topic";
+/// Push watches of a tenant's connected inboxes that want one or still have one.
+pub(super) const INBOX_WATCHES: &str = "SELECT i.id, s.pubsub_topic, i.watch_topic, \
+     i.watch_expires_at_ms FROM inboxes i LEFT JOIN inbox_settings s ON s.inbox_id = i.id \
+     WHERE i.tenant_id = $1 AND i.status = 'connected' AND i.refresh_token IS NOT NULL \
+     AND (s.pubsub_topic IS NOT NULL OR i.watch_topic IS NOT NULL) ORDER BY i.id";
+pub(super) const RECORD_INBOX_WATCH: &str = "UPDATE inboxes SET watch_topic = $2, \
+     watch_expires_at_ms = $3, watch_error = NULL WHERE id = $1";
+pub(super) const RECORD_INBOX_WATCH_ERROR: &str =
+    "UPDATE inboxes SET watch_error = $2 WHERE id = $1";
 const RECONNECT_INBOX: &str =
     "UPDATE inboxes SET status = 'connected' WHERE id = $1 AND status = 'disconnected'";
 const FORGET_INBOX_GRANTS: &str = "DELETE FROM control_objects WHERE kind = 'grant' AND \
@@ -609,6 +623,7 @@ macro_rules! control_sql {
                     .bind(spec.assignment_limits_visibility)
                     .bind(meta.generation)
                     .bind(now_ms())
+                    .bind(spec.pubsub_topic.as_deref())
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err(OP))?;
@@ -878,7 +893,55 @@ macro_rules! control_sql {
                     has_refresh_token: has_refresh_token != 0,
                     last_synced_at_ms: Self::col(&row, T, "last_synced_at_ms")?,
                     watch_expires_at_ms: Self::col(&row, T, "watch_expires_at_ms")?,
+                    pubsub_topic: Self::col(&row, T, "pubsub_topic")?,
+                    watch_error: Self::col::<Option<String>>(&row, T, "watch_error")?
+                        .map(|w| WatchError::parse(&w).ok_or(corrupt(T, "unknown watch error")))
+                        .transpose()?,
                 }))
+            }
+
+            pub(super) async fn ctl_inbox_watches(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<Vec<InboxWatch>, StoreError> {
+                const T: &str = "inboxes";
+                let rows = sqlx::query(INBOX_WATCHES)
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("inbox_watches"))?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(InboxWatch {
+                            inbox_id: Self::col(row, T, "id")?,
+                            desired_topic: Self::col(row, T, "pubsub_topic")?,
+                            topic: Self::col(row, T, "watch_topic")?,
+                            expires_at_ms: Self::col(row, T, "watch_expires_at_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(super) async fn ctl_record_inbox_watch(
+                &self,
+                inbox_id: &str,
+                watch: Result<Option<(&str, UnixMillis)>, WatchError>,
+            ) -> Result<(), StoreError> {
+                const OP: &str = "record_inbox_watch";
+                let query = match watch {
+                    Ok(registered) => sqlx::query(RECORD_INBOX_WATCH)
+                        .bind(inbox_id)
+                        .bind(registered.map(|(topic, _)| topic))
+                        .bind(registered.map(|(_, expires)| expires)),
+                    Err(e) => sqlx::query(RECORD_INBOX_WATCH_ERROR)
+                        .bind(inbox_id)
+                        .bind(e.as_str()),
+                };
+                let done = query.execute(&self.pool).await.map_err(db_err(OP))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("inbox"));
+                }
+                Ok(())
             }
 
             async fn ctl_grants(

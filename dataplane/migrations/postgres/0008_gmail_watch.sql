@@ -1,0 +1,13 @@
+-- helpr vault: Gmail push watches (PostgreSQL). Keep in step with ../sqlite/0008_gmail_watch.sql.
+--
+-- inbox_settings.pubsub_topic  the Pub/Sub topic the Inbox object names (spec.pubSub.topic),
+--                              as projects/P/topics/T; NULL: no push, polling only
+-- inboxes.watch_topic          the topic of the watch last registered with Gmail (users.watch);
+--                              NULL: none. The sync worker registers again when it differs
+--                              from the desired topic, and stops the watch when none is desired
+-- inboxes.watch_error          why the last registration failed, one word (never Gmail's text):
+--                              forbidden, not_found, rejected, unavailable; NULL: it succeeded
+-- (inboxes.watch_expires_at_ms, from 0007, holds the expiration Gmail answered.)
+ALTER TABLE inbox_settings ADD COLUMN pubsub_topic TEXT;
+ALTER TABLE inboxes ADD COLUMN watch_topic TEXT;
+ALTER TABLE inboxes ADD COLUMN watch_error TEXT;
