@@ -250,13 +250,35 @@ pub async fn import(
     Ok(report)
 }
 
+/// Compacts the tenant's index when it holds deleted documents; a failure is logged and
+/// tried again after [`COMPACTION_INTERVAL`] (or after the next purge).
+async fn compact_if_needed(service: &SearchService, tenant: &TenantId) {
+    let index = service.index();
+    match index.stats(tenant).await {
+        Ok(stats) if stats.deleted_documents > 0 => match index.compact(tenant).await {
+            Ok(n) => tracing::info!(tenant = %tenant, removed = n, "search index compacted"),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "search index compaction failed")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(tenant = %tenant, error = %e, "search index stats failed"),
+    }
+}
+
 /// How often [`run_indexer`] runs the search backend's housekeeping
 /// ([`crate::search::SearchIndex::maintain`]).
 pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often [`run_indexer`] compacts a tenant index that holds deleted documents
+/// ([`crate::search::SearchIndex::compact`]), besides the compaction after each purge: a
+/// purge run by a process that does not hold the index leaves it to the holder.
+pub const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Indexes whatever is pending for every tenant (or only `only`), every `interval`, until
 /// `shutdown` turns true, and runs the backend's housekeeping every
-/// [`MAINTENANCE_INTERVAL`]. A tenant whose index another process holds is skipped (and
+/// [`MAINTENANCE_INTERVAL`]. Tenant indexes holding deleted documents are compacted on the
+/// first round and then at most every [`COMPACTION_INTERVAL`]. A tenant whose index another process holds is skipped (and
 /// logged once) until the holder lets go; other failures are logged and retried on the
 /// next round.
 pub async fn run_indexer(
@@ -268,6 +290,7 @@ pub async fn run_indexer(
 ) {
     let mut held_elsewhere: std::collections::HashSet<TenantId> = Default::default();
     let mut last_maintenance: Option<std::time::Instant> = None;
+    let mut compacted: std::collections::HashMap<TenantId, std::time::Instant> = Default::default();
     while !*shutdown.borrow() {
         let tenants = match &only {
             Some(t) => Ok(vec![t.clone()]),
@@ -285,6 +308,13 @@ pub async fn run_indexer(
                                 tracing::info!(tenant = %t, indexed = n, "indexed new messages");
                             }
                             held_elsewhere.remove(&t);
+                            let due = compacted
+                                .get(&t)
+                                .is_none_or(|at| at.elapsed() >= COMPACTION_INTERVAL);
+                            if due {
+                                compact_if_needed(&service, &t).await;
+                                compacted.insert(t.clone(), std::time::Instant::now());
+                            }
                         }
                         Err(ServiceError::Search(SearchError::Locked { holder, .. })) => {
                             if held_elsewhere.insert(t.clone()) {

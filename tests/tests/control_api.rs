@@ -65,6 +65,9 @@ impl SearchIndex for FlakySearch {
     async fn stats(&self, t: &TenantId) -> Result<IndexStats, SearchError> {
         self.inner.stats(t).await
     }
+    async fn compact(&self, t: &TenantId) -> Result<u64, SearchError> {
+        self.inner.compact(t).await
+    }
 }
 
 struct Harness {

@@ -277,6 +277,10 @@ async fn soft_delete_restore_grace_purge_and_legal_hold(postgres: bool) {
     let dry = env.run(t1 + 60 * DAY_MS, true).await;
     assert_eq!((dry.dry_run, dry.purged_messages), (true, 1));
     assert_eq!(
+        dry.compacted_index_documents, 0,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
         env.store
             .list_purge_candidates(t, i64::MAX, None, 10)
             .await
@@ -289,6 +293,9 @@ async fn soft_delete_restore_grace_purge_and_legal_hold(postgres: bool) {
         (purged.purged_messages, purged.purged_conversations),
         (1, 1)
     );
+    // The index files keep nothing of deleted mail after a purge.
+    assert_eq!(purged.index_compaction, IndexRemoval::Done);
+    assert_eq!(env.index.stats(t).await.unwrap().deleted_documents, 0);
     assert_eq!(env.run(t1 + 60 * DAY_MS, false).await.purged_messages, 0);
     assert!(matches!(
         env.lifecycle
@@ -542,6 +549,10 @@ async fn purge_command_on_postgres() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["purged_messages"], 1);
     assert_eq!(report["purged_conversations"], 1);
+    // This test process holds the index writer (as `dev` would): the compaction is left
+    // to the holder, and the report says so.
+    assert_eq!(report["index_compaction"]["state"], "deferred", "{report}");
+    assert!(report["index_compaction"]["holder"].is_string(), "{report}");
     assert_eq!(report["grace_period_days"], 1);
     assert_eq!(report["skipped_legal_hold"], 0);
     assert!(
@@ -590,6 +601,10 @@ async fn purge_waits_for_the_index_holder_to_remove_unconfirmed_mail() {
     let options = PurgeOptions::at(T0 + 60 * DAY_MS);
     let first = other.run_retention(t, options).await.unwrap();
     assert_eq!((first.purged_messages, first.awaiting_index), (0, 1));
+    assert!(
+        matches!(first.index_compaction, IndexRemoval::Deferred { .. }),
+        "{first:?}"
+    );
     // The holder's indexer removes it from the index and confirms.
     assert_eq!(
         env.svc.index_all_pending(t, 50, |_, _| {}).await.unwrap(),
@@ -598,4 +613,32 @@ async fn purge_waits_for_the_index_holder_to_remove_unconfirmed_mail() {
     assert_eq!(env.documents().await, 2);
     let second = other.run_retention(t, options).await.unwrap();
     assert_eq!((second.purged_messages, second.awaiting_index), (1, 0));
+    assert!(matches!(
+        second.index_compaction,
+        IndexRemoval::Deferred { .. }
+    ));
+
+    // The holder's indexer compacts what the purge could not.
+    assert!(env.index.stats(t).await.unwrap().deleted_documents > 0);
+    let svc = Arc::new(SearchService::new(
+        env.keyring.clone(),
+        env.index.clone(),
+        Mode::Blind,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let indexer = tokio::spawn(tools::run_indexer(
+        svc,
+        env.store.clone(),
+        Duration::from_millis(20),
+        Some(t.clone()),
+        stopped,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.index.stats(t).await.unwrap().deleted_documents > 0 {
+        assert!(std::time::Instant::now() < deadline, "not compacted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    indexer.await.unwrap();
+    assert_eq!(env.documents().await, 2);
 }

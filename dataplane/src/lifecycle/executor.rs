@@ -56,10 +56,11 @@ impl LifecycleError {
 }
 
 /// Whether mail left the search index at once.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum IndexRemoval {
     /// Removed (or there was nothing to remove).
+    #[default]
     Done,
     /// Another process holds the tenant's index writer; its indexer removes the mail
     /// within its indexing interval. Searches hide it meanwhile (every hit is re-checked).
@@ -122,6 +123,12 @@ pub struct PurgeReport {
     /// Due messages kept for now because the search index is held by another process,
     /// which first removes them from the index (the next run purges them).
     pub awaiting_index: u64,
+    /// Deleted documents removed from the search index files for good after the purge
+    /// (their segments rewritten without them; 0 in a dry run).
+    pub compacted_index_documents: u64,
+    /// Whether that compaction ran (`deferred` while another process holds the index; the
+    /// next run compacts).
+    pub index_compaction: IndexRemoval,
 }
 
 /// Soft delete, restore and retention over a store and the search index.
@@ -432,12 +439,26 @@ impl Lifecycle {
             report.purged_messages += messages;
             report.purged_conversations += conversations;
         }
+
+        // 3. Nothing of deleted mail stays in the index files: rewrite the segments that
+        // still hold deleted documents (soft-deleted mail left search when it was deleted;
+        // a restore indexes it again from the sealed store).
+        if !options.dry_run {
+            match self.index.compact(tenant).await {
+                Ok(n) => report.compacted_index_documents = n,
+                Err(SearchError::Locked { holder, .. }) => {
+                    report.index_compaction = IndexRemoval::Deferred { holder }
+                }
+                Err(e) => return Err(LifecycleError::Search(e)),
+            }
+        }
         if report.purged_messages > 0 || report.soft_deleted_conversations > 0 {
             tracing::info!(
                 tenant = %tenant,
                 dry_run = options.dry_run,
                 soft_deleted_conversations = report.soft_deleted_conversations,
                 purged_messages = report.purged_messages,
+                compacted_index_documents = report.compacted_index_documents,
                 skipped_legal_hold = report.skipped_legal_hold,
                 "retention run"
             );

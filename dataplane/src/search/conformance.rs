@@ -412,6 +412,40 @@ pub(crate) async fn bad_requests(index: &dyn SearchIndex) {
     assert!(index.search(&t, &req).await.is_err());
 }
 
+/// Compaction removes nothing live: deleted mail stays absent, the rest is found as before,
+/// and a second compaction (or one of a tenant never indexed) has nothing to do.
+pub(crate) async fn compaction(index: &dyn SearchIndex) {
+    let k = key(8);
+    let ix = Indexer::Blind(&k);
+    let t = tenant("compaction");
+    add(index, &t, &ix, &sample()).await;
+    let all = ["inbox-a", "inbox-b"];
+    index
+        .delete(&t, &DeleteScope::Message("m2".into()))
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    index
+        .compact(&t)
+        .await
+        .unwrap_or_else(|e| panic!("compact: {e}"));
+    assert_eq!(ids(index, &t, &ix, "quarterly", &all).await, ["m4", "m1"]);
+    assert_eq!(ids(index, &t, &ix, "invoice", &all).await, ["m3"]);
+    assert_eq!(
+        index
+            .compact(&t)
+            .await
+            .unwrap_or_else(|e| panic!("compact: {e}")),
+        0
+    );
+    assert_eq!(
+        index
+            .compact(&tenant("compaction-none"))
+            .await
+            .unwrap_or_else(|e| panic!("compact: {e}")),
+        0
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case; `$make` is an async block that
 /// yields a fresh backend (and whatever must live as long as it).
 macro_rules! conformance_tests {
@@ -422,6 +456,7 @@ macro_rules! conformance_tests {
         $crate::search::conformance::conformance_tests!(@case $make, deletes);
         $crate::search::conformance::conformance_tests!(@case $make, pagination);
         $crate::search::conformance::conformance_tests!(@case $make, bad_requests);
+        $crate::search::conformance::conformance_tests!(@case $make, compaction);
     };
     (@case $make:expr, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

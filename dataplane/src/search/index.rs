@@ -203,6 +203,13 @@ pub trait SearchIndex: Send + Sync + 'static {
 
     async fn stats(&self, tenant: &TenantId) -> Result<IndexStats, SearchError>;
 
+    /// Removes deleted documents from the tenant's index files for good, so nothing of a
+    /// deleted message (not even its blind tokens or, in plaintext mode, its terms) stays on
+    /// disk: tantivy rewrites the segments holding deleted documents and deletes the old
+    /// files; Quickwit's delete tasks rewrite its splits themselves. Returns how many deleted
+    /// documents were removed. Searches keep working throughout.
+    async fn compact(&self, tenant: &TenantId) -> Result<u64, SearchError>;
+
     /// Periodic housekeeping the indexing processes run (Quickwit: dropping delete
     /// tombstones whose delete task has been applied). Returns how many items it cleared.
     async fn maintain(&self) -> Result<u64, SearchError> {

@@ -346,6 +346,15 @@ impl SearchIndexRpc for IndexServer {
         }))
     }
 
+    async fn compact(
+        &self,
+        request: Request<proto::TenantRequest>,
+    ) -> Result<Response<proto::CompactResponse>, Status> {
+        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        let removed_documents = self.index.compact(&tenant).await.map_err(status_of)?;
+        Ok(Response::new(proto::CompactResponse { removed_documents }))
+    }
+
     async fn stats(
         &self,
         request: Request<proto::TenantRequest>,
@@ -518,6 +527,18 @@ impl SearchIndex for RemoteIndex {
                 seq: c.seq,
             }),
         })
+    }
+
+    async fn compact(&self, tenant: &TenantId) -> Result<u64, SearchError> {
+        let r = self
+            .client
+            .clone()
+            .compact(proto::TenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await
+            .map_err(|s| error_of(s, tenant))?;
+        Ok(r.into_inner().removed_documents)
     }
 
     async fn stats(&self, tenant: &TenantId) -> Result<IndexStats, SearchError> {

@@ -129,6 +129,8 @@ impl TantivyConfig {
 }
 
 const HOLDER_FILE: &str = "writer.holder";
+/// Tries of a compaction whose segments a background merge holds.
+const COMPACT_ATTEMPTS: u32 = 8;
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -560,6 +562,45 @@ impl TenantIndex {
         })
     }
 
+    /// Rewrites every segment holding deleted documents without them, then deletes the
+    /// files no longer used, so nothing of a deleted document stays on disk. Returns the
+    /// deleted documents removed.
+    fn compact(&self) -> Result<u64, SearchError> {
+        let mut guard = self.writer()?;
+        let Some(w) = guard.as_mut() else {
+            return Err(SearchError::Backend("index writer missing".into()));
+        };
+        // Pending deletes become part of the segments first.
+        self.dirty.store(false, Ordering::Release);
+        if let Err(e) = w.commit() {
+            self.dirty.store(true, Ordering::Release);
+            return Err(backend_err(e));
+        }
+        let mut removed = 0;
+        // A background merge may hold some of the segments (it drops their deleted
+        // documents too); wait for it and look again.
+        for attempt in 0..COMPACT_ATTEMPTS {
+            let metas = self.index.searchable_segment_metas().map_err(backend_err)?;
+            let with_deletes: Vec<SegmentId> = metas
+                .iter()
+                .filter(|m| m.has_deletes())
+                .map(|m| m.id())
+                .collect();
+            if with_deletes.is_empty() {
+                break;
+            }
+            let deleted: u64 = metas.iter().map(|m| u64::from(m.num_deleted_docs())).sum();
+            match w.merge(&with_deletes).wait() {
+                Ok(_) => removed += deleted,
+                Err(e) if attempt + 1 == COMPACT_ATTEMPTS => return Err(backend_err(e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(50 << attempt.min(4))),
+            }
+        }
+        self.reader.reload().map_err(backend_err)?;
+        w.garbage_collect_files().wait().map_err(backend_err)?;
+        Ok(removed)
+    }
+
     fn stats(&self) -> Result<IndexStats, SearchError> {
         if !self.holds_writer() {
             self.reader.reload().map_err(backend_err)?;
@@ -944,6 +985,13 @@ impl SearchIndex for TantivyIndex {
             return Ok(IndexStats::default());
         }
         self.blocking(tenant, |t| t.stats()).await
+    }
+
+    async fn compact(&self, tenant: &TenantId) -> Result<u64, SearchError> {
+        if !self.inner.cfg.root.join(tenant.as_str()).exists() {
+            return Ok(0);
+        }
+        self.blocking(tenant, |t| t.compact()).await
     }
 }
 
@@ -1361,6 +1409,76 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A deleted document's terms stay in its segment's files until the segment is rewritten:
+    /// compaction rewrites every segment holding deleted documents and removes the old
+    /// files, and live documents stay searchable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_leaves_nothing_of_deleted_documents_on_disk() {
+        let (index, dir) = fresh(Duration::ZERO).await;
+        let t = tenant("compact");
+        let ix = Indexer::Plaintext;
+        let tenant_dir = dir.path().join("index").join("compact");
+        let run = |r: Result<(), SearchError>| r.unwrap_or_else(|e| panic!("{e}"));
+        // Two commits, so two segments, each with a document to delete.
+        run(index
+            .index(
+                &t,
+                vec![plain_doc(
+                    "gone-1",
+                    "inbox-a",
+                    plain(&[("canarygone", 0), ("shared", 1)]),
+                )],
+            )
+            .await);
+        run(index
+            .index(
+                &t,
+                vec![
+                    plain_doc("kept", "inbox-a", plain(&[("shared", 0), ("kept", 1)])),
+                    plain_doc("gone-2", "inbox-b", plain(&[("canarygone", 0)])),
+                ],
+            )
+            .await);
+        run(index
+            .delete(&t, &DeleteScope::Message("gone-1".into()))
+            .await);
+        run(index
+            .delete(&t, &DeleteScope::Inbox("inbox-b".into()))
+            .await);
+        let has_canary = |dir: &Path| {
+            text_terms(dir)
+                .iter()
+                .any(|term| term.windows(10).any(|w| w == b"canarygone"))
+        };
+        assert!(
+            has_canary(&tenant_dir),
+            "a delete alone leaves the terms in the segment files"
+        );
+        // tantivy drops a segment whose documents are all deleted at commit: at least the
+        // segment holding "kept" and "gone-2" is rewritten.
+        let removed = index.compact(&t).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!((1..=2).contains(&removed), "{removed}");
+        assert!(!has_canary(&tenant_dir));
+        assert_eq!(count_marker(&tenant_dir, b"canarygone"), 0);
+        assert_eq!(ids(&index, &t, &ix, "shared", &["inbox-a"]).await, ["kept"]);
+        assert_eq!(
+            ids(&index, &t, &ix, "canarygone", &["inbox-a", "inbox-b"])
+                .await
+                .len(),
+            0
+        );
+        let stats = index.stats(&t).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stats.documents, stats.deleted_documents), (1, 0));
+        // Nothing left to do; a tenant without an index has nothing either.
+        assert_eq!(index.compact(&t).await.unwrap_or_else(|e| panic!("{e}")), 0);
+        let none = tenant("never-indexed");
+        assert_eq!(
+            index.compact(&none).await.unwrap_or_else(|e| panic!("{e}")),
+            0
+        );
+        assert!(!dir.path().join("index").join("never-indexed").exists());
     }
 
     /// Occurrences of `marker` (ASCII, any case) in every file under `dir`.
