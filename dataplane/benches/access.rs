@@ -58,6 +58,7 @@ async fn populate(store: &dyn Store, tenant: &TenantId) {
             team: (visibility == Visibility::Team).then(|| format!("team{}", i % 7)),
             assignment_limits_visibility: false,
             pubsub_topic: None,
+            push_audience: None,
         };
         let applied = store
             .apply_inbox(&meta(format!("inbox{i}")), &spec)

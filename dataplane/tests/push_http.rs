@@ -317,6 +317,7 @@ impl Harness {
         let (jwks, jwks_url) = start_jwks(o.jwks_keys, o.max_age).await;
         let verifier = Verifier::new(PushAuthConfig {
             audience: AUDIENCE.into(),
+            additional_audiences: Vec::new(),
             service_account: SERVICE_ACCOUNT.into(),
             jwks_url,
             leeway: Duration::from_secs(60),

@@ -207,6 +207,7 @@ impl Harness {
                 team: team.map(str::to_owned),
                 assignment_limits_visibility: false,
                 pubsub_topic: None,
+                push_audience: None,
             };
             assert_eq!(
                 control.apply_inbox(&meta(name, 1), &spec).await.unwrap(),

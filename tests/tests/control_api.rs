@@ -199,6 +199,7 @@ fn inbox_req(
             },
             assignment_limits_visibility: false,
             pubsub_topic: TOPIC.into(),
+            push_audience: "https://ingest.acme.example/v1/push/gmail".into(),
         }),
     }
 }

@@ -1073,6 +1073,22 @@ fn api_auth_values_reach_the_data_plane_settings() {
     );
     assert_eq!(settings.api.tenant_claim, "helpr_tenant");
     assert_eq!(settings.api.groups_claim, "groups");
+    // The push audiences too, the extra ones in order.
+    assert_eq!(
+        settings.push.audience,
+        "https://mail.example.com/v1/push/gmail"
+    );
+    assert_eq!(
+        settings.push.additional_audiences,
+        [
+            "https://mail.example.com/v1/push/gmail?tenant=acme",
+            "https://mail.example.com/v1/push/gmail?tenant=globex"
+        ]
+    );
+    assert!(
+        render_with(&[], &["config.push.additionalAudiences={a b}"]).is_err(),
+        "an audience with whitespace accepted"
+    );
     // Defaults: no issuer, so the api pods would refuse to start; the notes warn.
     let d = render_default();
     assert!(!d.helpr_toml().contains("issuer ="), "{}", d.helpr_toml());

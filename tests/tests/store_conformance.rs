@@ -1495,6 +1495,7 @@ mod cases {
             team: None,
             assignment_limits_visibility: false,
             pubsub_topic: None,
+            push_audience: None,
         };
         assert_eq!(
             s.apply_inbox(&m("ns", "support", "u1", 3), &spec).await?,
@@ -1573,6 +1574,7 @@ mod cases {
             team: None,
             assignment_limits_visibility: false,
             pubsub_topic: topic.map(String::from),
+            push_audience: None,
         };
         assert_eq!(
             s.apply_inbox(&m("support", 1), &spec("support@acme.example", Some(T1)))
@@ -1735,6 +1737,7 @@ mod cases {
             team: None,
             assignment_limits_visibility: true,
             pubsub_topic: None,
+            push_audience: None,
         };
         assert_eq!(
             s.apply_inbox(&m("ns", "support", 1), &inbox("ghost"))

@@ -24,6 +24,8 @@ use helpr_tests::openbao::OpenBao;
 use helpr_tests::postgres::TestDatabase;
 
 const AUDIENCE: &str = "https://helpr.test/v1/push/gmail";
+/// The audience of tenant acme's own push subscription.
+const ACME_AUDIENCE: &str = "https://helpr.test/v1/push/gmail?tenant=acme";
 const PUSH_SA: &str = "gmail-push@helpr-test.iam.gserviceaccount.com";
 const MAILBOX: &str = "support@acme.example";
 
@@ -168,6 +170,7 @@ impl Env {
     async fn push_server(&self, store: Arc<dyn Store>) -> String {
         let verifier = Verifier::new(PushAuthConfig {
             audience: AUDIENCE.into(),
+            additional_audiences: vec![ACME_AUDIENCE.into()],
             service_account: PUSH_SA.into(),
             jwks_url: self.google.jwks_url(),
             ..PushAuthConfig::default()
@@ -186,9 +189,13 @@ impl Env {
     }
 
     async fn push(&self, url: &str, history_id: u64, message_id: &str) -> u16 {
+        self.push_as(url, AUDIENCE, history_id, message_id).await
+    }
+
+    async fn push_as(&self, url: &str, audience: &str, history_id: u64, message_id: &str) -> u16 {
         reqwest::Client::new()
             .post(url)
-            .bearer_auth(self.google.sign_push_token(AUDIENCE, PUSH_SA))
+            .bearer_auth(self.google.sign_push_token(audience, PUSH_SA))
             .json(&self.google.push_body(history_id, message_id))
             .send()
             .await
@@ -734,6 +741,12 @@ async fn the_periodic_poll_syncs_connected_inboxes_without_a_notification() {
 /// Applies the tenant and an Inbox object for the test mailbox (adopting the inbox the
 /// environment created), naming `topic`, as the operator does.
 async fn apply_inbox_topic(env: &Env, generation: i64, topic: Option<&str>) {
+    apply_inbox(env, generation, topic, None).await;
+}
+
+/// Applies the tenant and an Inbox object for the test mailbox naming `topic` and the push
+/// `audience`.
+async fn apply_inbox(env: &Env, generation: i64, topic: Option<&str>, audience: Option<&str>) {
     let meta = |name: &str, generation| ControlMeta {
         namespace: "helpdesk".into(),
         name: name.into(),
@@ -756,6 +769,7 @@ async fn apply_inbox_topic(env: &Env, generation: i64, topic: Option<&str>) {
         team: None,
         assignment_limits_visibility: false,
         pubsub_topic: topic.map(String::from),
+        push_audience: audience.map(String::from),
     };
     assert_eq!(
         env.store
@@ -895,5 +909,39 @@ async fn an_unknown_topic_and_a_gmail_outage_are_recorded_and_polling_goes_on() 
         .deliver(&eml("still polled", "hi"), &["INBOX"], now_ms());
     assert_eq!(worker.poll_due().await, 1);
     assert_eq!(env.messages(&env.inbox_id).await.len(), 1);
+    drop(env.bao);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_only_inboxes_that_name_its_audience() {
+    let env = Env::start().await;
+    let url = env.push_server(env.store.clone()).await;
+    apply_inbox(&env, 1, None, Some(ACME_AUDIENCE)).await;
+    env.google
+        .deliver(&eml("audience", "hi"), &["INBOX"], now_ms());
+    let history = env.google.history_id();
+    // Another subscription's token (accepted by the endpoint): acknowledged, no job.
+    assert_eq!(env.push_as(&url, AUDIENCE, history, "m-other").await, 204);
+    assert!(env.jobs().await.is_empty());
+    // An audience the endpoint does not accept at all: unauthenticated.
+    assert_eq!(
+        env.push_as(&url, "https://evil.example/push", history, "m-evil")
+            .await,
+        401
+    );
+    assert!(env.jobs().await.is_empty());
+    // The inbox's own subscription: a job.
+    assert_eq!(
+        env.push_as(&url, ACME_AUDIENCE, history, "m-acme").await,
+        204
+    );
+    assert_eq!(env.jobs().await.len(), 1);
+    // An inbox that names no audience takes any accepted one.
+    apply_inbox(&env, 2, None, None).await;
+    env.google
+        .deliver(&eml("audience 2", "hi"), &["INBOX"], now_ms());
+    let history = env.google.history_id();
+    assert_eq!(env.push_as(&url, AUDIENCE, history, "m-any").await, 204);
+    assert_eq!(env.jobs().await.len(), 2);
     drop(env.bao);
 }

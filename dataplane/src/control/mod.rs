@@ -56,6 +56,8 @@ use proto::control_server::{Control, ControlServer};
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest display name, team or subject name (characters).
 const MAX_TEXT_CHARS: usize = 256;
+/// Longest push audience (as the Inbox CRD bounds it).
+const MAX_AUDIENCE_BYTES: usize = 512;
 /// Longest retention period (days), about a century.
 const MAX_DAYS: u32 = 36_500;
 
@@ -251,6 +253,13 @@ fn inbox_spec_from_wire(spec: Option<proto::InboxSpec>) -> Checked<InboxSpec> {
             "spec.pubsub_topic must be a Pub/Sub topic name projects/PROJECT/topics/TOPIC",
         ));
     }
+    if s.push_audience.len() > MAX_AUDIENCE_BYTES
+        || s.push_audience.chars().any(char::is_whitespace)
+    {
+        return Err(invalid(
+            "spec.push_audience must be at most 512 bytes without whitespace",
+        ));
+    }
     Ok(InboxSpec {
         tenant: tenant_ref("spec.tenant", &s.tenant)?,
         address: gmail_address(&s.gmail_address)?,
@@ -258,6 +267,7 @@ fn inbox_spec_from_wire(spec: Option<proto::InboxSpec>) -> Checked<InboxSpec> {
         team: (!s.team.is_empty()).then_some(s.team),
         assignment_limits_visibility: s.assignment_limits_visibility,
         pubsub_topic: (!s.pubsub_topic.is_empty()).then_some(s.pubsub_topic),
+        push_audience: (!s.push_audience.is_empty()).then_some(s.push_audience),
     })
 }
 
@@ -951,6 +961,7 @@ mod tests {
                 team: String::new(),
                 assignment_limits_visibility: false,
                 pubsub_topic: topic.into(),
+                push_audience: String::new(),
             }))
         };
         assert_eq!(spec("").unwrap().pubsub_topic, None);

@@ -58,6 +58,8 @@ const DUPLICATE_KEY: &str = "duplicate json key";
 /// ```toml
 /// [push]
 /// audience = "https://helpr.example/v1/push/gmail"
+/// # further audiences accepted: one per push subscription the Inbox objects name
+/// # additional_audiences = ["https://helpr.example/v1/push/gmail?tenant=acme"]
 /// service_account = "pubsub-push@my-project.iam.gserviceaccount.com"
 /// # jwks_url = "https://www.googleapis.com/oauth2/v3/certs"
 /// # leeway_secs = 60
@@ -70,6 +72,11 @@ pub struct PushAuthConfig {
     /// The audience configured on the push subscription (or, when none is set, the push
     /// endpoint URL); compared exactly with the token's `aud`.
     pub audience: String,
+    /// Further audiences accepted, compared exactly (at most
+    /// [`MAX_ADDITIONAL_AUDIENCES`]): when tenants' inboxes push through subscriptions of
+    /// their own, each Inbox names its audience and a push reaches only the inboxes whose
+    /// audience it carries.
+    pub additional_audiences: Vec<String>,
     /// The service account of the push subscription; compared exactly with `email`.
     pub service_account: String,
     /// Where the signing keys are fetched from.
@@ -92,6 +99,7 @@ impl Default for PushAuthConfig {
     fn default() -> Self {
         Self {
             audience: String::new(),
+            additional_audiences: Vec::new(),
             service_account: String::new(),
             jwks_url: GOOGLE_JWKS_URL.to_owned(),
             leeway: MAX_LEEWAY,
@@ -103,6 +111,13 @@ impl Default for PushAuthConfig {
 
 impl PushAuthConfig {
     /// The same settings with `leeway` and `max_age` clamped to their maxima.
+    /// Whether `aud` is the configured audience or one of the additional ones (an empty
+    /// string never is).
+    pub fn accepts_audience(&self, aud: &str) -> bool {
+        !aud.is_empty()
+            && (aud == self.audience || self.additional_audiences.iter().any(|a| a == aud))
+    }
+
     pub fn clamped(mut self) -> Self {
         self.leeway = self.leeway.min(MAX_LEEWAY);
         self.max_age = self.max_age.min(MAX_TOKEN_AGE);
@@ -211,6 +226,8 @@ impl JwtError {
 /// What a verified push token says, as far as we use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedPush {
+    /// The token's audience: the configured audience or one of the additional ones.
+    pub audience: String,
     /// The push service account (equal to the configured one).
     pub email: String,
     pub sub: Option<String>,
@@ -474,10 +491,10 @@ pub fn check_claims(
         _ => return Err(JwtError::WrongIssuer),
     }
     // Google sends a string; an array is rejected rather than searched.
-    match string("aud") {
-        Some(aud) if !cfg.audience.is_empty() && aud == cfg.audience => {}
+    let audience = match string("aud") {
+        Some(aud) if cfg.accepts_audience(aud) => aud,
         _ => return Err(JwtError::WrongAudience),
-    }
+    };
     let email = match string("email") {
         Some(email) if !cfg.service_account.is_empty() && email == cfg.service_account => email,
         _ => return Err(JwtError::WrongEmail),
@@ -515,6 +532,7 @@ pub fn check_claims(
     }
 
     Ok(VerifiedPush {
+        audience: audience.to_owned(),
         email: email.to_owned(),
         sub: string("sub").map(str::to_owned),
         iat,
@@ -790,11 +808,18 @@ impl Jwks {
 pub enum VerifierConfigError {
     #[error("push.audience is not set")]
     MissingAudience,
+    #[error(
+        "push.additional_audiences must hold at most 64 audiences, each non-empty, without whitespace and at most 512 bytes"
+    )]
+    InvalidAdditionalAudiences,
     #[error("push.service_account is not set")]
     MissingServiceAccount,
     #[error(transparent)]
     Client(#[from] JwksClientError),
 }
+
+/// Most additional push audiences accepted.
+pub const MAX_ADDITIONAL_AUDIENCES: usize = 64;
 
 /// Verifies push tokens against the configured audience, service account and JWKS.
 #[derive(Debug)]
@@ -809,6 +834,14 @@ impl Verifier {
         let cfg = cfg.clamped();
         if cfg.audience.is_empty() {
             return Err(VerifierConfigError::MissingAudience);
+        }
+        if cfg.additional_audiences.len() > MAX_ADDITIONAL_AUDIENCES
+            || cfg
+                .additional_audiences
+                .iter()
+                .any(|a| a.is_empty() || a.len() > 512 || a.chars().any(char::is_whitespace))
+        {
+            return Err(VerifierConfigError::InvalidAdditionalAudiences);
         }
         if cfg.service_account.is_empty() {
             return Err(VerifierConfigError::MissingServiceAccount);
@@ -995,6 +1028,42 @@ mod tests {
         assert_eq!((v.iat, v.exp), (NOW - 10, NOW + 3590));
         let short = serde_json::json!({"iss": "accounts.google.com"});
         assert!(check_claims(&claims(short), &cfg(), at(NOW)).is_ok());
+    }
+
+    #[test]
+    fn additional_audiences_are_accepted_and_reported_exactly() {
+        use serde_json::json;
+        let mut c = cfg();
+        c.additional_audiences = vec!["https://helpr.test/v1/push/gmail?tenant=acme".into()];
+        let v = check_claims(&claims(json!({})), &c, at(NOW)).unwrap();
+        assert_eq!(v.audience, "https://helpr.test/v1/push/gmail");
+        let other = json!({"aud": "https://helpr.test/v1/push/gmail?tenant=acme"});
+        let v = check_claims(&claims(other), &c, at(NOW)).unwrap();
+        assert_eq!(v.audience, "https://helpr.test/v1/push/gmail?tenant=acme");
+        for aud in [
+            "https://helpr.test/v1/push/gmail?tenant=acm",
+            "https://helpr.test/v1/push/gmail?tenant=acme ",
+            "",
+        ] {
+            assert_eq!(
+                check_claims(&claims(json!({ "aud": aud })), &c, at(NOW)).err(),
+                Some(JwtError::WrongAudience),
+                "{aud:?}"
+            );
+        }
+        for bad in [
+            vec![String::new()],
+            vec!["a b".into()],
+            vec!["x".into(); 65],
+        ] {
+            let mut c = cfg();
+            c.jwks_url = "http://127.0.0.1:1/certs".into();
+            c.additional_audiences = bad;
+            assert!(matches!(
+                Verifier::new(c),
+                Err(VerifierConfigError::InvalidAdditionalAudiences)
+            ));
+        }
     }
 
     #[test]

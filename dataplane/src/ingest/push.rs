@@ -51,6 +51,9 @@ pub struct GmailNotification {
     pub pubsub_message_id: String,
     /// Pub/Sub's `publishTime` (RFC 3339), when present.
     pub publish_time: Option<String>,
+    /// The verified token's audience: a push reaches only inboxes that name this audience
+    /// (or name none).
+    pub audience: String,
 }
 
 impl fmt::Debug for GmailNotification {
@@ -60,6 +63,7 @@ impl fmt::Debug for GmailNotification {
             .field("history_id", &self.history_id)
             .field("pubsub_message_id", &self.pubsub_message_id)
             .field("publish_time", &self.publish_time)
+            .field("audience", &self.audience)
             .finish()
     }
 }
@@ -77,6 +81,9 @@ pub enum RecordOutcome {
     UnknownInbox,
     /// The inbox exists but is disconnected (or needs reconnection).
     Disconnected,
+    /// Every connected inbox with this address names another push audience than the
+    /// token's: the push came through a subscription that is not theirs.
+    OtherAudience,
 }
 
 /// Why a notification could not be recorded now.
@@ -122,6 +129,8 @@ static OUT_UNKNOWN_INBOX: Counter =
     Counter::new(REQUESTS, "outcome=\"unknown_inbox\"", REQUESTS_HELP);
 static OUT_DISCONNECTED: Counter =
     Counter::new(REQUESTS, "outcome=\"disconnected\"", REQUESTS_HELP);
+static OUT_OTHER_AUDIENCE: Counter =
+    Counter::new(REQUESTS, "outcome=\"other_audience\"", REQUESTS_HELP);
 static OUT_UNPARSEABLE: Counter = Counter::new(REQUESTS, "outcome=\"unparseable\"", REQUESTS_HELP);
 static OUT_UNAUTHENTICATED: Counter =
     Counter::new(REQUESTS, "outcome=\"unauthenticated\"", REQUESTS_HELP);
@@ -261,8 +270,8 @@ async fn push_gmail(State(state): State<PushState>, headers: HeaderMap, body: Bo
         Ok(token) => token,
         Err(failure) => return unauthenticated(failure),
     };
-    match state.verifier.verify(token, SystemTime::now()).await {
-        Ok(_) => {}
+    let audience = match state.verifier.verify(token, SystemTime::now()).await {
+        Ok(verified) => verified.audience,
         Err(JwtError::JwksUnavailable) => {
             OUT_JWKS_UNAVAILABLE.inc();
             tracing::warn!(
@@ -272,7 +281,7 @@ async fn push_gmail(State(state): State<PushState>, headers: HeaderMap, body: Bo
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
         }
         Err(e) => return unauthenticated(AuthFailure::Token(e)),
-    }
+    };
 
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -288,7 +297,7 @@ async fn push_gmail(State(state): State<PushState>, headers: HeaderMap, body: Bo
     };
 
     let notification = match parse_push_body(&bytes) {
-        Ok(n) => n,
+        Ok(n) => GmailNotification { audience, ..n },
         Err(e) => {
             OUT_UNPARSEABLE.inc();
             tracing::warn!(reason = e.reason(), "push body unparseable, acknowledged");
@@ -304,6 +313,7 @@ async fn push_gmail(State(state): State<PushState>, headers: HeaderMap, body: Bo
                 RecordOutcome::Duplicate => (&OUT_DUPLICATE, "duplicate"),
                 RecordOutcome::UnknownInbox => (&OUT_UNKNOWN_INBOX, "unknown_inbox"),
                 RecordOutcome::Disconnected => (&OUT_DISCONNECTED, "disconnected"),
+                RecordOutcome::OtherAudience => (&OUT_OTHER_AUDIENCE, "other_audience"),
             };
             counter.inc();
             tracing::debug!(outcome = name, "push acknowledged");
@@ -432,6 +442,7 @@ pub fn parse_push_body(body: &[u8]) -> Result<GmailNotification, PushBodyError> 
         history_id,
         pubsub_message_id,
         publish_time,
+        audience: String::new(),
     })
 }
 
@@ -573,6 +584,7 @@ mod tests {
             history_id: 1,
             pubsub_message_id: "m".into(),
             publish_time: None,
+            audience: "https://helpr.test/push".into(),
         };
         assert!(!format!("{n:?}").contains("secret"));
     }

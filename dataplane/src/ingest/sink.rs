@@ -44,10 +44,27 @@ impl PushSink for StorePushSink {
         if connected.is_empty() {
             return Ok(RecordOutcome::Disconnected);
         }
-        // The same mailbox may be connected by several tenants: each gets its job. The
-        // answer is the "most recorded" outcome across them.
-        let mut best = RecordOutcome::Replay;
+        // The same mailbox may be connected by several tenants, each through its own push
+        // subscription: a push reaches the inboxes that name its audience (or name none).
+        let mut reached = Vec::with_capacity(connected.len());
         for inbox in connected {
+            match self
+                .store
+                .inbox_push_audience(&inbox.id)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(expected) if expected != n.audience => {}
+                _ => reached.push(inbox),
+            }
+        }
+        if reached.is_empty() {
+            return Ok(RecordOutcome::OtherAudience);
+        }
+        // Each reached inbox gets its job. The answer is the "most recorded" outcome across
+        // them.
+        let mut best = RecordOutcome::Replay;
+        for inbox in reached {
             let outcome = self
                 .store
                 .enqueue_sync_job(&NewSyncJob {

@@ -206,6 +206,8 @@ pub struct InboxSpec {
     pub assignment_limits_visibility: bool,
     /// The Pub/Sub topic of the inbox's Gmail push watch; `None`: polling only.
     pub pubsub_topic: Option<String>,
+    /// The audience the inbox's pushes carry; `None`: any the ingest endpoint accepts.
+    pub push_audience: Option<String>,
 }
 
 /// An inbox managed by an Inbox object.

@@ -866,6 +866,9 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         name: &str,
     ) -> Result<Option<InboxSyncStatus>, StoreError>;
+    /// The push audience an Inbox object names for the inbox; `None` when it names none or
+    /// no Inbox object manages the inbox.
+    async fn inbox_push_audience(&self, inbox_id: &str) -> Result<Option<String>, StoreError>;
     /// The Gmail push watches a tenant's sync worker keeps: every connected inbox (with a
     /// refresh token) that wants a watch or still has one, by inbox id.
     async fn inbox_watches(&self, tenant: &TenantId) -> Result<Vec<InboxWatch>, StoreError>;

@@ -2675,6 +2675,13 @@ macro_rules! sql_store {
                 self.ctl_inbox_sync_status(namespace, name).await
             }
 
+            async fn inbox_push_audience(
+                &self,
+                inbox_id: &str,
+            ) -> Result<Option<String>, StoreError> {
+                self.ctl_inbox_push_audience(inbox_id).await
+            }
+
             async fn inbox_watches(
                 &self,
                 tenant: &TenantId,

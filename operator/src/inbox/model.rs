@@ -23,6 +23,8 @@ pub struct ValidInbox {
     pub assignment_limits_visibility: bool,
     /// The Pub/Sub topic the data plane's push watch (users.watch) publishes to.
     pub pubsub_topic: String,
+    /// The audience of the push subscription's tokens.
+    pub push_audience: String,
 }
 
 impl ValidInbox {
@@ -52,6 +54,7 @@ impl ValidInbox {
                 team: self.team.clone().unwrap_or_default(),
                 assignment_limits_visibility: self.assignment_limits_visibility,
                 pubsub_topic: self.pubsub_topic.clone(),
+                push_audience: self.push_audience.clone(),
             }),
         }
     }
@@ -106,6 +109,7 @@ pub fn validate(inbox: &Inbox) -> Result<ValidInbox, InboxError> {
         team: inbox.spec.team_name.clone(),
         assignment_limits_visibility: inbox.spec.assignment_limits_visibility,
         pubsub_topic: inbox.spec.pub_sub.topic.clone(),
+        push_audience: inbox.spec.pub_sub.push_audience.clone(),
     })
 }
 
@@ -134,6 +138,7 @@ mod tests {
         assert!(spec.assignment_limits_visibility);
         assert_eq!(spec.pubsub_topic, inbox.spec.pub_sub.topic);
         assert!(!spec.pubsub_topic.is_empty());
+        assert_eq!(spec.push_audience, inbox.spec.pub_sub.push_audience);
     }
 
     #[test]

@@ -120,11 +120,14 @@ const INSERT_MANAGED_INBOX: &str = "INSERT INTO inboxes \
      VALUES ($1, $2, $3, NULL, 'connected', NULL, $4, $4)";
 const UPSERT_INBOX_SETTINGS: &str = "INSERT INTO inbox_settings \
      (inbox_id, tenant_id, namespace, name, visibility, team, assignment_limits_visibility, \
-      generation, updated_at_ms, pubsub_topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+      generation, updated_at_ms, pubsub_topic, push_audience) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
      ON CONFLICT (inbox_id) DO UPDATE SET visibility = excluded.visibility, \
      team = excluded.team, assignment_limits_visibility = excluded.assignment_limits_visibility, \
      generation = excluded.generation, updated_at_ms = excluded.updated_at_ms, \
-     pubsub_topic = excluded.pubsub_topic";
+     pubsub_topic = excluded.pubsub_topic, push_audience = excluded.push_audience";
+pub(super) const INBOX_PUSH_AUDIENCE: &str =
+    "SELECT push_audience FROM inbox_settings WHERE inbox_id = $1";
 /// Push watches of a tenant's connected inboxes that want one or still have one.
 pub(super) const INBOX_WATCHES: &str = "SELECT i.id, s.pubsub_topic, i.watch_topic, \
      i.watch_expires_at_ms FROM inboxes i LEFT JOIN inbox_settings s ON s.inbox_id = i.id \
@@ -624,6 +627,7 @@ macro_rules! control_sql {
                     .bind(meta.generation)
                     .bind(now_ms())
                     .bind(spec.pubsub_topic.as_deref())
+                    .bind(spec.push_audience.as_deref())
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err(OP))?;
@@ -920,6 +924,21 @@ macro_rules! control_sql {
                         })
                     })
                     .collect()
+            }
+
+            pub(super) async fn ctl_inbox_push_audience(
+                &self,
+                inbox_id: &str,
+            ) -> Result<Option<String>, StoreError> {
+                let row = sqlx::query(INBOX_PUSH_AUDIENCE)
+                    .bind(inbox_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err("inbox_push_audience"))?;
+                match row {
+                    Some(row) => Self::col(&row, "inbox_settings", "push_audience"),
+                    None => Ok(None),
+                }
             }
 
             pub(super) async fn ctl_record_inbox_watch(
