@@ -274,6 +274,35 @@ impl Drop for OperatorEnv {
     }
 }
 
+/// CPU time (user + system, in seconds) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s, Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    // utime and stime: fields 14 and 15 of stat(5), 12th and 13th after the name.
+    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// The 1-minute load average of the machine.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether a helpr object's status says `Ready=True` for its current generation.
 pub fn is_ready(object: &Value) -> bool {
     let generation = object
