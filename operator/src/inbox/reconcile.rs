@@ -30,8 +30,8 @@ use super::{InboxError, validate};
 use crate::confirmed::Basis;
 use crate::control::{ControlError, proto};
 use crate::tenant::reconcile::{
-    Context, RESYNC_INTERVAL, StatusDraft, describe, is_true_at_generation, meta_of, object_key,
-    parent_of, patch_status_of, publish, report_failure, requeue_on_error,
+    Context, RESYNC_INTERVAL, StatusDraft, describe, fresher_copy, is_true_at_generation, meta_of,
+    object_key, parent_of, patch_status_of, publish, report_failure, requeue_on_error,
 };
 use crate::tenant::{DATA_PLANE_STALE, control_reason};
 
@@ -146,11 +146,22 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
     // reconcile was woken by the status write of that one, or by the tenant), and the
     // status says so: neither the upsert nor the sync status is asked again (see
     // `crate::confirmed`); the resync asks both.
+    // When the store's copy predates the status write of that check, the current one is
+    // read.
     let basis = Basis::with_parent(inbox, Some(tenant.as_ref()));
-    if ctx.confirmed.is_recent(inbox, basis)
-        && HelprResource::is_ready(inbox)
-        && is_true_at_generation(inbox, types::DATA_PLANE_SYNCED)
-    {
+    let synced = |inbox: &Inbox| {
+        HelprResource::is_ready(inbox) && is_true_at_generation(inbox, types::DATA_PLANE_SYNCED)
+    };
+    let fresh = fresher_copy(ctx, inbox, basis, synced).await;
+    let inbox = match &fresh {
+        Some(fresh) => {
+            draft = StatusDraft::new(fresh);
+            draft.status.remove_condition(types::STALLED);
+            fresh
+        }
+        None => inbox,
+    };
+    if ctx.confirmed.is_recent(inbox, basis) && synced(inbox) {
         patch_status(ctx, inbox, &draft).await?;
         return Ok(Action::requeue(RESYNC_INTERVAL));
     }

@@ -548,3 +548,32 @@ async fn an_inbox_still_waiting_for_its_tenant_does_not_rewrite_its_status() {
     );
     h.server.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn an_inbox_copy_older_than_the_last_check_is_read_again_instead_of_asking_the_data_plane() {
+    let mut h = harness(FakeVault::default());
+    h.watched_tenant(Tenant::test("acme").with_ready());
+    let stale = inbox().with_finalizer();
+    let task = run(stale.clone(), &h);
+    let status = expect_status(&mut h, &stale).await;
+    task.await.unwrap().unwrap();
+    let mut current = stale.clone();
+    current.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+
+    // Woken by its tenant before its own status write reached the store.
+    let task = run(stale, &h);
+    h.server
+        .expect(
+            Method::GET,
+            &format!("{INBOXES}/support"),
+            200,
+            Some(serde_json::to_value(&current).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    h.server.expect_nothing().await;
+    assert_eq!(h.data_plane.calls.lock().unwrap().len(), 2);
+}

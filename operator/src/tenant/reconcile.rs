@@ -293,6 +293,41 @@ where
     Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
+/// The object as the apiserver has it now, when the copy being reconciled is likely older
+/// than this process's last successful check of it: that check is recent (at `basis`) but
+/// its outcome (`evidence`, read from the status) is missing from `object`, as when the
+/// reconcile was woken (by a child, a parent) before the status write of the last one had
+/// reached the store. One read instead of checking Vault and the data plane again. `None`
+/// otherwise, or when the read fails or finds another incarnation or generation, or no
+/// evidence either: the reconcile then checks for real.
+pub(crate) async fn fresher_copy<K>(
+    ctx: &Context,
+    object: &K,
+    basis: Basis,
+    evidence: impl Fn(&K) -> bool,
+) -> Option<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    if evidence(object) || !ctx.confirmed.is_recent(object, basis) {
+        return None;
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace()?);
+    let fresh = api.get_opt(&object.name_any()).await.ok()??;
+    let same = fresh.meta().uid == object.meta().uid
+        && fresh.meta().generation == object.meta().generation;
+    (same && evidence(&fresh)).then_some(fresh)
+}
+
+/// Whether the Tenant's status shows Vault and the data plane confirmed at its generation.
+fn tenant_confirmed_in_status(tenant: &Tenant) -> bool {
+    is_true_at_generation(tenant, types::KMS_PROVISIONED)
+        && is_true_at_generation(tenant, types::DATA_PLANE_SYNCED)
+}
+
 /// The wait after `failures` consecutive failures: 5 s doubling up to 5 minutes.
 pub fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
@@ -715,11 +750,19 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
 
     // Vault and the data plane were confirmed at this generation a moment ago (this
     // reconcile was woken by the status write of that one, or by a child), and the status
-    // says so: not again (see `crate::confirmed`).
+    // says so: not again (see `crate::confirmed`). When the store's copy predates that
+    // status write, the current one is read.
     let basis = Basis::of(tenant);
-    let confirmed = ctx.confirmed.is_recent(tenant, basis)
-        && is_true_at_generation(tenant, types::KMS_PROVISIONED)
-        && is_true_at_generation(tenant, types::DATA_PLANE_SYNCED);
+    let fresh = fresher_copy(ctx, tenant, basis, tenant_confirmed_in_status).await;
+    let tenant = match &fresh {
+        Some(fresh) => {
+            draft = StatusDraft::new(fresh);
+            draft.status.remove_condition(types::STALLED);
+            fresh
+        }
+        None => tenant,
+    };
+    let confirmed = ctx.confirmed.is_recent(tenant, basis) && tenant_confirmed_in_status(tenant);
     if !confirmed {
         ctx.confirmed.forget(tenant);
     }

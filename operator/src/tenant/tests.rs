@@ -1203,6 +1203,15 @@ async fn a_failed_data_plane_call_voids_the_confirmation() {
         .retain(|c| c.type_ != types::DATA_PLANE_SYNCED);
     let task = run(failing.clone(), &h).await;
     h.server.expect_namesakes(vec![]).await;
+    // The apiserver's copy says the same: checked for real.
+    h.server
+        .expect(
+            Method::GET,
+            &format!("{TENANTS}/acme"),
+            200,
+            Some(serde_json::to_value(&failing).unwrap()),
+        )
+        .await;
     expect_children(&mut h.server).await;
     h.server
         .expect_event("Warning", reasons::DATA_PLANE_UNAVAILABLE)
@@ -1211,4 +1220,41 @@ async fn a_failed_data_plane_call_voids_the_confirmation() {
     assert!(task.await.unwrap().is_err());
     assert_eq!(h.vault.calls.lock().unwrap().len(), 2);
     assert_eq!(h.ctx.confirmed.len(), 0);
+}
+
+#[tokio::test]
+async fn a_copy_older_than_the_last_check_is_read_again_instead_of_checking_vault_again() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+    let mut current = tenant.clone();
+    current.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+
+    // Woken by a child before the status write reached the store: the copy has no status.
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect(
+            Method::GET,
+            &format!("{TENANTS}/acme"),
+            200,
+            Some(serde_json::to_value(&current).unwrap()),
+        )
+        .await;
+    expect_children(&mut h.server).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    // The current status is already what this reconcile found: nothing written.
+    h.server.expect_nothing().await;
+    assert_eq!(h.vault.calls.lock().unwrap().len(), 1);
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["upsert acme g1"]);
 }
