@@ -9,6 +9,10 @@
 //! reports:
 //!
 //! - time until every Tenant and Inbox is Ready at its generation (converged);
+//! - CPU seconds (user + system) used from the first apply until convergence by the
+//!   operator, by OpenBao and by this process (the fake apiserver and the control API run
+//!   in it; PostgreSQL's backends are not counted), and the machine's 1-minute load
+//!   average meanwhile (mean and highest);
 //! - the operator process's peak RSS (VmHWM) at convergence and after an idle period;
 //! - the time for one changed Tenant to be Ready again once everything has converged;
 //! - requests the operator made to the apiserver, per verb and collection.
@@ -19,7 +23,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use helpr_tests::operator_env::{INBOXES, OperatorEnv, TENANTS, condition, is_ready};
+use helpr_tests::operator_env::{
+    INBOXES, OperatorEnv, TENANTS, condition, cpu_seconds, is_ready, load_average,
+};
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -64,6 +70,17 @@ async fn run() {
         idle_rss as f64 / 1024.0
     );
 
+    // CPU seconds of the operator, OpenBao and this process.
+    let cpu = |env: &OperatorEnv| {
+        let of = |pid: Option<u32>| pid.and_then(|pid| cpu_seconds(pid).ok()).unwrap_or(0.0);
+        [
+            of(Some(env.pid())),
+            of(env.bao.pid()),
+            of(Some(std::process::id())),
+        ]
+    };
+    let cpu_before = cpu(&env);
+    let mut loads = Vec::new();
     let start = Instant::now();
     for t in 0..tenants {
         let ns = format!("tenant-{t:04}");
@@ -93,6 +110,7 @@ async fn run() {
     let converged = loop {
         let ready_tenants = env.api.count(TENANTS, is_ready);
         let ready_inboxes = env.api.count(INBOXES, is_ready);
+        loads.extend(load_average());
         if ready_tenants == tenants && ready_inboxes == inboxes {
             break start.elapsed();
         }
@@ -125,6 +143,7 @@ async fn run() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let cpu_after = cpu(&env);
     let rss_converged = env.peak_rss_kib().unwrap();
     println!(
         "converged in {:.1} s (objects applied in {:.1} s): {:.0} objects/s; operator peak RSS {:.1} MiB",
@@ -133,6 +152,20 @@ async fn run() {
         (tenants + inboxes) as f64 / converged.as_secs_f64(),
         rss_converged as f64 / 1024.0
     );
+    let used = |i: usize| cpu_after[i] - cpu_before[i];
+    println!(
+        "CPU until converged: operator {:.1} s, OpenBao {:.1} s, bench process (fake apiserver, control API) {:.1} s",
+        used(0),
+        used(1),
+        used(2)
+    );
+    if !loads.is_empty() {
+        println!(
+            "load average (1 min) while converging: mean {:.2}, highest {:.2}",
+            loads.iter().sum::<f64>() / loads.len() as f64,
+            loads.iter().copied().fold(0.0, f64::max)
+        );
+    }
 
     // One change once everything has converged: how long until it is Ready again.
     let ns = "tenant-0000";

@@ -10,8 +10,11 @@
 //!   CronJob).
 //! - [`leader`]: Lease-based leader election (one replica reconciles at a time).
 //! - [`control`]: the client of the data plane's control API (typed errors, bearer token).
+//! - [`confirmed`]: what Vault and the data plane last confirmed per object, so that a
+//!   reconcile right after a successful one does not repeat the external calls.
 #![forbid(unsafe_code)]
 
+pub mod confirmed;
 pub mod control;
 pub mod grant;
 pub mod inbox;

@@ -33,13 +33,13 @@ use helpr_operator::metrics::Metrics;
 use helpr_operator::retention;
 use helpr_operator::settings::OperatorSettings;
 use helpr_operator::tenant::kms::KubeVault;
+use helpr_operator::tenant::reconcile::Parents;
 use helpr_operator::tenant::{Context, error_policy, reconcile};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -328,6 +328,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: FIELD_MANAGER.to_owned(),
         instance: Some(identity.clone()),
     };
+    let limits = controller::Config::default().concurrency(args.concurrency);
+    let tenant_controller =
+        Controller::new(tenants, watcher::Config::default()).with_config(limits.clone());
+    let inbox_controller = Controller::new(
+        scoped_api::<Inbox>(&client, scope.as_deref()),
+        watcher::Config::default(),
+    )
+    .with_config(limits.clone());
+    // Inboxes and RetentionPolicies read their Tenant, InboxGrants their Inbox, from the
+    // stores of those controllers.
+    let parents = Parents {
+        tenants: tenant_controller.store(),
+        inboxes: inbox_controller.store(),
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client.clone(), reporter),
@@ -335,13 +349,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(KubeVault::new(client.clone(), &settings, args.work_dir)),
         Arc::new(control),
         metrics.clone(),
+        parents,
     ));
     tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
     // Only the children the operator made: not every Deployment of the cluster.
     let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    let limits = controller::Config::default().concurrency(args.concurrency);
-    let tenant_controller = Controller::new(tenants, watcher::Config::default())
-        .with_config(limits.clone())
+    let tenant_controller = tenant_controller
         .owns(scoped_api::<Deployment>(&client, scope.as_deref()), owned())
         .owns(
             scoped_api::<ServiceAccount>(&client, scope.as_deref()),
@@ -385,11 +398,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     tracing::info!(finalizer = Inbox::FINALIZER, "inbox controller starting");
-    let inbox_controller = Controller::new(
-        scoped_api::<Inbox>(&client, scope.as_deref()),
-        watcher::Config::default(),
-    )
-    .with_config(limits.clone());
     // A Tenant's change (e.g. becoming Ready) wakes the inboxes that reference it.
     let inboxes = inbox_controller.store();
     let inbox_controller = inbox_controller
@@ -487,11 +495,16 @@ where
     if !wakes_dependents(parent) {
         return Vec::new();
     }
-    let (namespace, name) = (parent.namespace(), parent.name_any());
+    let (namespace, name) = (
+        parent.meta().namespace.as_deref(),
+        parent.meta().name.as_deref(),
+    );
+    // Filtered under the store's lock, without copying the namespace of every object.
     store
-        .state()
-        .into_iter()
-        .filter(|k| k.namespace() == namespace && *reference(k) == name)
+        .state_filter(|k| {
+            k.meta().namespace.as_deref() == namespace && Some(reference(k).as_str()) == name
+        })
+        .iter()
         .map(|k| ObjectRef::from_obj(k.as_ref()))
         .collect()
 }

@@ -45,8 +45,9 @@ struct Event {
     namespace: String,
     /// What selectors look at: the object's name, namespace and labels.
     meta: Value,
-    /// The watch event, serialized once (`{"type":..,"object":..}` and a newline).
-    line: Arc<str>,
+    /// The watch event, serialized once (`{"type":..,"object":..}` and a newline) and
+    /// shared by every watcher that gets it.
+    line: Bytes,
 }
 
 #[derive(Default)]
@@ -191,21 +192,21 @@ fn selector_matches(selector: &str, object: &Value, labels: bool) -> bool {
             };
             let have = if labels {
                 object
-                    .pointer("/metadata/labels")
+                    .get("metadata")
+                    .and_then(|m| m.get("labels"))
                     .and_then(|l| l.get(key))
                     .and_then(Value::as_str)
-                    .map(str::to_owned)
             } else {
-                let pointer = format!("/{}", key.replace('.', "/"));
-                object
-                    .pointer(&pointer)
+                // `metadata.name` is the path metadata/name, walked without building a
+                // JSON pointer per object (a list scans every object of the collection).
+                key.split('.')
+                    .try_fold(object, |value, field| value.get(field))
                     .and_then(Value::as_str)
-                    .map(str::to_owned)
             };
             match (want, negate) {
                 (None, _) => have.is_some(),
-                (Some(v), false) => have.as_deref() == Some(v),
-                (Some(v), true) => have.as_deref() != Some(v),
+                (Some(v), false) => have == Some(v),
+                (Some(v), true) => have != Some(v),
             }
         })
 }
@@ -257,7 +258,7 @@ impl Inner {
             collection: key.0.clone(),
             namespace: key.1.clone(),
             meta,
-            line: format!("{}\n", json!({"type": kind, "object": object})).into(),
+            line: Bytes::from(format!("{}\n", json!({"type": kind, "object": object}))),
         });
         while self.events.len() > EVENT_LOG_LIMIT {
             self.events.pop_front();
@@ -926,7 +927,7 @@ fn watch(shared: Arc<Shared>, target: Target, params: Params) -> Response {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = if from == 0 { lock(&shared).rv } else { from };
         loop {
-            let lines: Vec<Arc<str>> = {
+            let lines: Vec<Bytes> = {
                 let inner = lock(&shared);
                 let start = inner.events.partition_point(|e| e.rv <= last);
                 let mut lines = Vec::new();
@@ -942,11 +943,7 @@ fn watch(shared: Arc<Shared>, target: Target, params: Params) -> Response {
                 lines
             };
             for line in lines {
-                if tx
-                    .send(Ok(Bytes::from(line.as_bytes().to_vec())))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(line)).await.is_err() {
                     return;
                 }
             }

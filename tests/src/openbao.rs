@@ -278,6 +278,11 @@ impl OpenBao {
         tail(&self.log_path, lines)
     }
 
+    /// The server's process id (`None` once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server now (the harness stays usable for its address and log).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -24,7 +24,7 @@ use super::{GrantError, requeue_after, validate};
 use crate::control::{ControlError, proto};
 use crate::tenant::DATA_PLANE_STALE;
 use crate::tenant::reconcile::{
-    Context, StatusDraft, describe, meta_of, now, object_key, patch_status_of, publish,
+    Context, StatusDraft, describe, meta_of, now, object_key, parent_of, patch_status_of, publish,
     report_failure, requeue_on_error,
 };
 
@@ -149,9 +149,17 @@ pub async fn apply(grant: &InboxGrant, ctx: &Context) -> Result<Action, GrantErr
         return Ok(Action::await_change());
     }
 
-    // The referenced Inbox must exist in the grant's namespace.
-    let inboxes: Api<Inbox> = Api::namespaced(ctx.client.clone(), &valid.namespace);
-    match inboxes.get_opt(&valid.inbox).await {
+    // The referenced Inbox must exist in the grant's namespace (the shared store's copy
+    // when it has one, else read).
+    let parent = parent_of(
+        &ctx.client,
+        &ctx.parents.inboxes,
+        &valid.namespace,
+        &valid.inbox,
+        |_: &Inbox| true,
+    )
+    .await;
+    match parent {
         Ok(Some(_)) => {}
         Ok(None) => {
             let error = GrantError::InboxNotFound {

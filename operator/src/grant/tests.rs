@@ -325,3 +325,30 @@ fn a_data_plane_that_does_not_know_the_inbox_yet_means_inbox_not_ready() {
     assert_eq!(error.category(), reasons::INBOX_NOT_READY);
     assert!(!error.is_permanent());
 }
+
+#[tokio::test]
+async fn a_grant_takes_its_inbox_from_the_shared_store_without_reading_it() {
+    let mut h = harness(FakeVault::default());
+    h.watched_inbox(Inbox::test("support", "acme"));
+    let grant = grant().with_finalizer();
+    let task = run(grant.clone(), &h);
+    // No GET of the inbox: straight to the status.
+    let status = expect_status(&mut h, &grant).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(condition(&status, types::READY).unwrap()["status"], "True");
+    assert_eq!(
+        *h.data_plane.calls.lock().unwrap(),
+        ["upsert grant helpr-test/alice-support g1"]
+    );
+}
+
+#[tokio::test]
+async fn an_inbox_missing_from_the_store_is_read_from_the_apiserver() {
+    let mut h = harness(FakeVault::default());
+    h.watched_inbox(Inbox::test("other", "acme"));
+    let grant = grant().with_finalizer();
+    let task = run(grant.clone(), &h);
+    expect_inbox(&mut h, true).await;
+    expect_status(&mut h, &grant).await;
+    task.await.unwrap().unwrap();
+}

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use helpr_crds::conditions::{ConditionStatus, reasons, types};
-use helpr_crds::{HelprResource, Inbox, StatusConditions, Tenant};
+use helpr_crds::{HelprResource, Inbox, StatusConditions};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -27,10 +27,11 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::{InboxError, validate};
+use crate::confirmed::Basis;
 use crate::control::{ControlError, proto};
 use crate::tenant::reconcile::{
-    Context, RESYNC_INTERVAL, StatusDraft, describe, meta_of, object_key, patch_status_of, publish,
-    report_failure, requeue_on_error,
+    Context, RESYNC_INTERVAL, StatusDraft, describe, fresher_copy, is_true_at_generation, meta_of,
+    object_key, parent_of, patch_status_of, publish, report_failure, requeue_on_error,
 };
 use crate::tenant::{DATA_PLANE_STALE, control_reason};
 
@@ -103,28 +104,68 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
     };
     draft.status.remove_condition(types::STALLED);
 
-    // The Tenant must exist in the inbox's namespace and be Ready.
-    let tenants: Api<Tenant> = Api::namespaced(ctx.client.clone(), &valid.namespace);
-    let waiting = match tenants.get_opt(&valid.tenant).await {
-        Ok(Some(tenant)) if HelprResource::is_ready(&tenant) => None,
-        Ok(Some(_)) => Some(InboxError::TenantNotReady {
-            inbox: object_key(inbox),
-            tenant: valid.tenant.clone(),
-        }),
-        Ok(None) => Some(InboxError::TenantNotFound {
-            inbox: object_key(inbox),
-            tenant: valid.tenant.clone(),
-        }),
-        Err(source) => Some(InboxError::ReadTenant {
-            inbox: object_key(inbox),
-            tenant: valid.tenant.clone(),
-            source,
-        }),
+    // The Tenant must exist in the inbox's namespace and be Ready (the shared store's copy
+    // when it is Ready there, else read).
+    let parent = parent_of(
+        &ctx.client,
+        &ctx.parents.tenants,
+        &valid.namespace,
+        &valid.tenant,
+        HelprResource::is_ready,
+    )
+    .await;
+    let tenant = match parent {
+        Ok(Some(tenant)) if HelprResource::is_ready(tenant.as_ref()) => tenant,
+        Ok(found) => {
+            let error = if found.is_some() {
+                InboxError::TenantNotReady {
+                    inbox: object_key(inbox),
+                    tenant: valid.tenant.clone(),
+                }
+            } else {
+                InboxError::TenantNotFound {
+                    inbox: object_key(inbox),
+                    tenant: valid.tenant.clone(),
+                }
+            };
+            report(ctx, inbox, &mut draft, &error).await?;
+            return Err(error);
+        }
+        Err(source) => {
+            let error = InboxError::ReadTenant {
+                inbox: object_key(inbox),
+                tenant: valid.tenant.clone(),
+                source,
+            };
+            report(ctx, inbox, &mut draft, &error).await?;
+            return Err(error);
+        }
     };
-    if let Some(error) = waiting {
-        report(ctx, inbox, &mut draft, &error).await?;
-        return Err(error);
+
+    // The data plane acknowledged this generation under this tenant a moment ago (this
+    // reconcile was woken by the status write of that one, or by the tenant), and the
+    // status says so: neither the upsert nor the sync status is asked again (see
+    // `crate::confirmed`); the resync asks both.
+    // When the store's copy predates the status write of that check, the current one is
+    // read.
+    let basis = Basis::with_parent(inbox, Some(tenant.as_ref()));
+    let synced = |inbox: &Inbox| {
+        HelprResource::is_ready(inbox) && is_true_at_generation(inbox, types::DATA_PLANE_SYNCED)
+    };
+    let fresh = fresher_copy(ctx, inbox, basis, synced).await;
+    let inbox = match &fresh {
+        Some(fresh) => {
+            draft = StatusDraft::new(fresh);
+            draft.status.remove_condition(types::STALLED);
+            fresh
+        }
+        None => inbox,
+    };
+    if ctx.confirmed.is_recent(inbox, basis) && synced(inbox) {
+        patch_status(ctx, inbox, &draft).await?;
+        return Ok(Action::requeue(RESYNC_INTERVAL));
     }
+    ctx.confirmed.forget(inbox);
 
     let action = match ctx.data_plane.upsert_inbox(valid.upsert_request()).await {
         Ok(result) if result.outcome == proto::Outcome::Stale => {
@@ -172,6 +213,7 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
             );
             draft.status.clear_reconciling();
             report_connection(ctx, inbox, &mut draft).await;
+            ctx.confirmed.record(inbox, basis);
             Action::requeue(RESYNC_INTERVAL)
         }
         Err(source) => {
@@ -268,6 +310,7 @@ fn time_of(ms: i64) -> Option<Time> {
 /// Deletes the inbox from the data plane (disconnects it, removes its grants); NOT_FOUND is
 /// done.
 pub async fn cleanup(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
+    ctx.confirmed.forget(inbox);
     let name = inbox.name_any();
     // Only the identity is needed: an invalid inbox can still be deleted.
     match ctx.data_plane.delete_inbox(meta_of(inbox)).await {

@@ -438,3 +438,142 @@ fn waiting_for_the_tenant_is_retried_as_a_safety_net_not_with_backoff() {
     };
     assert!(!missing.waits_for_parent());
 }
+
+#[tokio::test]
+async fn an_inbox_takes_its_ready_tenant_from_the_shared_store_without_reading_it() {
+    let mut h = harness(FakeVault::default());
+    h.watched_tenant(Tenant::test("acme").with_ready());
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    // No GET of the tenant: the upsert, then the status.
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(condition(&status, types::READY).unwrap()["status"], "True");
+    assert_eq!(
+        *h.data_plane.calls.lock().unwrap(),
+        [
+            "upsert inbox helpr-test/support g1",
+            "inbox status helpr-test/support"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_not_ready_in_the_store_is_read_from_the_apiserver() {
+    // The store may not have applied the change that woke the inbox yet.
+    let mut h = harness(FakeVault::default());
+    h.watched_tenant(Tenant::test("acme").with_condition(
+        types::READY,
+        ConditionStatus::False,
+        reasons::PROGRESSING,
+    ));
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, Some(Tenant::test("acme").with_ready())).await;
+    let status = expect_status(&mut h, &inbox).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(condition(&status, types::READY).unwrap()["status"], "True");
+}
+
+#[tokio::test]
+async fn an_inbox_woken_again_at_its_generation_asks_the_data_plane_nothing_and_writes_nothing() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_ready();
+    h.watched_tenant(tenant.clone());
+    let first = inbox().with_finalizer();
+    let task = run(first.clone(), &h);
+    let status = expect_status(&mut h, &first).await;
+    task.await.unwrap().unwrap();
+
+    // Woken by its own status write, or by its tenant: nothing to do.
+    let mut ready = first.clone();
+    ready.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let task = run(ready.clone(), &h);
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    h.server.expect_nothing().await;
+    assert_eq!(h.data_plane.calls.lock().unwrap().len(), 2);
+
+    // A new generation of its tenant voids the confirmation: asked again; the status,
+    // still the same, is not written.
+    h.watched_tenant(tenant.with_generation(2).with_ready());
+    let task = run(ready.clone(), &h);
+    task.await.unwrap().unwrap();
+    h.server.expect_nothing().await;
+    assert_eq!(
+        *h.data_plane.calls.lock().unwrap(),
+        [
+            "upsert inbox helpr-test/support g1",
+            "inbox status helpr-test/support",
+            "upsert inbox helpr-test/support g1",
+            "inbox status helpr-test/support"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_inbox_still_waiting_for_its_tenant_does_not_rewrite_its_status() {
+    let mut h = harness(FakeVault::default());
+    let not_ready = Tenant::test("acme").with_condition(
+        types::READY,
+        ConditionStatus::False,
+        reasons::PROGRESSING,
+    );
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, Some(not_ready.clone())).await;
+    h.server
+        .expect_event_about("Inbox", "Warning", reasons::TENANT_NOT_READY)
+        .await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert!(task.await.unwrap().is_err());
+
+    // Reconciled again (a fresh harness, so that the Event is a new one, not a series).
+    let mut h = harness(FakeVault::default());
+    let mut waiting = inbox.clone();
+    waiting.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let task = run(waiting, &h);
+    expect_tenant(&mut h, Some(not_ready)).await;
+    h.server
+        .expect_event_about("Inbox", "Warning", reasons::TENANT_NOT_READY)
+        .await;
+    assert_eq!(
+        task.await.unwrap().unwrap_err().category(),
+        reasons::TENANT_NOT_READY
+    );
+    h.server.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn an_inbox_copy_older_than_the_last_check_is_read_again_instead_of_asking_the_data_plane() {
+    let mut h = harness(FakeVault::default());
+    h.watched_tenant(Tenant::test("acme").with_ready());
+    let stale = inbox().with_finalizer();
+    let task = run(stale.clone(), &h);
+    let status = expect_status(&mut h, &stale).await;
+    task.await.unwrap().unwrap();
+    let mut current = stale.clone();
+    current.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+
+    // Woken by its tenant before its own status write reached the store.
+    let task = run(stale, &h);
+    h.server
+        .expect(
+            Method::GET,
+            &format!("{INBOXES}/support"),
+            200,
+            Some(serde_json::to_value(&current).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    h.server.expect_nothing().await;
+    assert_eq!(h.data_plane.calls.lock().unwrap().len(), 2);
+}

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use helpr_crds::conditions::{ConditionStatus, reasons, types};
-use helpr_crds::{HelprResource, RetentionPolicy, StatusConditions, Tenant};
+use helpr_crds::{HelprResource, RetentionPolicy, StatusConditions};
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -34,7 +34,7 @@ use super::{RetentionError, ValidRetentionPolicy, build, validate};
 use crate::control::{ControlError, proto};
 use crate::tenant::DATA_PLANE_STALE;
 use crate::tenant::reconcile::{
-    Context, RESYNC_INTERVAL, StatusDraft, apply_child, describe, meta_of, object_key,
+    Context, RESYNC_INTERVAL, StatusDraft, apply_child, describe, meta_of, object_key, parent_of,
     patch_status_of, publish, report_failure, requeue_on_error,
 };
 
@@ -111,10 +111,18 @@ async fn ready_tenant(
     policy: &RetentionPolicy,
     valid: &ValidRetentionPolicy,
 ) -> Result<crate::tenant::ValidTenant, RetentionError> {
-    let tenants: Api<Tenant> = Api::namespaced(ctx.client.clone(), &valid.namespace);
     let key = object_key(policy);
-    let tenant = match tenants.get_opt(&valid.tenant).await {
-        Ok(Some(tenant)) if HelprResource::is_ready(&tenant) => tenant,
+    // The shared store's copy when it is Ready there, else read.
+    let parent = parent_of(
+        &ctx.client,
+        &ctx.parents.tenants,
+        &valid.namespace,
+        &valid.tenant,
+        HelprResource::is_ready,
+    )
+    .await;
+    let tenant = match parent {
+        Ok(Some(tenant)) if HelprResource::is_ready(tenant.as_ref()) => tenant,
         Ok(Some(_)) => {
             return Err(RetentionError::TenantNotReady {
                 policy: key,

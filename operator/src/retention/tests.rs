@@ -568,3 +568,16 @@ async fn deletion_waits_while_the_data_plane_is_unavailable() {
     assert_eq!(error.category(), reasons::DATA_PLANE_UNAVAILABLE);
     assert!(!error.is_permanent());
 }
+
+#[tokio::test]
+async fn a_policy_takes_its_ready_tenant_from_the_shared_store_without_reading_it() {
+    let mut h = harness(FakeVault::default());
+    h.watched_tenant(ready_tenant().unwrap());
+    let policy = policy().with_finalizer();
+    let task = run(policy.clone(), &h);
+    // No GET of the tenant: straight to the children.
+    expect_children(&mut h, Value::Null).await;
+    let status = expect_status(&mut h, &policy).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(condition(&status, types::READY).unwrap()["status"], "True");
+}

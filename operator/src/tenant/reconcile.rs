@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use helpr_crds::conditions::{Condition, ConditionStatus, reasons, types};
 use helpr_crds::tenant::DeletionPolicy;
-use helpr_crds::{HelprResource, RetentionPolicy, StatusConditions, Tenant, TenantStatus};
+use helpr_crds::{HelprResource, Inbox, RetentionPolicy, StatusConditions, Tenant, TenantStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -29,12 +29,14 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::children::{FIELD_MANAGER, build};
 use super::{TenantError, ValidTenant, validate};
+use crate::confirmed::{Basis, Confirmations};
 use crate::control::{ApplyResult, ControlClient, ControlError, proto};
 use crate::metrics::Metrics;
 use crate::settings::OperatorSettings;
@@ -195,6 +197,15 @@ pub fn meta_of<K: Resource>(object: &K) -> proto::ObjectMeta {
     }
 }
 
+/// The controllers' reflector stores of the kinds other objects refer to: the Tenant
+/// controller's Tenants (parents of Inboxes and RetentionPolicies) and the Inbox
+/// controller's Inboxes (parents of InboxGrants). See [`parent_of`].
+#[derive(Clone)]
+pub struct Parents {
+    pub tenants: Store<Tenant>,
+    pub inboxes: Store<Inbox>,
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: kube::Client,
@@ -203,6 +214,9 @@ pub struct Context {
     pub vault: Arc<dyn VaultProvisioner>,
     pub data_plane: Arc<dyn DataPlane>,
     pub metrics: Arc<Metrics>,
+    pub parents: Parents,
+    /// What Vault and the data plane last confirmed per object (see [`crate::confirmed`]).
+    pub confirmed: Confirmations,
     /// Consecutive failures per tenant (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -215,6 +229,7 @@ impl Context {
         vault: Arc<dyn VaultProvisioner>,
         data_plane: Arc<dyn DataPlane>,
         metrics: Arc<Metrics>,
+        parents: Parents,
     ) -> Self {
         Self {
             client,
@@ -223,6 +238,8 @@ impl Context {
             vault,
             data_plane,
             metrics,
+            parents,
+            confirmed: Confirmations::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -246,6 +263,69 @@ impl Context {
             .unwrap_or(1);
         backoff(n)
     }
+}
+
+/// The object `name` in `namespace` that another object refers to (its parent), as the
+/// reconcile decides on it: the store's copy when `usable` accepts it (e.g. a Tenant that is
+/// Ready there); otherwise, or when the store does not have it, a read from the apiserver.
+/// The store can lag behind the watch event that woke the reconcile (the parent just
+/// became Ready and the store has not applied that yet), so it never has the last word on
+/// a parent being absent or not usable.
+pub async fn parent_of<K>(
+    client: &kube::Client,
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+    usable: impl Fn(&K) -> bool,
+) -> Result<Option<Arc<K>>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Some(cached) = store.get(&ObjectRef::new(name).within(namespace))
+        && usable(&cached)
+    {
+        return Ok(Some(cached));
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(Arc::new))
+}
+
+/// The object as the apiserver has it now, when the copy being reconciled is likely older
+/// than this process's last successful check of it: that check is recent (at `basis`) but
+/// its outcome (`evidence`, read from the status) is missing from `object`, as when the
+/// reconcile was woken (by a child, a parent) before the status write of the last one had
+/// reached the store. One read instead of checking Vault and the data plane again. `None`
+/// otherwise, or when the read fails or finds another incarnation or generation, or no
+/// evidence either: the reconcile then checks for real.
+pub(crate) async fn fresher_copy<K>(
+    ctx: &Context,
+    object: &K,
+    basis: Basis,
+    evidence: impl Fn(&K) -> bool,
+) -> Option<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    if evidence(object) || !ctx.confirmed.is_recent(object, basis) {
+        return None;
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace()?);
+    let fresh = api.get_opt(&object.name_any()).await.ok()??;
+    let same = fresh.meta().uid == object.meta().uid
+        && fresh.meta().generation == object.meta().generation;
+    (same && evidence(&fresh)).then_some(fresh)
+}
+
+/// Whether the Tenant's status shows Vault and the data plane confirmed at its generation.
+fn tenant_confirmed_in_status(tenant: &Tenant) -> bool {
+    is_true_at_generation(tenant, types::KMS_PROVISIONED)
+        && is_true_at_generation(tenant, types::DATA_PLANE_SYNCED)
 }
 
 /// The wait after `failures` consecutive failures: 5 s doubling up to 5 minutes.
@@ -350,7 +430,7 @@ where
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
-    K::Status: Serialize + Clone,
+    K::Status: Serialize + Clone + PartialEq,
 {
     let message = describe(error);
     if error.is_permanent() {
@@ -456,6 +536,17 @@ where
     }
 }
 
+/// Whether the object's condition `type_` is True and was computed from its current
+/// generation (as is its status).
+pub(crate) fn is_true_at_generation<K: HelprResource>(object: &K, type_: &str) -> bool {
+    object.is_status_current()
+        && HelprResource::status(object)
+            .and_then(|s| s.condition(type_))
+            .is_some_and(|c| {
+                c.status == ConditionStatus::True && c.observed_generation == object.generation()
+            })
+}
+
 /// Publishes an Event about `object` (a failure to publish is logged, never fatal).
 pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
     ctx: &Context,
@@ -491,7 +582,10 @@ async fn patch_status(
 }
 
 /// Writes `status` of any helpr kind with server-side apply on the status subresource
-/// (field manager `helpr-operator`, forced), retrying a conflict.
+/// (field manager `helpr-operator`, forced), retrying a conflict. A status equal to the
+/// object's current one is not written: the write would change nothing (conditions keep
+/// their `lastTransitionTime` while unchanged), and a newer status the object may have
+/// gained meanwhile arrives by the watch and is reconciled again.
 pub(crate) async fn patch_status_of<K>(
     ctx: &Context,
     object: &K,
@@ -503,8 +597,11 @@ where
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
-    K::Status: Serialize,
+    K::Status: Serialize + PartialEq,
 {
+    if HelprResource::status(object) == Some(status) {
+        return Ok(());
+    }
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = Patch::Apply(serde_json::json!({
@@ -651,8 +748,32 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
     }
     draft.status.remove_condition(types::STALLED);
 
+    // Vault and the data plane were confirmed at this generation a moment ago (this
+    // reconcile was woken by the status write of that one, or by a child), and the status
+    // says so: not again (see `crate::confirmed`). When the store's copy predates that
+    // status write, the current one is read.
+    let basis = Basis::of(tenant);
+    let fresh = fresher_copy(ctx, tenant, basis, tenant_confirmed_in_status).await;
+    let tenant = match &fresh {
+        Some(fresh) => {
+            draft = StatusDraft::new(fresh);
+            draft.status.remove_condition(types::STALLED);
+            fresh
+        }
+        None => tenant,
+    };
+    let confirmed = ctx.confirmed.is_recent(tenant, basis) && tenant_confirmed_in_status(tenant);
+    if !confirmed {
+        ctx.confirmed.forget(tenant);
+    }
+
     // Vault: transit key, policy, role.
-    if let Err(error) = ctx.vault.provision(&valid).await {
+    let provisioned = if confirmed {
+        Ok(())
+    } else {
+        ctx.vault.provision(&valid).await
+    };
+    if let Err(error) = provisioned {
         let message = describe(&error);
         draft.set(
             types::KMS_PROVISIONED,
@@ -731,10 +852,41 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
         }
     };
     let (workers_ready, available) = workers_available(&deployment, valid.sync.replicas);
+    let workers = |draft: &mut StatusDraft<Tenant>| {
+        if workers_ready {
+            draft.set(
+                types::READY,
+                ConditionStatus::True,
+                reasons::RECONCILED,
+                format!(
+                    "tenant {name}: key provisioned, {available} sync workers available, data plane synced"
+                ),
+            );
+            draft.status.clear_reconciling();
+            Action::requeue(RESYNC_INTERVAL)
+        } else {
+            // The Deployment's status changes wake the controller (owned watch).
+            draft.failed(
+                reasons::PROGRESSING,
+                format!(
+                    "tenant {name}: {available} of {} sync workers available in deployment {}",
+                    valid.sync.replicas, valid.sync_name
+                ),
+            );
+            Action::requeue(Duration::from_secs(60))
+        }
+    };
 
-    // The data plane's tenant record.
-    let action = match ctx.data_plane.upsert_tenant(&valid).await {
-        Ok(result) if result.outcome == proto::Outcome::Stale => {
+    // The data plane's tenant record (its DataPlaneSynced condition stays as it is when
+    // confirmed).
+    let upserted = if confirmed {
+        None
+    } else {
+        Some(ctx.data_plane.upsert_tenant(&valid).await)
+    };
+    let action = match upserted {
+        None => workers(&mut draft),
+        Some(Ok(result)) if result.outcome == proto::Outcome::Stale => {
             // The data plane has a newer generation than this view: re-read soon.
             draft.set(
                 types::DATA_PLANE_SYNCED,
@@ -751,7 +903,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
             );
             Action::requeue(MIN_BACKOFF)
         }
-        Ok(result) => {
+        Some(Ok(result)) => {
             draft.set(
                 types::DATA_PLANE_SYNCED,
                 ConditionStatus::True,
@@ -761,30 +913,12 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
                     result.applied_generation
                 ),
             );
-            if workers_ready {
-                draft.set(
-                    types::READY,
-                    ConditionStatus::True,
-                    reasons::RECONCILED,
-                    format!(
-                        "tenant {name}: key provisioned, {available} sync workers available, data plane synced"
-                    ),
-                );
-                draft.status.clear_reconciling();
-                Action::requeue(RESYNC_INTERVAL)
-            } else {
-                // The Deployment's status changes wake the controller (owned watch).
-                draft.failed(
-                    reasons::PROGRESSING,
-                    format!(
-                        "tenant {name}: {available} of {} sync workers available in deployment {}",
-                        valid.sync.replicas, valid.sync_name
-                    ),
-                );
-                Action::requeue(Duration::from_secs(60))
-            }
+            let action = workers(&mut draft);
+            // Vault and the data plane are confirmed at this generation from now on.
+            ctx.confirmed.record(tenant, basis);
+            action
         }
-        Err(source) => {
+        Some(Err(source)) => {
             let error = TenantError::SyncDataPlane {
                 tenant: key_of(tenant),
                 source,
@@ -812,6 +946,7 @@ pub(crate) fn is_not_found(error: &kube::Error) -> bool {
 
 /// Stops the tenant's sync and applies its deletion policy. Idempotent; 404s are done.
 pub async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError> {
+    ctx.confirmed.forget(tenant);
     let name = tenant.name_any();
     let valid = match validate(tenant, &ctx.settings) {
         Ok(valid) => valid,

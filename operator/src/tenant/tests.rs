@@ -12,14 +12,15 @@ use async_trait::async_trait;
 use helpr_crds::conditions::{reasons, types};
 use helpr_crds::tenant::DeletionPolicy;
 use helpr_crds::testing::{Fixture, time};
-use helpr_crds::{RetentionPolicy, Tenant};
+use helpr_crds::{Inbox, RetentionPolicy, Tenant};
 use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::store::Writer;
 use serde_json::{Value, json};
 
-use super::reconcile::{Context, DataPlane, VaultProvisioner, reconcile};
+use super::reconcile::{Context, DataPlane, Parents, VaultProvisioner, reconcile};
 use super::{TenantError, ValidTenant};
 use crate::control::{ApplyResult, ControlError, proto};
 use crate::metrics::Metrics;
@@ -257,6 +258,24 @@ pub(crate) struct Harness {
     vault: Arc<FakeVault>,
     pub(crate) data_plane: Arc<FakeDataPlane>,
     pub(crate) server: ApiServer,
+    /// The Tenant controller's store, as its watch fills it (empty until a test does).
+    pub(crate) tenants: Writer<Tenant>,
+    /// The Inbox controller's store (empty until a test fills it).
+    pub(crate) inboxes: Writer<Inbox>,
+}
+
+impl Harness {
+    /// Puts `tenant` into the shared Tenant store, as the Tenant controller's watch would.
+    pub(crate) fn watched_tenant(&mut self, tenant: Tenant) {
+        self.tenants
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(tenant));
+    }
+
+    /// Puts `inbox` into the shared Inbox store, as the Inbox controller's watch would.
+    pub(crate) fn watched_inbox(&mut self, inbox: Inbox) {
+        self.inboxes
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(inbox));
+    }
 }
 
 pub(crate) fn harness(vault: FakeVault) -> Harness {
@@ -264,6 +283,8 @@ pub(crate) fn harness(vault: FakeVault) -> Harness {
     let client = kube::Client::new(service, "default");
     let vault = Arc::new(vault);
     let data_plane = Arc::new(FakeDataPlane::default());
+    let tenants = Writer::<Tenant>::default();
+    let inboxes = Writer::<Inbox>::default();
     let ctx = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client, "helpr-operator".into()),
@@ -271,12 +292,18 @@ pub(crate) fn harness(vault: FakeVault) -> Harness {
         vault.clone(),
         data_plane.clone(),
         Arc::new(Metrics::default()),
+        Parents {
+            tenants: tenants.as_reader(),
+            inboxes: inboxes.as_reader(),
+        },
     ));
     Harness {
         ctx,
         vault,
         data_plane,
         server: ApiServer(handle),
+        tenants,
+        inboxes,
     }
 }
 
@@ -326,6 +353,15 @@ impl ApiServer {
             path: path.to_owned(),
             query,
             body: seen,
+        }
+    }
+
+    /// Checks that the controller made no further request.
+    pub(crate) async fn expect_nothing(&mut self) {
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(100), self.0.next_request()).await
+        {
+            panic!("unexpected {} {}", request.method(), request.uri());
         }
     }
 
@@ -1056,4 +1092,169 @@ async fn an_unavailable_data_plane_sets_data_plane_synced_false_and_is_retried()
         condition(&status.body, types::READY).unwrap()["status"],
         "False"
     );
+}
+
+#[tokio::test]
+async fn a_tenant_woken_again_at_its_generation_skips_vault_the_data_plane_and_an_unchanged_status()
+{
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+
+    // Woken by its own status write (or a child): the uniqueness check and the children
+    // run again; Vault and the data plane are not asked again and the status, which would
+    // not change, is not written.
+    let mut ready = tenant.clone();
+    ready.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+    let task = run(ready.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    expect_children(&mut h.server).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    h.server.expect_nothing().await;
+    assert_eq!(
+        *h.vault.calls.lock().unwrap(),
+        ["provision helpr-tenant-acme"]
+    );
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["upsert acme g1"]);
+
+    // A new generation is checked for real.
+    let changed = ready.clone().with_generation(2);
+    let task = run(changed.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&changed, 200).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(status.body["status"]["observedGeneration"], 2);
+    assert_eq!(
+        *h.vault.calls.lock().unwrap(),
+        ["provision helpr-tenant-acme", "provision helpr-tenant-acme"]
+    );
+    assert_eq!(
+        *h.data_plane.calls.lock().unwrap(),
+        ["upsert acme g1", "upsert acme g2"]
+    );
+}
+
+#[tokio::test]
+async fn a_ready_tenant_this_process_has_not_checked_is_checked_in_vault_and_the_data_plane() {
+    // E.g. after a restart of the operator: the status alone never stands for a check.
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme")
+        .with_finalizer()
+        .with_ready()
+        .with_condition(
+            types::KMS_PROVISIONED,
+            helpr_crds::ConditionStatus::True,
+            reasons::KEY_PROVISIONED,
+        )
+        .with_condition(
+            types::DATA_PLANE_SYNCED,
+            helpr_crds::ConditionStatus::True,
+            reasons::SYNCED,
+        );
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    expect_children(&mut h.server).await;
+    h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        *h.vault.calls.lock().unwrap(),
+        ["provision helpr-tenant-acme"]
+    );
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["upsert acme g1"]);
+}
+
+#[tokio::test]
+async fn a_failed_data_plane_call_voids_the_confirmation() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+    let mut ready = tenant.clone();
+    ready.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+
+    // A later real check fails: its status no longer says DataPlaneSynced, so the next
+    // reconcile checks again instead of trusting the earlier confirmation.
+    h.data_plane
+        .unavailable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failing = ready.clone();
+    failing
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .retain(|c| c.type_ != types::DATA_PLANE_SYNCED);
+    let task = run(failing.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    // The apiserver's copy says the same: checked for real.
+    h.server
+        .expect(
+            Method::GET,
+            &format!("{TENANTS}/acme"),
+            200,
+            Some(serde_json::to_value(&failing).unwrap()),
+        )
+        .await;
+    expect_children(&mut h.server).await;
+    h.server
+        .expect_event("Warning", reasons::DATA_PLANE_UNAVAILABLE)
+        .await;
+    h.server.expect_status(&failing, 200).await;
+    assert!(task.await.unwrap().is_err());
+    assert_eq!(h.vault.calls.lock().unwrap().len(), 2);
+    assert_eq!(h.ctx.confirmed.len(), 0);
+}
+
+#[tokio::test]
+async fn a_copy_older_than_the_last_check_is_read_again_instead_of_checking_vault_again() {
+    let mut h = harness(FakeVault::default());
+    let tenant = Tenant::test("acme").with_finalizer();
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    expect_children(&mut h.server).await;
+    let status = h.server.expect_status(&tenant, 200).await;
+    task.await.unwrap().unwrap();
+    let mut current = tenant.clone();
+    current.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+
+    // Woken by a child before the status write reached the store: the copy has no status.
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect(
+            Method::GET,
+            &format!("{TENANTS}/acme"),
+            200,
+            Some(serde_json::to_value(&current).unwrap()),
+        )
+        .await;
+    expect_children(&mut h.server).await;
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    // The current status is already what this reconcile found: nothing written.
+    h.server.expect_nothing().await;
+    assert_eq!(h.vault.calls.lock().unwrap().len(), 1);
+    assert_eq!(*h.data_plane.calls.lock().unwrap(), ["upsert acme g1"]);
 }
