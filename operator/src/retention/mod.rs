@@ -19,6 +19,9 @@ pub use children::{PurgeChildren, build, purge_name};
 pub use model::{ValidRetentionPolicy, validate};
 pub use reconcile::{error_policy, reconcile};
 
+/// Condition and Event reason while the policy's Tenant is being deleted.
+pub const TENANT_DELETING: &str = "TenantDeleting";
+
 use helpr_crds::conditions::reasons;
 use helpr_crds::{SpecError, SpecErrors};
 use tonic::Code;
@@ -51,6 +54,15 @@ pub enum RetentionError {
     TenantNotFound { policy: String, tenant: String },
     #[error("retention policy {policy}: tenant {tenant} is not Ready")]
     TenantNotReady { policy: String, tenant: String },
+    #[error("retention policy {policy}: tenant {tenant} is being deleted")]
+    TenantDeleting { policy: String, tenant: String },
+    #[error("retention policy {policy}: suspending the purge CronJob {name} failed")]
+    SuspendCronJob {
+        policy: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("retention policy {policy}: tenant {tenant} cannot run purges")]
     InvalidTenant {
         policy: String,
@@ -141,6 +153,8 @@ impl RetentionError {
             | ScheduleNeverFires { .. }
             | UnknownTimeZone { .. } => reasons::INVALID_SPEC,
             TenantNotFound { .. } => reasons::TENANT_NOT_FOUND,
+            TenantDeleting { .. } => TENANT_DELETING,
+            SuspendCronJob { .. } => "SuspendFailed",
             TenantNotReady { .. } | InvalidTenant { .. } => reasons::TENANT_NOT_READY,
             ReadTenant { .. } => "ReadFailed",
             Conflict { .. } => reasons::CONFLICT,

@@ -2,8 +2,10 @@
 //! `retentionpolicy.mail.helpr.dev/cleanup`).
 //!
 //! - **apply**: validate → the Tenant exists in the policy's namespace and is Ready (else
-//!   Ready=False TenantNotFound / TenantNotReady, retried with backoff; a Tenant's change
-//!   also wakes its policies, see the binary) → `UpsertRetentionPolicy` at the policy's uid
+//!   Ready=False TenantNotFound / TenantDeleting / TenantNotReady, retried with backoff; a
+//!   Tenant's change also wakes its policies, see the binary; a Tenant that is gone or being
+//!   deleted also gets its purge CronJob suspended, PurgeScheduled=False, so no purge runs
+//!   against a tenant that does not exist) → `UpsertRetentionPolicy` at the policy's uid
 //!   and generation (ALREADY_EXISTS: Stalled with reason Conflict; STALE: DataPlaneStale,
 //!   not retried) → server-side apply of the purge pods' NetworkPolicy and the purge CronJob
 //!   (only once the data plane holds the policy, so a conflicting policy never schedules a
@@ -30,9 +32,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::model::system_time_zones;
-use super::{RetentionError, ValidRetentionPolicy, build, validate};
+use super::{RetentionError, ValidRetentionPolicy, build, purge_name, validate};
 use crate::control::{ControlError, proto};
 use crate::tenant::DATA_PLANE_STALE;
+use crate::tenant::children::FIELD_MANAGER;
 use crate::tenant::reconcile::{
     Context, RESYNC_INTERVAL, StatusDraft, apply_child, describe, meta_of, object_key, parent_of,
     patch_status_of, publish, report_failure, requeue_on_error,
@@ -122,6 +125,12 @@ async fn ready_tenant(
     )
     .await;
     let tenant = match parent {
+        Ok(Some(tenant)) if tenant.metadata.deletion_timestamp.is_some() => {
+            return Err(RetentionError::TenantDeleting {
+                policy: key,
+                tenant: valid.tenant.clone(),
+            });
+        }
         Ok(Some(tenant)) if HelprResource::is_ready(tenant.as_ref()) => tenant,
         Ok(Some(_)) => {
             return Err(RetentionError::TenantNotReady {
@@ -152,6 +161,25 @@ async fn ready_tenant(
     })
 }
 
+/// Suspends the purge CronJob `name` (a merge patch of `spec.suspend`; the next apply
+/// of the policy takes the field back). Returns whether there was a CronJob to suspend.
+async fn suspend_purges(ctx: &Context, namespace: &str, name: &str) -> Result<bool, kube::Error> {
+    let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({"spec": {"suspend": true}});
+    let params = kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..kube::api::PatchParams::default()
+    };
+    match api
+        .patch(name, &params, &kube::api::Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Pushes the policy to the data plane, then schedules its purges; writes status.
 pub async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, RetentionError> {
     let mut draft = StatusDraft::new(policy);
@@ -170,6 +198,37 @@ pub async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Re
     let tenant = match ready_tenant(ctx, policy, &valid).await {
         Ok(tenant) => tenant,
         Err(error) => {
+            if matches!(
+                error,
+                RetentionError::TenantNotFound { .. } | RetentionError::TenantDeleting { .. }
+            ) {
+                // No purge runs against a tenant that is gone or going.
+                let name = purge_name(&valid.tenant);
+                match suspend_purges(ctx, &valid.namespace, &name).await {
+                    Ok(suspended) => draft.set(
+                        types::PURGE_SCHEDULED,
+                        ConditionStatus::False,
+                        error.category(),
+                        if suspended {
+                            format!(
+                                "purges are suspended (CronJob {name}): {}",
+                                describe(&error)
+                            )
+                        } else {
+                            format!("no purges are scheduled: {}", describe(&error))
+                        },
+                    ),
+                    Err(source) => {
+                        let failed = RetentionError::SuspendCronJob {
+                            policy: object_key(policy),
+                            name,
+                            source,
+                        };
+                        report(ctx, policy, &mut draft, &failed).await?;
+                        return Err(failed);
+                    }
+                }
+            }
             report(ctx, policy, &mut draft, &error).await?;
             return Err(error);
         }

@@ -281,6 +281,10 @@ async fn a_policy_of_a_missing_tenant_shows_tenant_not_found_and_is_retried() {
     let policy = policy().with_finalizer();
     let task = run(policy.clone(), &h);
     expect_tenant(&mut h, None).await;
+    // No CronJob to suspend.
+    h.server
+        .expect(Method::PATCH, CRON_JOB, 404, Some(not_ok(404, "NotFound")))
+        .await;
     h.server
         .expect_event_about("RetentionPolicy", "Warning", reasons::TENANT_NOT_FOUND)
         .await;
@@ -580,4 +584,84 @@ async fn a_policy_takes_its_ready_tenant_from_the_shared_store_without_reading_i
     let status = expect_status(&mut h, &policy).await;
     task.await.unwrap().unwrap();
     assert_eq!(condition(&status, types::READY).unwrap()["status"], "True");
+}
+
+/// The Tenant went away (or is going) after its purges were scheduled: the CronJob is
+/// suspended, so no purge runs against a tenant that does not exist, and the status says so.
+#[tokio::test]
+async fn purges_of_a_gone_or_deleting_tenant_are_suspended() {
+    let deleting = {
+        let mut t = Tenant::test("acme").with_ready();
+        t.metadata.deletion_timestamp = Some(time(1_796_360_400));
+        Some(t)
+    };
+    for (tenant, reason) in [
+        (None, reasons::TENANT_NOT_FOUND),
+        (deleting, super::TENANT_DELETING),
+    ] {
+        let mut h = harness(FakeVault::default());
+        let policy = policy().with_finalizer();
+        let task = run(policy.clone(), &h);
+        expect_tenant(&mut h, tenant).await;
+        let patch = h
+            .server
+            .expect(
+                Method::PATCH,
+                CRON_JOB,
+                200,
+                Some(json!({"kind": "CronJob"})),
+            )
+            .await;
+        assert_eq!(patch.body, json!({"spec": {"suspend": true}}));
+        assert!(
+            patch.query.contains("fieldManager=helpr-operator"),
+            "{}",
+            patch.query
+        );
+        h.server
+            .expect_event_about("RetentionPolicy", "Warning", reason)
+            .await;
+        let status = expect_status(&mut h, &policy).await;
+        let error = task.await.unwrap().unwrap_err();
+        assert_eq!(error.category(), reason);
+        let scheduled = condition(&status, types::PURGE_SCHEDULED).unwrap();
+        assert_eq!(scheduled["status"], "False");
+        assert_eq!(scheduled["reason"], reason);
+        assert!(
+            scheduled["message"]
+                .as_str()
+                .unwrap()
+                .contains("purges are suspended (CronJob helpr-purge-acme)"),
+            "{scheduled}"
+        );
+        assert_eq!(condition(&status, types::READY).unwrap()["reason"], reason);
+        assert!(h.data_plane.calls.lock().unwrap().is_empty());
+    }
+}
+
+/// A failed suspension is reported and retried, never silently dropped.
+#[tokio::test]
+async fn a_failed_suspension_is_reported_and_retried() {
+    let mut h = harness(FakeVault::default());
+    let policy = policy().with_finalizer();
+    let task = run(policy.clone(), &h);
+    expect_tenant(&mut h, None).await;
+    h.server
+        .expect(
+            Method::PATCH,
+            CRON_JOB,
+            500,
+            Some(not_ok(500, "InternalError")),
+        )
+        .await;
+    h.server
+        .expect_event_about("RetentionPolicy", "Warning", "SuspendFailed")
+        .await;
+    let status = expect_status(&mut h, &policy).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert_eq!(error.category(), "SuspendFailed");
+    assert_eq!(
+        condition(&status, types::READY).unwrap()["reason"],
+        "SuspendFailed"
+    );
 }
