@@ -146,8 +146,10 @@ pub struct InboxPubSub {
     #[schemars(length(min = 1, max = 512), pattern(PUBSUB_TOPIC_PATTERN))]
     pub topic: String,
 
-    /// Audience of the OIDC token Pub/Sub attaches to each push request; the ingest endpoint
-    /// rejects pushes whose token names another audience.
+    /// Audience of the OIDC token Pub/Sub attaches to each push request. A push whose token
+    /// names another audience never reaches this inbox, and the ingest endpoint must accept
+    /// this one (chart values config.push.audience or config.push.additionalAudiences;
+    /// otherwise the Inbox stalls with reason PushAudienceNotAccepted).
     #[schemars(length(min = 1, max = 512), pattern(PUSH_AUDIENCE_PATTERN))]
     pub push_audience: String,
 }

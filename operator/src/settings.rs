@@ -34,6 +34,11 @@ pub struct OperatorSettings {
     pub vault: VaultNamingSettings,
     /// Where the sync workers may connect to.
     pub network: NetworkSettings,
+    /// The push audiences the data plane's ingest endpoint accepts (`push.audience` and
+    /// `push.additional_audiences`): an Inbox naming another `spec.pubSub.pushAudience`
+    /// is reported instead of having every push refused. Empty: not checked.
+    #[serde(default)]
+    pub push_audiences: Vec<String>,
 }
 
 /// [`VaultNaming`] as chart values.
@@ -263,6 +268,7 @@ pub(crate) mod tests {
                 search: Some(pods("helpr", "helpr-index", 7281)),
                 google_api_cidrs: vec!["142.250.0.0/15".to_owned(), "2a00:1450::/32".to_owned()],
             },
+            push_audiences: Vec::new(),
         }
     }
 
@@ -280,6 +286,18 @@ network:
         assert_eq!(settings.network.dns, EgressTarget::default());
         assert_eq!(settings.vault.key_prefix, "helpr-tenant-");
         assert!(settings.network.search.is_none());
+        assert!(
+            settings.push_audiences.is_empty(),
+            "not checked unless given"
+        );
+        let with: OperatorSettings = serde_norway::from_str(&format!(
+            "{yaml}pushAudiences: [https://mail.example.com/v1/push/gmail]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            with.push_audiences,
+            ["https://mail.example.com/v1/push/gmail"]
+        );
     }
 
     #[test]

@@ -1167,6 +1167,26 @@ fn operator_settings(r: &Rendered) -> helpr_operator::settings::OperatorSettings
         .unwrap_or_else(|e| panic!("the chart's operator settings do not load: {e:?}\n{text}"))
 }
 
+/// The operator knows which push audiences the ingest endpoint accepts (to report an Inbox
+/// naming another); without a push audience nothing is checked.
+#[test]
+fn the_operator_checks_inboxes_against_the_accepted_push_audiences() {
+    let settings = operator_settings(&render_production());
+    assert_eq!(
+        settings.push_audiences,
+        [
+            "https://mail.example.com/v1/push/gmail",
+            "https://mail.example.com/v1/push/gmail?tenant=acme",
+            "https://mail.example.com/v1/push/gmail?tenant=globex"
+        ]
+    );
+    assert!(
+        operator_settings(&render_default())
+            .push_audiences
+            .is_empty()
+    );
+}
+
 #[test]
 fn rendered_operator_settings_load_in_the_operator_and_are_mounted() {
     for (which, r) in both() {

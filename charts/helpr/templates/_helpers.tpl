@@ -335,5 +335,6 @@ expressed). Anything else fails with what to set. */}}
 {{- $_ := set $network "search" (include "helpr.operatorTarget" (dict "ctx" . "field" "search" "explicit" $net.search "to" $np.search.to "ports" $np.search.ports) | fromYaml) -}}
 {{- end -}}
 {{- $_ := set $settings "network" $network -}}
+{{- with .Values.config.push.audience }}{{ $_ := set $settings "pushAudiences" (concat (list .) ($.Values.config.push.additionalAudiences | default list)) }}{{ end -}}
 {{- toYaml $settings -}}
 {{- end -}}

@@ -14,6 +14,9 @@ pub mod reconcile;
 pub use model::{ValidInbox, validate};
 pub use reconcile::{error_policy, reconcile};
 
+/// Reason of an Inbox whose push audience the ingest endpoint does not accept.
+pub const PUSH_AUDIENCE_NOT_ACCEPTED: &str = "PushAudienceNotAccepted";
+
 use helpr_crds::SpecErrors;
 use helpr_crds::conditions::reasons;
 
@@ -27,6 +30,10 @@ pub enum InboxError {
     InvalidInbox { inbox: String, reason: String },
     #[error("inbox {inbox}: invalid spec: {errors}")]
     InvalidSpec { inbox: String, errors: SpecErrors },
+    #[error(
+        "inbox {inbox}: spec.pubSub.pushAudience is not an audience the ingest endpoint accepts, so every push would be refused; use one of the chart's config.push.audience and config.push.additionalAudiences, or add it there"
+    )]
+    PushAudienceNotAccepted { inbox: String },
     #[error("inbox {inbox}: tenant {tenant} does not exist in the inbox's namespace")]
     TenantNotFound { inbox: String, tenant: String },
     #[error("inbox {inbox}: tenant {tenant} is not Ready")]
@@ -70,6 +77,7 @@ impl InboxError {
         use InboxError::*;
         match self {
             InvalidInbox { .. } | InvalidSpec { .. } => reasons::INVALID_SPEC,
+            PushAudienceNotAccepted { .. } => PUSH_AUDIENCE_NOT_ACCEPTED,
             TenantNotFound { .. } => reasons::TENANT_NOT_FOUND,
             TenantNotReady { .. } => reasons::TENANT_NOT_READY,
             ReadTenant { .. } => "ReadFailed",
@@ -93,7 +101,9 @@ impl InboxError {
     /// Whether only a change to the Inbox can fix it (reported as Stalled).
     pub fn is_permanent(&self) -> bool {
         match self {
-            InboxError::InvalidInbox { .. } | InboxError::InvalidSpec { .. } => true,
+            InboxError::InvalidInbox { .. }
+            | InboxError::InvalidSpec { .. }
+            | InboxError::PushAudienceNotAccepted { .. } => true,
             InboxError::Finalizer { source, .. } => match source.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_permanent(),

@@ -94,7 +94,17 @@ pub async fn apply(inbox: &Inbox, ctx: &Context) -> Result<Action, InboxError> {
     let mut draft = StatusDraft::new(inbox);
     let name = inbox.name_any();
 
-    let valid = match validate(inbox) {
+    let checked = validate(inbox).and_then(|valid| {
+        let accepted = &ctx.settings.push_audiences;
+        if accepted.is_empty() || accepted.contains(&valid.push_audience) {
+            Ok(valid)
+        } else {
+            Err(InboxError::PushAudienceNotAccepted {
+                inbox: object_key(inbox),
+            })
+        }
+    });
+    let valid = match checked {
         Ok(valid) => valid,
         Err(error) => {
             ctx.metrics.failure(error.category());

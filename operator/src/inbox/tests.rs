@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{InboxError, reconcile};
 use crate::control::proto;
 use crate::tenant::DATA_PLANE_STALE;
-use crate::tenant::tests::{FakeVault, Harness, condition, harness, not_ok};
+use crate::tenant::tests::{FakeVault, Harness, condition, harness, harness_with, not_ok};
 
 const INBOXES: &str = "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/inboxes";
 const TENANTS: &str = "/apis/mail.helpr.dev/v1alpha1/namespaces/helpr-test/tenants";
@@ -352,6 +352,52 @@ async fn an_invalid_inbox_stalls_without_touching_the_data_plane() {
         "True"
     );
     assert!(h.data_plane.calls.lock().unwrap().is_empty());
+}
+
+/// An Inbox naming a push audience the ingest endpoint does not accept stalls with a reason
+/// that says what to change, before anything reaches the data plane; an accepted one goes on.
+#[tokio::test]
+async fn a_push_audience_the_ingest_endpoint_refuses_stalls_the_inbox() {
+    let mut settings = crate::settings::tests::settings();
+    settings.push_audiences = vec!["https://ingest.other.example/push".into()];
+    let mut h = harness_with(FakeVault::default(), settings.clone());
+    let inbox = inbox().with_finalizer();
+    let task = run(inbox.clone(), &h);
+    h.server
+        .expect_event_about("Inbox", "Warning", super::PUSH_AUDIENCE_NOT_ACCEPTED)
+        .await;
+    let status = expect_status(&mut h, &inbox).await;
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    assert_eq!(
+        condition(&status, types::STALLED).unwrap()["status"],
+        "True"
+    );
+    let ready = condition(&status, types::READY).unwrap();
+    assert_eq!(ready["reason"], super::PUSH_AUDIENCE_NOT_ACCEPTED);
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.push.additionalAudiences"),
+        "{ready}"
+    );
+    assert!(h.data_plane.calls.lock().unwrap().is_empty());
+
+    // Accepted: the inbox proceeds to its tenant.
+    settings
+        .push_audiences
+        .push(inbox.spec.pub_sub.push_audience.clone());
+    let mut h = harness_with(FakeVault::default(), settings);
+    let task = run(inbox.clone(), &h);
+    expect_tenant(&mut h, None).await;
+    h.server
+        .expect_event_about("Inbox", "Warning", reasons::TENANT_NOT_FOUND)
+        .await;
+    expect_status(&mut h, &inbox).await;
+    assert_eq!(
+        task.await.unwrap().unwrap_err().category(),
+        reasons::TENANT_NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -279,6 +279,14 @@ impl Harness {
 }
 
 pub(crate) fn harness(vault: FakeVault) -> Harness {
+    harness_with(vault, settings())
+}
+
+/// [`harness`] with other operator settings.
+pub(crate) fn harness_with(
+    vault: FakeVault,
+    settings: crate::settings::OperatorSettings,
+) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let vault = Arc::new(vault);
@@ -288,7 +296,7 @@ pub(crate) fn harness(vault: FakeVault) -> Harness {
     let ctx = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client, "helpr-operator".into()),
-        settings(),
+        settings,
         vault.clone(),
         data_plane.clone(),
         Arc::new(Metrics::default()),
