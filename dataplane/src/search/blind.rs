@@ -562,15 +562,11 @@ impl Indexer<'_> {
                 tokens: blind_tokens(key, field, text, IndexTerm::Blind),
             },
             Indexer::Plaintext => {
-                let p = plaintext_text(field, text);
-                FieldTerms {
-                    field,
-                    tokens: p
-                        .tokens
-                        .into_iter()
-                        .map(|(t, p)| (IndexTerm::Plain(t), p))
-                        .collect(),
-                }
+                let mut tokens = Vec::with_capacity(expected_tokens(text));
+                for_each_token(text, |token, position, _| {
+                    tokens.push((IndexTerm::Plain(token.to_owned()), position));
+                });
+                FieldTerms { field, tokens }
             }
         }
     }
@@ -904,6 +900,21 @@ mod tests {
         a.clear_cache();
         assert_eq!(a.cache().usage(), (0, 0));
         assert_eq!(blind_text(&a, Field::Body, text).tokens, under_a);
+    }
+
+    #[test]
+    fn plaintext_indexer_gives_exactly_the_normalized_tokens() {
+        let mut rng = crate::search::tests_support::XorShift::new(0x91a1);
+        for _ in 0..50 {
+            let text = random_text(&mut rng, 100);
+            let got: Vec<(IndexTerm, u32)> =
+                Indexer::Plaintext.index_text(Field::Body, &text).tokens;
+            let expected: Vec<(IndexTerm, u32)> = normalize_tokens(&text)
+                .into_iter()
+                .map(|t| (IndexTerm::Plain(t.text), t.position))
+                .collect();
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]
