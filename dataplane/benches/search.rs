@@ -5,13 +5,13 @@
 //! 20 KiB each (Zipf-distributed words over a 30,000-word vocabulary, 2,000 inboxes), in
 //! blind and plaintext mode side by side, and reports on one core:
 //!
-//! - term generation (tokenize + normalize, + HMAC in blind mode) per document, as CPU time
+//! - term generation (tokenize + normalize, + blind tokens in blind mode) per document, as CPU time
 //!   of the calling thread;
 //! - indexing into tantivy given the terms: wall time of the `index` calls (turning terms into
-//!   tantivy documents and handing them to the one indexing thread) and of the commits (a
-//!   flush every 10,000 documents, as the 1 s commit interval would at that rate), and the
-//!   CPU time of the whole process (all threads: term generation, indexing, commits and the
-//!   background merges until they settle), which gives docs/s per core;
+//!   tantivy documents and handing them to the one indexing thread) and of the commits (see
+//!   the settings below), and the CPU time of the whole process (all threads: term
+//!   generation, indexing, commits and the background merges until they settle), which gives
+//!   docs/s per core;
 //! - query latency p50/p99 for a single term, a two-term AND and a two-word phrase, each
 //!   with a 20-inbox filter out of 2,000, through `SearchIndex::search`;
 //! - delete-to-invisible latency p50/p99 (delete + commit + reload, then a search that no
@@ -20,28 +20,39 @@
 //! `HELPR_BENCH_MODES=blind` (or `plaintext`) runs one mode only; `HELPR_BENCH_DIR` sets where
 //! the indexes are built (default a temporary directory).
 //!
+//! Writer settings default to the product's (`TantivyConfig::new`: 64 MiB writer heap, a
+//! commit once a second of indexing has passed since the last one, as the background
+//! committer does; documents handed in 200 at a time, the service's batch):
+//!
+//! - `HELPR_BENCH_HEAP_MB`: the writer heap in MiB;
+//! - `HELPR_BENCH_COMMIT`: `interval` (the default, above), `batch` (after every index call,
+//!   as `SearchService::index_pending` does) or a number of documents between commits;
+//! - `HELPR_BENCH_BATCH`: documents per index call.
+//!
 //! # Last figures (100,000 messages, 3,019 terms and 22.8 KiB of text each, 2 vCPUs)
 //!
-//! Taken 2026-12-04 while other builds ran (load average 3.4-5.4, so latencies are noisy and
-//! CPU times inflated); the better of two runs per mode (blind: after the sha2 HMAC change):
+//! Taken 2026-12-04 with the product settings above while other builds ran (load average
+//! 4.3-6.6, so CPU times are inflated and latencies noisy): the code before and after the
+//! blind-token cache, back to back, one run each:
 //!
-//! | | blind | plaintext |
-//! |---|---|---|
-//! | term generation, CPU µs/doc | 704 | 183 |
-//! | whole indexing, process CPU µs/doc (docs/s per core) | 1,709 (585) | 1,022 (978) |
-//! | term p50 / p99 | 0.28 / 0.71 ms | 0.31 / 0.83 ms |
-//! | two-term AND p50 / p99 | 0.36 / 0.82 ms | 0.42 / 0.74 ms |
-//! | phrase p50 / p99 | 0.53 / 2.7 ms | 0.55 / 3.2 ms |
-//! | delete→invisible p50 / p99 | 30 / 39 ms | 28 / 48 ms |
-//! | index size | 515 MiB | 512 MiB |
+//! | | blind before | blind after | plaintext before | plaintext after |
+//! |---|---|---|---|---|
+//! | term generation, CPU µs/doc | 569 | 275 | 153 | 136 |
+//! | whole indexing, process CPU µs/doc | 1,511 | 1,142 | 747 | 643 |
+//! | docs/s per core | 662 | 875 | 1,339 | 1,556 |
+//! | term p50 / p99 | 0.33 / 0.91 ms | 0.31 / 0.84 ms | 0.26 / 0.75 ms | 0.25 / 2.7 ms |
+//! | two-term AND p50 / p99 | 0.38 / 0.58 ms | 0.38 / 0.81 ms | 0.31 / 0.49 ms | 0.28 / 1.6 ms |
+//! | phrase p50 / p99 | 0.63 / 1.9 ms | 0.64 / 2.0 ms | 0.59 / 4.3 ms | 0.43 / 3.0 ms |
+//! | index size | 535 MiB | 536 MiB | 527 MiB | 519 MiB |
 //!
-//! Before the term list and the shared inbox filter (same bench, quiet machine): phrase p99
-//! 71.6 / 61.7 ms, term p99 2.7 / 0.93 ms, 401 / 638 docs/s end to end. Tantivy's own work
-//! (postings, commits, merges) is about 840-1,000 µs/doc of CPU in both modes; blinding adds
-//! about 520 µs/doc (one HMAC-SHA256 per distinct token of a field, about 1,300 per message,
-//! plus the per-field cache). Delete→invisible was 4-9 ms on the quiet machine; here it is
-//! dominated by the commit's fsyncs competing with other builds (the unchanged code measured
-//! the same 30 ms p50 at the same time). See the README's "Search speed" for what is met.
+//! Load average at the start of each run: 6.4, 6.1, 6.6, 4.3. The plaintext "after" run had
+//! the quietest machine, so part of its gain in tantivy's share (594 → 507 µs/doc) is the
+//! load; the query path did not change. Tantivy's own work (postings with positions,
+//! commits, merges) is about 500-870 µs/doc of CPU; blinding now adds about 140 µs/doc over
+//! plaintext (a cache lookup per token instead of an HMAC per distinct token of a field).
+//! Earlier figures (1,709 / 1,022 µs/doc) were taken with `HELPR_BENCH_HEAP_MB=256
+//! HELPR_BENCH_COMMIT=10000 HELPR_BENCH_BATCH=2000` and are not comparable. See the README's
+//! "Search speed" for what is met.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -59,8 +70,18 @@ const FILTER_INBOXES: usize = 20;
 const BODY_WORDS: usize = 3_000;
 const QUERIES: usize = 300;
 const DELETES: usize = 300;
-const BATCH: usize = 2_000;
-const FLUSH_EVERY: usize = 10_000;
+
+/// When the bench commits (see the module docs).
+#[derive(Clone, Copy, Debug)]
+enum Commit {
+    Interval(Duration),
+    EveryBatch,
+    EveryDocs(usize),
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
 
 /// CPU time of the whole process (all threads), from `/proc/self/stat` (utime + stime, in
 /// clock ticks of 1/100 s, Linux's USER_HZ).
@@ -221,6 +242,15 @@ fn main() {
         Ok("plaintext") => vec![Mode::Plaintext],
         _ => vec![Mode::Blind, Mode::Plaintext],
     };
+    let heap_bytes = env_usize("HELPR_BENCH_HEAP_MB")
+        .map(|mb| mb * 1024 * 1024)
+        .unwrap_or(TantivyConfig::DEFAULT_WRITER_HEAP_BYTES);
+    let batch = env_usize("HELPR_BENCH_BATCH").unwrap_or(200).max(1);
+    let commit = match std::env::var("HELPR_BENCH_COMMIT").as_deref() {
+        Ok("batch") => Commit::EveryBatch,
+        Ok(n) if n.parse::<usize>().is_ok() => Commit::EveryDocs(n.parse().unwrap()),
+        _ => Commit::Interval(TantivyConfig::DEFAULT_COMMIT_INTERVAL),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -233,7 +263,9 @@ fn main() {
     let key = IndexKey::from_slice(IndexKeyVersion::FIRST, &[42; INDEX_KEY_LEN]).unwrap();
     let tenant = TenantId::new("bench").unwrap();
     println!(
-        "search bench: {n} messages of ~20 KiB, {INBOXES} inboxes, filter of {FILTER_INBOXES}"
+        "search bench: {n} messages of ~20 KiB, {INBOXES} inboxes, filter of {FILTER_INBOXES}; \
+         writer heap {} MiB, {batch} documents per index call, commit {commit:?}",
+        heap_bytes / 1024 / 1024
     );
 
     // Queries: frequent-but-not-stopword terms, AND pairs, and phrases taken from bodies.
@@ -266,7 +298,7 @@ fn main() {
         let mut cfg = TantivyConfig::new(base.path().join(mode.as_str()));
         // Commits come from the explicit flushes below (as the commit interval would).
         cfg.commit_interval = Duration::from_secs(3600);
-        cfg.writer_heap_bytes = 256 * 1024 * 1024;
+        cfg.writer_heap_bytes = heap_bytes;
         let index = rt.block_on(async { TantivyIndex::open(cfg) }).unwrap();
 
         let mut term_cpu = Duration::ZERO;
@@ -276,11 +308,14 @@ fn main() {
         let mut terms = 0usize;
         let mut i = 0;
         let mut since_flush = 0;
+        let mut commits = 0usize;
+        // Wall time of term generation and index calls since the last commit.
+        let mut busy = Duration::ZERO;
         let mut gen_cpu = Duration::ZERO;
         let wall0 = Instant::now();
         let cpu0 = process_cpu();
         while i < n {
-            let end = (i + BATCH).min(n);
+            let end = (i + batch).min(n);
             let g0 = thread_cpu();
             let msgs: Vec<Msg> = (i..end).map(|j| message(&corpus, j)).collect();
             gen_cpu += thread_cpu().saturating_sub(g0);
@@ -288,6 +323,7 @@ fn main() {
                 .iter()
                 .map(|m| m.body.len() + m.subject.len())
                 .sum::<usize>();
+            let w0 = Instant::now();
             let t0 = thread_cpu();
             let docs: Vec<IndexDoc> = msgs.iter().map(|m| doc(m, &indexer)).collect();
             term_cpu += thread_cpu().saturating_sub(t0);
@@ -299,12 +335,22 @@ fn main() {
             let t1 = Instant::now();
             rt.block_on(index.index(&tenant, docs)).unwrap();
             add_time += t1.elapsed();
+            busy += w0.elapsed();
             since_flush += end - i;
-            if since_flush >= FLUSH_EVERY || end == n {
+            let due = match commit {
+                // Wall time without the bench's corpus generation, like a committer beside
+                // an indexer that never waits for input.
+                Commit::Interval(every) => busy >= every,
+                Commit::EveryBatch => true,
+                Commit::EveryDocs(every) => since_flush >= every,
+            };
+            if due || end == n {
                 let t2 = Instant::now();
                 rt.block_on(index.flush(&tenant)).unwrap();
                 commit_time += t2.elapsed();
+                commits += 1;
                 since_flush = 0;
+                busy = Duration::ZERO;
             }
             i = end;
         }
@@ -340,7 +386,7 @@ fn main() {
             n as f64 / term_cpu.as_secs_f64()
         );
         println!(
-            "[{mode}] tantivy: index calls {:.1} µs/doc, commits {:.1} µs/doc (wall)",
+            "[{mode}] tantivy: index calls {:.1} µs/doc, {commits} commits {:.1} µs/doc (wall)",
             add_time.as_secs_f64() * 1e6 / n as f64,
             commit_time.as_secs_f64() * 1e6 / n as f64,
         );

@@ -498,6 +498,9 @@ async fn index_key_rotation(postgres: bool) {
         );
         assert_eq!(subjects(svc, &t, &mine, "invoice").await.len(), 2);
     }
+    // Both services have indexed since version 1 was retired: neither holds that key any
+    // more, nor the blind tokens it remembered (only this test's handle is left).
+    assert_eq!(std::sync::Arc::strong_count(&old_key), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

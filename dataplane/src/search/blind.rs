@@ -33,6 +33,10 @@
 //! state derived from it (the SHA-256 states after the inner and outer key blocks, from which
 //! each token's MAC takes two compressions) lives only for the duration of one call, in
 //! [`Zeroizing`] buffers; the copies made per token live on the stack and are not wiped.
+//!
+//! Each key also remembers the blind tokens it computed for indexing, in a bounded cache in
+//! memory (see [`super::blind_cache`]): the tokens of a text come from there when they
+//! occurred before. The cache lives and dies with its key and zeroes its tokens.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,6 +46,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
 
+use super::blind_cache::BlindCache;
 use super::tokenize::{expected_tokens, for_each_token, normalize_tokens};
 use crate::crypto::CryptoError;
 
@@ -78,6 +83,17 @@ impl Field {
         Field::Body,
         Field::AttachmentName,
     ];
+
+    /// The field's place in [`Field::ALL`].
+    pub const fn ordinal(self) -> usize {
+        match self {
+            Field::Subject => 0,
+            Field::From => 1,
+            Field::To => 2,
+            Field::Body => 3,
+            Field::AttachmentName => 4,
+        }
+    }
 
     /// The stable name, used in the MAC input and as the index field name.
     pub const fn name(self) -> &'static str {
@@ -164,6 +180,8 @@ impl fmt::Display for IndexKeyVersion {
 pub struct IndexKey {
     version: IndexKeyVersion,
     bytes: Zeroizing<[u8; INDEX_KEY_LEN]>,
+    /// Tokens already blinded under this key (bounded, memory only, zeroed when dropped).
+    cache: BlindCache,
 }
 
 impl IndexKey {
@@ -171,7 +189,11 @@ impl IndexKey {
     pub fn generate(version: IndexKeyVersion) -> Result<Self, CryptoError> {
         let mut bytes = Zeroizing::new([0u8; INDEX_KEY_LEN]);
         getrandom::getrandom(bytes.as_mut()).map_err(|_| CryptoError::Rng)?;
-        Ok(Self { version, bytes })
+        Ok(Self {
+            version,
+            bytes,
+            cache: BlindCache::new(),
+        })
     }
 
     /// Takes key bytes handed back by a KMS. Fails unless there are exactly 32.
@@ -180,6 +202,7 @@ impl IndexKey {
         Ok(Self {
             version,
             bytes: Zeroizing::new(array),
+            cache: BlindCache::new(),
         })
     }
 
@@ -194,6 +217,16 @@ impl IndexKey {
 
     pub(crate) fn mac(&self) -> TokenMac {
         TokenMac::new(&self.bytes)
+    }
+
+    /// The blind tokens this key has already computed for indexing.
+    pub(crate) fn cache(&self) -> &BlindCache {
+        &self.cache
+    }
+
+    /// Forgets every remembered blind token of this key (they are computed again as needed).
+    pub fn clear_cache(&self) {
+        self.cache.clear();
     }
 }
 
@@ -452,6 +485,9 @@ pub fn blind_text(key: &IndexKey, field: Field, text: &str) -> BlindedField {
 }
 
 /// The blind tokens of `text` for `field` with their positions, each mapped by `wrap`.
+///
+/// Tokens come from the key's cache when it has them (see [`BlindCache`]); if another thread
+/// is using the cache, each distinct token of the text is hashed once instead.
 fn blind_tokens<T>(
     key: &IndexKey,
     field: Field,
@@ -460,19 +496,27 @@ fn blind_tokens<T>(
 ) -> Vec<(T, u32)> {
     let key_mac = key.mac();
     let mac = key_mac.field(field);
-    let mut seen: HashMap<String, BlindToken> = HashMap::new();
     let mut out = Vec::with_capacity(expected_tokens(text));
-    for_each_token(text, |token, position, _| {
-        let b = match seen.get(token) {
-            Some(b) => *b,
-            None => {
-                let b = mac.blind(token);
-                seen.insert(token.to_owned(), b);
-                b
-            }
-        };
-        out.push((wrap(b), position));
-    });
+    match key.cache().try_lock() {
+        Some(mut cache) => for_each_token(text, |token, position, _| {
+            let b = cache.get_or_blind(field, token, || mac.blind(token));
+            out.push((wrap(b), position));
+        }),
+        None => {
+            let mut seen: HashMap<String, BlindToken> = HashMap::new();
+            for_each_token(text, |token, position, _| {
+                let b = match seen.get(token) {
+                    Some(b) => *b,
+                    None => {
+                        let b = mac.blind(token);
+                        seen.insert(token.to_owned(), b);
+                        b
+                    }
+                };
+                out.push((wrap(b), position));
+            });
+        }
+    }
     out
 }
 
@@ -518,15 +562,11 @@ impl Indexer<'_> {
                 tokens: blind_tokens(key, field, text, IndexTerm::Blind),
             },
             Indexer::Plaintext => {
-                let p = plaintext_text(field, text);
-                FieldTerms {
-                    field,
-                    tokens: p
-                        .tokens
-                        .into_iter()
-                        .map(|(t, p)| (IndexTerm::Plain(t), p))
-                        .collect(),
-                }
+                let mut tokens = Vec::with_capacity(expected_tokens(text));
+                for_each_token(text, |token, position, _| {
+                    tokens.push((IndexTerm::Plain(token.to_owned()), position));
+                });
+                FieldTerms { field, tokens }
             }
         }
     }
@@ -771,6 +811,117 @@ mod tests {
         assert_eq!(v2.get(), 2);
         assert_eq!(v2.to_string(), "v2");
         assert_eq!(IndexKeyVersion::new(0), None);
+    }
+
+    /// The blind tokens of `text` computed without any cache: one MAC per token.
+    fn uncached(k: &IndexKey, field: Field, text: &str) -> Vec<(BlindToken, u32)> {
+        normalize_tokens(text)
+            .iter()
+            .map(|t| (k.mac().blind(field, &t.text), t.position))
+            .collect()
+    }
+
+    /// Random mail-like text: frequent words, one-off words, accents, addresses.
+    fn random_text(rng: &mut crate::search::tests_support::XorShift, words: usize) -> String {
+        let common = [
+            "the",
+            "invoice",
+            "Müller",
+            "don't",
+            "RE:",
+            "ÅNGSTRÖM",
+            "ﬁle",
+            "2026",
+        ];
+        (0..words)
+            .map(|_| match rng.below(10) {
+                0 => format!("w{}x{}", rng.next() % 100_000, rng.below(9)),
+                1 => format!("user{}@mail{}.example.com", rng.below(50), rng.below(3)),
+                _ => common[rng.below(common.len())].to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn cached_blinding_gives_exactly_the_uncached_tokens() {
+        let k = key(21);
+        let mut rng = crate::search::tests_support::XorShift::new(0xcac4e);
+        for round in 0..40 {
+            for field in Field::ALL {
+                let text = random_text(&mut rng, 200);
+                let got = blind_text(&k, field, &text).tokens;
+                assert_eq!(got, uncached(&k, field, &text), "round {round}, {field}");
+            }
+        }
+        let (entries, _) = k.cache().usage();
+        assert!(entries > 100, "the cache was not used: {entries} entries");
+    }
+
+    #[test]
+    fn cached_blinding_stays_exact_when_generations_age_out() {
+        let k = key(22);
+        // Far more distinct tokens than one generation holds, twice over.
+        let text: String = (0..120_000).map(|i| format!("tok{i} common ")).collect();
+        for _ in 0..2 {
+            assert_eq!(
+                blind_text(&k, Field::Body, &text).tokens,
+                uncached(&k, Field::Body, &text)
+            );
+        }
+        let (entries, _) = k.cache().usage();
+        assert!(
+            entries <= 2 * BlindCache::DEFAULT_CAPACITY,
+            "{entries} entries"
+        );
+    }
+
+    #[test]
+    fn a_busy_cache_falls_back_to_hashing_with_the_same_tokens() {
+        let k = key(23);
+        let text = "hello world hello ann@example.com";
+        let _held = k.cache().try_lock().unwrap_or_else(|| panic!("busy"));
+        assert_eq!(
+            blind_text(&k, Field::From, text).tokens,
+            uncached(&k, Field::From, text)
+        );
+    }
+
+    #[test]
+    fn each_key_has_its_own_cache_and_clearing_forgets_it() {
+        let (a, b) = (key(24), key(25));
+        let text = "quarterly report for ann@example.com";
+        let under_a = blind_text(&a, Field::Body, text).tokens;
+        // Another key, as after a rotation: its own tokens, never the first key's.
+        let under_b = blind_text(&b, Field::Body, text).tokens;
+        assert_eq!(under_b, uncached(&b, Field::Body, text));
+        assert_ne!(under_a, under_b);
+        assert!(a.cache().usage().0 > 0);
+        a.clear_cache();
+        assert_eq!(a.cache().usage(), (0, 0));
+        assert_eq!(blind_text(&a, Field::Body, text).tokens, under_a);
+    }
+
+    #[test]
+    fn plaintext_indexer_gives_exactly_the_normalized_tokens() {
+        let mut rng = crate::search::tests_support::XorShift::new(0x91a1);
+        for _ in 0..50 {
+            let text = random_text(&mut rng, 100);
+            let got: Vec<(IndexTerm, u32)> =
+                Indexer::Plaintext.index_text(Field::Body, &text).tokens;
+            let expected: Vec<(IndexTerm, u32)> = normalize_tokens(&text)
+                .into_iter()
+                .map(|t| (IndexTerm::Plain(t.text), t.position))
+                .collect();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn ordinals_are_places_in_all() {
+        for (i, f) in Field::ALL.into_iter().enumerate() {
+            assert_eq!(f.ordinal(), i);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! ever receives their output.
 
 pub mod blind;
+mod blind_cache;
 pub mod index;
 pub mod query;
 pub mod quickwit;

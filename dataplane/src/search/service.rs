@@ -279,7 +279,14 @@ impl SearchService {
                     set.building = Some(r.version);
                     building = Some(self.unwrap_index_key(r).await?);
                 }
-                IndexKeyState::Retired => {}
+                IndexKeyState::Retired => {
+                    // Nothing is blinded under a retired key again: forget it, and with it
+                    // the blind tokens it remembered.
+                    self.keys
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(tenant.clone(), r.version));
+                }
             }
         }
         let active = active.ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?;

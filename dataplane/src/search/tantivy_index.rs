@@ -647,7 +647,9 @@ fn term_list(tokens: &[(IndexTerm, u32)]) -> Option<String> {
 fn write_term_list<'a>(
     tokens: impl ExactSizeIterator<Item = &'a (IndexTerm, u32)>,
 ) -> Option<String> {
-    let mut out = String::with_capacity(tokens.len() * (BLIND_TOKEN_STR_LEN + 1));
+    // Bytes first, checked as UTF-8 once at the end (every piece is: separators and base64
+    // are ASCII, plaintext terms are strings).
+    let mut out = Vec::with_capacity(tokens.len() * (BLIND_TOKEN_STR_LEN + 1));
     let mut previous: Option<u32> = None;
     for (term, position) in tokens {
         let separator = match previous {
@@ -658,22 +660,22 @@ fn write_term_list<'a>(
             Some(_) => return None,
         };
         previous = Some(*position);
-        out.push(char::from(separator));
+        out.push(separator);
         match term {
             IndexTerm::Blind(t) => {
                 let mut buf = [0u8; BLIND_TOKEN_STR_LEN + 2];
                 let len = URL_SAFE_NO_PAD.encode_slice(t.as_bytes(), &mut buf).ok()?;
-                out.push_str(std::str::from_utf8(buf.get(..len)?).ok()?);
+                out.extend_from_slice(buf.get(..len)?);
             }
             IndexTerm::Plain(s) => {
                 if s.is_empty() || s.bytes().any(is_separator) {
                     return None;
                 }
-                out.push_str(s);
+                out.extend_from_slice(s.as_bytes());
             }
         }
     }
-    Some(out)
+    String::from_utf8(out).ok()
 }
 
 fn is_separator(b: u8) -> bool {
