@@ -1097,6 +1097,13 @@ mod cases {
         assert_eq!(s.index_progress(&t).await?, (6, 6));
         assert_eq!(s.pending_index(&t, 100).await?, ids);
         assert_eq!(s.pending_index(&t, 2).await?, ids[..2].to_vec());
+        // Paging by id: what follows an id, in id order, never another tenant's.
+        assert_eq!(
+            s.pending_index_after(&t, &ids[1], 2).await?,
+            ids[2..4].to_vec()
+        );
+        assert_eq!(s.pending_index_after(&t, "", 100).await?, ids);
+        assert!(s.pending_index_after(&t, &ids[5], 100).await?.is_empty());
         // Another tenant's ids are ignored.
         s.mark_indexed(&t, &[ids[0].clone(), ids[1].clone(), om.id.clone()], None)
             .await?;

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ring::hmac;
 use zeroize::Zeroizing;
@@ -41,6 +42,12 @@ use crate::store::{
 };
 
 const INDEX_KEY_DERIVATION: &[u8] = b"helpr/index-key/v1";
+/// Most batches [`SearchService::index_all_pending`] commits together.
+pub const GROUP_BATCHES: u32 = 25;
+/// Work after which [`SearchService::index_all_pending`] commits what it has indexed, so
+/// indexed mail is searchable within about this long (the embedded default's commit
+/// interval).
+pub const GROUP_WORK: Duration = Duration::from_secs(1);
 
 /// Why a search-service call failed. Never carries content, terms or keys.
 #[derive(Debug, thiserror::Error)]
@@ -472,12 +479,28 @@ impl SearchService {
         tenant: &TenantId,
         batch: u32,
     ) -> Result<usize, ServiceError> {
+        self.index_pending_group(tenant, batch, 1, Duration::ZERO)
+            .await
+    }
+
+    /// Like [`SearchService::index_pending`] for up to `max_batches` batches of `batch`
+    /// (fewer once `max_work` has passed): the batches go to the index one after the other
+    /// and share one commit, after which all their markers are cleared. A commit per batch
+    /// would cost more than the indexing itself; a crash before the commit leaves the
+    /// markers set, and indexing is idempotent by message id.
+    async fn index_pending_group(
+        &self,
+        tenant: &TenantId,
+        batch: u32,
+        max_batches: u32,
+        max_work: Duration,
+    ) -> Result<usize, ServiceError> {
         let store = self.keyring.store().clone();
-        let ids = store.pending_index(tenant, batch).await?;
+        let mut ids = store.pending_index(tenant, batch).await?;
         if ids.is_empty() {
             return Ok(0);
         }
-        // Read after the ids: a rotation that marked them is visible here.
+        // Read after the first ids: a rotation that marked them is visible here.
         let live = match self.mode {
             Mode::Blind => Some(self.live_keys(tenant).await?),
             Mode::Plaintext => None,
@@ -489,20 +512,36 @@ impl SearchService {
             ),
             None => (Indexer::Plaintext, None),
         };
-        let mut docs = Vec::with_capacity(ids.len());
+        let started = Instant::now();
+        let mut group: Vec<String> = Vec::new();
         let mut gone = Vec::new();
-        for id in &ids {
-            match store.get_message(tenant, id).await? {
-                Some(message) => docs.push(self.document(&message, &indexer, also.as_ref()).await?),
-                None => gone.push(id.clone()),
+        for round in 1..=max_batches.max(1) {
+            let mut docs = Vec::with_capacity(ids.len());
+            for id in &ids {
+                match store.get_message(tenant, id).await? {
+                    Some(message) => {
+                        docs.push(self.document(&message, &indexer, also.as_ref()).await?)
+                    }
+                    None => gone.push(id.clone()),
+                }
+            }
+            self.index.index(tenant, docs).await?;
+            let last = ids.last().cloned();
+            group.append(&mut ids);
+            if round == max_batches || started.elapsed() >= max_work {
+                break;
+            }
+            let Some(last) = last else { break };
+            ids = store.pending_index_after(tenant, &last, batch).await?;
+            if ids.is_empty() {
+                break;
             }
         }
-        self.index.index(tenant, docs).await?;
         self.index.flush(tenant).await?;
         // If a rotation started or switched meanwhile, the markers stay and the next batch
         // indexes these messages again under the new keys. Soft-deleted ones keep theirs.
         store
-            .mark_indexed(tenant, &ids, live.as_ref().map(|k| k.set))
+            .mark_indexed(tenant, &group, live.as_ref().map(|k| k.set))
             .await?;
         for id in &gone {
             self.index
@@ -511,12 +550,14 @@ impl SearchService {
         }
         // Clears only markers of messages still soft-deleted (a restore meanwhile keeps its).
         store.mark_removed_from_index(tenant, &gone).await?;
-        Ok(ids.len())
+        Ok(group.len())
     }
 
-    /// Indexes everything pending, calling `progress(pending, total)` after each batch. When
-    /// an index-key rotation is in progress and nothing is left, it switches to the new key
-    /// and carries on with the pass that removes the old key's terms.
+    /// Indexes everything pending, calling `progress(pending, total)` after each commit. Up
+    /// to [`GROUP_BATCHES`] batches (or [`GROUP_WORK`] of work) share a commit, so what is
+    /// indexed is searchable within about a second. When an index-key rotation is in
+    /// progress and nothing is left, it switches to the new key and carries on with the
+    /// pass that removes the old key's terms.
     pub async fn index_all_pending(
         &self,
         tenant: &TenantId,
@@ -525,7 +566,9 @@ impl SearchService {
     ) -> Result<u64, ServiceError> {
         let mut done = 0u64;
         loop {
-            let n = self.index_pending(tenant, batch).await?;
+            let n = self
+                .index_pending_group(tenant, batch, GROUP_BATCHES, GROUP_WORK)
+                .await?;
             if n == 0 {
                 if self.advance_rotation(tenant).await? {
                     continue;

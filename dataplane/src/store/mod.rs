@@ -738,8 +738,20 @@ pub trait Store: Send + Sync + 'static {
         building: u32,
     ) -> Result<bool, StoreError>;
     /// Up to `limit` ids of the tenant's messages whose index marker is set, in id order.
-    async fn pending_index(&self, tenant: &TenantId, limit: u32)
-    -> Result<Vec<String>, StoreError>;
+    async fn pending_index(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.pending_index_after(tenant, "", limit).await
+    }
+    /// [`Store::pending_index`] for ids greater than `after` (`""`: from the start).
+    async fn pending_index_after(
+        &self,
+        tenant: &TenantId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
     /// Clears the index marker of these live messages (ids of other tenants and soft-deleted
     /// messages are ignored: their marker stays for the indexer to remove them), if the
     /// tenant's active and building index key versions are still `keys` (`None`: no check,

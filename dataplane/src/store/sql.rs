@@ -349,7 +349,7 @@ const ACTIVATE_INDEX_KEY: &str = "UPDATE tenant_index_keys SET state = 'active' 
 const ANY_PENDING_INDEX: &str =
     "SELECT COUNT(*) AS n FROM messages WHERE tenant_id = $1 AND index_pending";
 const PENDING_INDEX: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND index_pending \
-     ORDER BY id LIMIT $2";
+     AND id > $2 ORDER BY id LIMIT $3";
 // A soft-deleted message keeps its marker: the indexer removes it from the index instead.
 const MARK_INDEXED: &str = "UPDATE messages SET index_pending = FALSE \
      WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NULL";
@@ -2373,13 +2373,15 @@ macro_rules! sql_store {
                 Ok(true)
             }
 
-            async fn pending_index(
+            async fn pending_index_after(
                 &self,
                 tenant: &TenantId,
+                after: &str,
                 limit: u32,
             ) -> Result<Vec<String>, StoreError> {
                 let rows = sqlx::query(PENDING_INDEX)
                     .bind(tenant.as_str())
+                    .bind(after)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await
