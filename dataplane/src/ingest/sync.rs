@@ -482,14 +482,7 @@ impl SyncWorker {
         inbox_id: &str,
         action: WatchAction<'_>,
     ) -> Result<Option<Watch>, SyncError> {
-        let inbox = self
-            .store
-            .get_inbox(inbox_id)
-            .await?
-            .ok_or(SyncError::NotConnected)?;
-        if inbox.tenant_id != self.tenant {
-            return Err(SyncError::WrongTenant);
-        }
+        let inbox = self.tenant_inbox(inbox_id).await?;
         let token = self.access_token(&inbox).await?;
         match action {
             WatchAction::Register(topic) => Ok(Some(self.gmail.watch(&token, topic).await?)),
@@ -555,7 +548,8 @@ impl SyncWorker {
         }
     }
 
-    async fn sync_inbox_once(&self, inbox_id: &str) -> Result<InboxSyncReport, SyncError> {
+    /// The inbox, which must belong to this worker's tenant.
+    async fn tenant_inbox(&self, inbox_id: &str) -> Result<InboxRecord, SyncError> {
         let inbox = self
             .store
             .get_inbox(inbox_id)
@@ -564,6 +558,11 @@ impl SyncWorker {
         if inbox.tenant_id != self.tenant {
             return Err(SyncError::WrongTenant);
         }
+        Ok(inbox)
+    }
+
+    async fn sync_inbox_once(&self, inbox_id: &str) -> Result<InboxSyncReport, SyncError> {
+        let inbox = self.tenant_inbox(inbox_id).await?;
         match inbox.status.as_str() {
             "connected" => {}
             "needs_reconnect" => return Err(SyncError::NeedsReconnect),

@@ -382,12 +382,18 @@ impl TenantIndex {
         let Some(w) = guard.as_mut() else {
             return Err(SearchError::Backend("index writer missing".into()));
         };
+        self.commit_with(w)?;
+        self.reader.reload().map_err(backend_err)
+    }
+
+    /// Commits through `w` (the held writer), keeping the dirty flag set if it fails.
+    fn commit_with(&self, w: &mut IndexWriter) -> Result<(), SearchError> {
         self.dirty.store(false, Ordering::Release);
         if let Err(e) = w.commit() {
             self.dirty.store(true, Ordering::Release);
             return Err(backend_err(e));
         }
-        self.reader.reload().map_err(backend_err)
+        Ok(())
     }
 
     fn delete(&self, scope: &DeleteScope) -> Result<(), SearchError> {
@@ -571,11 +577,7 @@ impl TenantIndex {
             return Err(SearchError::Backend("index writer missing".into()));
         };
         // Pending deletes become part of the segments first.
-        self.dirty.store(false, Ordering::Release);
-        if let Err(e) = w.commit() {
-            self.dirty.store(true, Ordering::Release);
-            return Err(backend_err(e));
-        }
+        self.commit_with(w)?;
         let mut removed = 0;
         // A background merge may hold some of the segments (it drops their deleted
         // documents too); wait for it and look again.
