@@ -127,9 +127,11 @@ pub async fn seal_message(
     }
 }
 
-/// Opens every sealed field of a stored message back to its plaintext.
+/// Opens every sealed field of a stored message (and its attachments' bytes, read from
+/// `store`) back to its plaintext.
 pub async fn open_message(
     keyring: &Keyring,
+    store: &dyn helpr_dataplane::store::Store,
     msg: &helpr_dataplane::store::StoredMessage,
 ) -> PlainMessage {
     let t = msg.tenant_id.as_str();
@@ -154,10 +156,15 @@ pub async fn open_message(
     }
     let mut attachments = Vec::new();
     for a in &msg.attachments {
+        let data = store
+            .get_attachment_data(&msg.tenant_id, &msg.id, a.ordinal)
+            .await
+            .expect("read attachment data")
+            .expect("attachment data");
         let mut parts: [Vec<u8>; 4] = Default::default();
         for (i, (name, value)) in NewAttachment::FIELD_NAMES
             .iter()
-            .zip([&a.name, &a.content_type, &a.content_id, &a.data])
+            .zip([&a.name, &a.content_type, &a.content_id, &data])
             .enumerate()
         {
             parts[i] = keyring

@@ -166,7 +166,7 @@ async fn dek_rotation_seals_with_the_new_version_and_leaves_old_rows_byte_identi
     );
     for (i, id) in old_ids.iter().enumerate() {
         let stored = r.store.get_message(&acme, id).await.unwrap().unwrap();
-        let plain = fixtures::open_message(&fresh, &stored).await;
+        let plain = fixtures::open_message(&fresh, r.store.as_ref(), &stored).await;
         assert_eq!(
             plain.fields[0],
             PlainMessage::marked(&format!("old{i}")).fields[0]

@@ -868,7 +868,12 @@ mod cases {
             assert_eq!(have.name.as_bytes(), want.name.as_bytes());
             assert_eq!(have.content_type.as_bytes(), want.content_type.as_bytes());
             assert_eq!(have.content_id.as_bytes(), want.content_id.as_bytes());
-            assert_eq!(have.data.as_bytes(), want.data.as_bytes());
+            // The bytes are read on their own, by ordinal.
+            let data = s
+                .get_attachment_data(&t, &m.id, want.ordinal)
+                .await?
+                .expect("attachment data");
+            assert_eq!(data.as_bytes(), want.data.as_bytes());
             assert_eq!(have.size_bytes, want.size_bytes);
             assert_eq!(have.inline, want.inline);
         }
@@ -899,6 +904,10 @@ mod cases {
         assert!(s.list_message_ids(&other, &inbox_id, 10).await?.is_empty());
         assert_eq!(s.get_message(&other, &m.id).await?, None);
         assert_eq!(s.get_message(&t, "no-such-message").await?, None);
+        // Attachment bytes: not for another tenant, an unknown ordinal or message.
+        assert_eq!(s.get_attachment_data(&other, &m.id, 0).await?, None);
+        assert_eq!(s.get_attachment_data(&t, &m.id, 3).await?, None);
+        assert_eq!(s.get_attachment_data(&t, "no-such-message", 0).await?, None);
 
         // u64 values that do not fit are refused, and nothing is written.
         let mut huge = message(&k, &t, &inbox_id, "gm-4", "th-4", 1, 1);
@@ -1884,9 +1893,11 @@ mod cases {
         ));
 
         // Soft delete: invisible to reads, marked for the indexer, idempotent.
+        assert!(s.get_attachment_data(&t, &m1.id, 1).await?.is_some());
         assert!(s.soft_delete_message(&t, &m1.id, &user(10_000)).await?);
         assert!(!s.soft_delete_message(&t, &m1.id, &user(20_000)).await?);
         assert_eq!(s.get_message(&t, &m1.id).await?, None);
+        assert_eq!(s.get_attachment_data(&t, &m1.id, 1).await?, None);
         assert_eq!(
             s.list_message_ids(&t, &inbox_id, 10).await?,
             vec![m3.id.clone(), m2.id.clone()]

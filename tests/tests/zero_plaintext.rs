@@ -69,7 +69,7 @@ async fn assert_round_trip(
     let acme = TenantId::new("acme").unwrap();
     for (id, plain) in stored.iter().step_by(97) {
         let msg = store.get_message(&acme, id).await.unwrap().unwrap();
-        let opened = fixtures::open_message(keyring, &msg).await;
+        let opened = fixtures::open_message(keyring, store, &msg).await;
         assert_eq!(opened.fields, plain.fields);
         assert_eq!(opened.attachments, plain.attachments);
         assert!(opened.fields.iter().all(|f| f.contains(PREFIX)));

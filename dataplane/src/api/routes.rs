@@ -669,7 +669,15 @@ pub async fn get_attachment(
     let names = NewAttachment::FIELD_NAMES;
     let name = open_text(&state, tenant, &a.id, names[0], &a.name).await?;
     let content_type = open_text(&state, tenant, &a.id, names[1], &a.content_type).await?;
-    let data = open_bytes(&state, tenant, &a.id, names[3], &a.data).await?;
+    // Deleted since the read above: not found, like any deleted message.
+    let Some(sealed) = state
+        .store()
+        .get_attachment_data(tenant, &id, ordinal)
+        .await?
+    else {
+        return Err(not_found());
+    };
+    let data = open_bytes(&state, tenant, &a.id, names[3], &sealed).await?;
     let disposition = HeaderValue::from_str(&content_disposition(&name))
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
     Ok((

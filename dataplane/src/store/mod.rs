@@ -257,6 +257,8 @@ pub struct NewMessage {
     pub attachments: Vec<NewAttachment>,
 }
 
+/// An attachment as a message carries it: its metadata, without its bytes (which can be
+/// megabytes; [`Store::get_attachment_data`] reads them when they are asked for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAttachment {
     pub id: String,
@@ -265,7 +267,6 @@ pub struct StoredAttachment {
     pub name: SealedField,
     pub content_type: SealedField,
     pub content_id: SealedField,
-    pub data: SealedField,
     pub size_bytes: u64,
     pub inline: bool,
 }
@@ -535,6 +536,14 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<StoredMessage>, StoreError>;
+    /// The sealed bytes of attachment `ordinal` of a live message; `None` for an unknown
+    /// ordinal or an unknown or soft-deleted message.
+    async fn get_attachment_data(
+        &self,
+        tenant: &TenantId,
+        message_id: &str,
+        ordinal: u32,
+    ) -> Result<Option<SealedField>, StoreError>;
     /// Ids of a tenant's live messages in an inbox, newest first (soft-deleted ones are
     /// not listed).
     async fn list_message_ids(

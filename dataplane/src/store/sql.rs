@@ -426,9 +426,13 @@ const GET_MESSAGE: &str = "SELECT id, tenant_id, inbox_id, conversation_id, gmai
      gmail_thread_id, gmail_history_id, internal_date_ms, size_bytes, has_attachments, \
      subject, from_addr, to_addrs, cc_addrs, reply_to, text_body, html_body, snippet, \
      created_at_ms FROM messages WHERE tenant_id = $1 AND id = $2 AND deleted_at_ms IS NULL";
+// Everything but the bytes, which only `GET_ATTACHMENT_DATA` reads.
 const LIST_ATTACHMENTS: &str = "SELECT id, message_id, ordinal, name, content_type, \
-     content_id, data, size_bytes, is_inline FROM attachments \
+     content_id, size_bytes, is_inline FROM attachments \
      WHERE message_id = $1 ORDER BY ordinal";
+const GET_ATTACHMENT_DATA: &str = "SELECT a.data FROM attachments a \
+     JOIN messages m ON m.id = a.message_id \
+     WHERE m.tenant_id = $1 AND m.id = $2 AND m.deleted_at_ms IS NULL AND a.ordinal = $3";
 const LIST_MESSAGE_IDS: &str = "SELECT id FROM messages WHERE tenant_id = $1 AND inbox_id = $2 \
      AND deleted_at_ms IS NULL ORDER BY internal_date_ms DESC, id DESC LIMIT $3";
 // Deleting the row first locks it: of two concurrent deletes, one sees no row.
@@ -810,7 +814,6 @@ macro_rules! sql_store {
                     name: to_sealed(T, Self::col(row, T, "name")?)?,
                     content_type: to_sealed(T, Self::col(row, T, "content_type")?)?,
                     content_id: to_sealed(T, Self::col(row, T, "content_id")?)?,
-                    data: to_sealed(T, Self::col(row, T, "data")?)?,
                     size_bytes: to_u64(T, Self::col(row, T, "size_bytes")?, "negative size")?,
                     inline: Self::col(row, T, "is_inline")?,
                 })
@@ -1563,6 +1566,24 @@ macro_rules! sql_store {
                     .collect::<Result<Vec<_>, _>>()?;
                 tx.commit().await.map_err(db_err(OP))?;
                 Self::message_from_row(&row, attachments).map(Some)
+            }
+
+            async fn get_attachment_data(
+                &self,
+                tenant: &TenantId,
+                message_id: &str,
+                ordinal: u32,
+            ) -> Result<Option<SealedField>, StoreError> {
+                const OP: &str = "get_attachment_data";
+                let row = sqlx::query(GET_ATTACHMENT_DATA)
+                    .bind(tenant.as_str())
+                    .bind(message_id)
+                    .bind(i64::from(ordinal))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err(OP))?;
+                row.map(|r| to_sealed("attachments", Self::col(&r, "attachments", "data")?))
+                    .transpose()
             }
 
             async fn list_message_ids(
