@@ -282,7 +282,10 @@ fn build(
     cfg.writer_heap_bytes = s.heap_bytes;
     let index = rt.block_on(async { TantivyIndex::open(cfg) }).unwrap();
     if reuse {
-        println!("\n[{mode}] reusing the index built earlier in {}", dir.display());
+        println!(
+            "\n[{mode}] reusing the index built earlier in {}",
+            dir.display()
+        );
     } else {
         index_all(rt, s, corpus, mode, indexer, tenant, &index);
         if s.keep {

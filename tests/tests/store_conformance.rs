@@ -1564,8 +1564,8 @@ mod cases {
     pub async fn push_watches_follow_the_inbox_topic(b: &Backend) -> anyhow::Result<()> {
         use helpr_dataplane::search::Mode;
         use helpr_dataplane::store::{
-            ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, InboxWatch, TenantSpec,
-            Visibility, WatchError,
+            ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, InboxStatus, InboxWatch,
+            TenantSpec, Visibility, WatchError,
         };
         const T1: &str = "projects/acme-mail/topics/gmail-push";
         const T2: &str = "projects/acme-mail/topics/gmail-push-2";
@@ -1681,6 +1681,30 @@ mod cases {
                 desired_topic: None,
                 topic: Some(T2.into()),
                 expires_at_ms: Some(2_000_000),
+            }]
+        );
+        s.record_inbox_watch(&id, Ok(None)).await?;
+        assert_eq!(s.inbox_watches(&acme).await?, vec![]);
+
+        // An inbox that needs reconnecting has no usable token: not listed.
+        s.apply_inbox(&m("support", 4), &spec("support@acme.example", Some(T1)))
+            .await?;
+        s.record_inbox_watch(&id, Ok(Some((T1, 3_000_000)))).await?;
+        s.set_inbox_status(&id, InboxStatus::NeedsReconnect).await?;
+        assert_eq!(s.inbox_watches(&acme).await?, vec![]);
+        s.set_inbox_status(&id, InboxStatus::Connected).await?;
+        // Disconnected (the Inbox deleted): its watch is listed to be stopped, wanting none.
+        assert_eq!(
+            s.delete_inbox(&m("support", 4)).await?,
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            s.inbox_watches(&acme).await?,
+            vec![InboxWatch {
+                inbox_id: id.clone(),
+                desired_topic: None,
+                topic: Some(T1.into()),
+                expires_at_ms: Some(3_000_000),
             }]
         );
         s.record_inbox_watch(&id, Ok(None)).await?;

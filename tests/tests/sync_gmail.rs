@@ -16,8 +16,8 @@ use helpr_dataplane::ingest::sync::{SyncConfig, SyncError, SyncWorker};
 use helpr_dataplane::keyring::{Keyring, KeyringConfig};
 use helpr_dataplane::kms::vault::{VaultAuth, VaultConfig, VaultKms};
 use helpr_dataplane::store::{
-    ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, MessageFields, NewInbox, PgStore,
-    REFRESH_TOKEN_FIELD, Store, StoredMessage, TenantSpec, Visibility, WatchError, now_ms,
+    ApplyOutcome, ControlMeta, DeletionPolicy, InboxSpec, InboxStatus, MessageFields, NewInbox,
+    PgStore, REFRESH_TOKEN_FIELD, Store, StoredMessage, TenantSpec, Visibility, WatchError, now_ms,
 };
 use helpr_tests::google::{GoogleDouble, WATCH_LIFETIME_MS};
 use helpr_tests::openbao::OpenBao;
@@ -874,6 +874,61 @@ async fn push_watches_are_registered_renewed_moved_and_stopped_as_the_inbox_asks
     assert_eq!(env.store.inbox_watches(&env.tenant).await.unwrap(), vec![]);
     assert_eq!(status().await.watch_expires_at_ms, None);
     assert_eq!(worker.maintain_watches().await, 0);
+
+    // The Inbox deleted (the inbox disconnected): its watch is stopped as well, and the
+    // inbox stays disconnected.
+    apply_inbox_topic(&env, 4, Some(TOPIC)).await;
+    assert_eq!(worker.maintain_watches().await, 1);
+    assert_eq!(env.google.watch().unwrap().topic, TOPIC);
+    let meta = ControlMeta {
+        namespace: "helpdesk".into(),
+        name: "support".into(),
+        uid: "uid-support".into(),
+        generation: 4,
+    };
+    env.store.delete_inbox(&meta).await.unwrap();
+    let stops = env.google.requests("/gmail/v1/users/me/stop");
+    assert_eq!(worker.maintain_watches().await, 1);
+    assert_eq!(env.google.requests("/gmail/v1/users/me/stop"), stops + 1);
+    assert_eq!(env.google.watch(), None);
+    assert_eq!(env.store.inbox_watches(&env.tenant).await.unwrap(), vec![]);
+    let inbox = env.store.get_inbox(&env.inbox_id).await.unwrap().unwrap();
+    assert_eq!(inbox.status, "disconnected");
+    drop(env.bao);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_inbox_whose_token_is_refused_stays_disconnected_and_its_expired_watch_is_forgotten()
+ {
+    const TOPIC: &str = "projects/helpr-test/topics/gmail-push";
+    let env = Env::start().await;
+    env.google.add_topic(TOPIC, true);
+    apply_inbox_topic(&env, 1, Some(TOPIC)).await;
+    let worker = env.worker();
+    assert_eq!(worker.maintain_watches().await, 1);
+    env.store
+        .set_inbox_status(&env.inbox_id, InboxStatus::Disconnected)
+        .await
+        .unwrap();
+    env.google.revoke_everything();
+    // The stop cannot be made (no access token): retried later, status untouched.
+    let worker = env.worker();
+    let stops = env.google.requests("/gmail/v1/users/me/stop");
+    assert_eq!(worker.maintain_watches().await, 0);
+    assert!(env.google.watch().is_some());
+    assert_eq!(env.google.requests("/gmail/v1/users/me/stop"), stops);
+    let inbox = env.store.get_inbox(&env.inbox_id).await.unwrap().unwrap();
+    assert_eq!(inbox.status, "disconnected");
+    assert_eq!(env.store.inbox_watches(&env.tenant).await.unwrap().len(), 1);
+    // Once the watch has lapsed there is nothing to stop: it is forgotten without a call.
+    env.store
+        .record_inbox_watch(&env.inbox_id, Ok(Some((TOPIC, now_ms() - 1))))
+        .await
+        .unwrap();
+    let worker = env.worker();
+    assert_eq!(worker.maintain_watches().await, 1);
+    assert_eq!(env.google.requests("/gmail/v1/users/me/stop"), stops);
+    assert_eq!(env.store.inbox_watches(&env.tenant).await.unwrap(), vec![]);
     drop(env.bao);
 }
 

@@ -202,13 +202,16 @@ pub struct InboxSyncReport {
 pub enum WatchAction<'a> {
     /// Register (or renew) a watch on this topic.
     Register(&'a str),
-    /// Stop the watch: the Inbox no longer names a topic.
+    /// Stop the watch: the Inbox no longer names a topic (or was disconnected).
     Stop,
+    /// Forget a watch nobody wants that has expired already: nothing to ask Gmail.
+    Forget,
 }
 
 /// Decides what a watch needs at `now`: a watch on the desired topic that expires more
 /// than `renew_before_ms` from now needs nothing; a missing, expiring or other-topic watch
-/// is registered; a watch nobody wants any more is stopped.
+/// is registered; a watch nobody wants any more is stopped, or only forgotten once it has
+/// expired.
 pub fn watch_action(
     w: &InboxWatch,
     now: UnixMillis,
@@ -222,6 +225,7 @@ pub fn watch_action(
                 .is_some_and(|e| e.saturating_sub(now) > renew_before_ms);
             (!(same_topic && fresh)).then_some(WatchAction::Register(want))
         }
+        (None, Some(_)) if w.expires_at_ms.is_some_and(|e| e <= now) => Some(WatchAction::Forget),
         (None, Some(_)) => Some(WatchAction::Stop),
         (None, None) => None,
     }
@@ -422,7 +426,11 @@ impl SyncWorker {
         let Some(action) = watch_action(w, now, renew_before) else {
             return true;
         };
-        let called = match self.watch_call(&w.inbox_id, action).await {
+        let called = match action {
+            WatchAction::Forget => Ok(None),
+            _ => self.watch_call(&w.inbox_id, action).await,
+        };
+        let called = match called {
             // The access token expired early or was revoked: refresh once and go again.
             Err(SyncError::Gmail(GmailError::Unauthorized)) => {
                 lock(&self.tokens).remove(&w.inbox_id);
@@ -440,9 +448,13 @@ impl SyncWorker {
                     .await;
                 (r, true)
             }
-            (Ok(_), _) => {
-                WATCHES_STOPPED.inc();
-                tracing::info!(tenant = %self.tenant, inbox = %w.inbox_id, "gmail push watch stopped");
+            (Ok(_), action) => {
+                if action == WatchAction::Forget {
+                    tracing::info!(tenant = %self.tenant, inbox = %w.inbox_id, "expired gmail push watch forgotten");
+                } else {
+                    WATCHES_STOPPED.inc();
+                    tracing::info!(tenant = %self.tenant, inbox = %w.inbox_id, "gmail push watch stopped");
+                }
                 (
                     self.store.record_inbox_watch(&w.inbox_id, Ok(None)).await,
                     true,
@@ -490,6 +502,7 @@ impl SyncWorker {
                 self.gmail.stop_watch(&token).await?;
                 Ok(None)
             }
+            WatchAction::Forget => Ok(None),
         }
     }
 
@@ -744,9 +757,12 @@ impl SyncWorker {
         let refreshed = match self.oauth.refresh(refresh_token).await {
             Ok(r) => r,
             Err(OAuthError::InvalidGrant) => {
-                self.store
-                    .set_inbox_status(&inbox.id, InboxStatus::NeedsReconnect)
-                    .await?;
+                // A disconnected inbox (whose watch is being stopped) stays disconnected.
+                if inbox.status == InboxStatus::Connected.as_str() {
+                    self.store
+                        .set_inbox_status(&inbox.id, InboxStatus::NeedsReconnect)
+                        .await?;
+                }
                 lock(&self.tokens).remove(&inbox.id);
                 return Err(SyncError::NeedsReconnect);
             }
@@ -837,6 +853,20 @@ mod tests {
         let w = watch(None, Some(T1), Some(7 * DAY));
         assert_eq!(watch_action(&w, 0, DAY), Some(WatchAction::Stop));
         assert_eq!(watch_action(&watch(None, None, None), 0, DAY), None);
+        // Expiry unknown: stopped too.
+        let w = watch(None, Some(T1), None);
+        assert_eq!(watch_action(&w, 0, DAY), Some(WatchAction::Stop));
+    }
+
+    #[test]
+    fn an_expired_watch_nobody_wants_is_only_forgotten() {
+        let now = 1_000 * DAY;
+        for expires in [now, now - 1, now - 3 * DAY] {
+            let w = watch(None, Some(T1), Some(expires));
+            assert_eq!(watch_action(&w, now, DAY), Some(WatchAction::Forget));
+        }
+        let w = watch(None, Some(T1), Some(now + 1));
+        assert_eq!(watch_action(&w, now, DAY), Some(WatchAction::Stop));
     }
 
     #[test]

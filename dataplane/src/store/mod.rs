@@ -890,8 +890,9 @@ pub trait Store: Send + Sync + 'static {
     /// The push audience an Inbox object names for the inbox; `None` when it names none or
     /// no Inbox object manages the inbox.
     async fn inbox_push_audience(&self, inbox_id: &str) -> Result<Option<String>, StoreError>;
-    /// The Gmail push watches a tenant's sync worker keeps: every connected inbox (with a
-    /// refresh token) that wants a watch or still has one, by inbox id.
+    /// The Gmail push watches a tenant's sync worker keeps, by inbox id: every connected
+    /// inbox (with a refresh token) that wants a watch or still has one, and every
+    /// disconnected one that still has one (with no desired topic, so it is stopped).
     async fn inbox_watches(&self, tenant: &TenantId) -> Result<Vec<InboxWatch>, StoreError>;
     /// Records the outcome of a watch registration: `Ok(Some((topic, expires)))` a watch
     /// Gmail took (clears any error), `Ok(None)` a watch stopped, `Err(e)` a failure (the

@@ -128,11 +128,16 @@ const UPSERT_INBOX_SETTINGS: &str = "INSERT INTO inbox_settings \
      pubsub_topic = excluded.pubsub_topic, push_audience = excluded.push_audience";
 pub(super) const INBOX_PUSH_AUDIENCE: &str =
     "SELECT push_audience FROM inbox_settings WHERE inbox_id = $1";
-/// Push watches of a tenant's connected inboxes that want one or still have one.
-pub(super) const INBOX_WATCHES: &str = "SELECT i.id, s.pubsub_topic, i.watch_topic, \
-     i.watch_expires_at_ms FROM inboxes i LEFT JOIN inbox_settings s ON s.inbox_id = i.id \
-     WHERE i.tenant_id = $1 AND i.status = 'connected' AND i.refresh_token IS NOT NULL \
-     AND (s.pubsub_topic IS NOT NULL OR i.watch_topic IS NOT NULL) ORDER BY i.id";
+/// Push watches of a tenant's inboxes (with a refresh token): connected ones that want one
+/// or still have one, and disconnected ones that still have one (wanting none: a
+/// disconnected inbox's watch is stopped).
+pub(super) const INBOX_WATCHES: &str = "SELECT i.id, \
+     CASE WHEN i.status = 'connected' THEN s.pubsub_topic END AS pubsub_topic, \
+     i.watch_topic, i.watch_expires_at_ms \
+     FROM inboxes i LEFT JOIN inbox_settings s ON s.inbox_id = i.id \
+     WHERE i.tenant_id = $1 AND i.refresh_token IS NOT NULL \
+     AND ((i.status = 'connected' AND (s.pubsub_topic IS NOT NULL OR i.watch_topic IS NOT NULL)) \
+     OR (i.status = 'disconnected' AND i.watch_topic IS NOT NULL)) ORDER BY i.id";
 pub(super) const RECORD_INBOX_WATCH: &str = "UPDATE inboxes SET watch_topic = $2, \
      watch_expires_at_ms = $3, watch_error = NULL WHERE id = $1";
 pub(super) const RECORD_INBOX_WATCH_ERROR: &str =
