@@ -791,7 +791,21 @@ async fn unsanitized_payloads_are_caught_by_the_instrumentation() {
     let all = corpus();
     let complete = all.len();
     let payloads = selected(all);
-    let run = run_corpus(&payloads, Mode::Raw).await;
+    let mut run = run_corpus(&payloads, Mode::Raw).await;
+    // The meta refresh navigates the frame away while the harness reads its findings; on a
+    // loaded machine the navigation report can lose that race, so that control gets up to
+    // three more runs of its own (a fresh page each) before `controls_fire` judges it.
+    if let Some(refresh) = payloads.iter().find(|p| p.template == REFRESH_CONTROL) {
+        for _ in 0..3 {
+            if refresh_detected(&run.findings[&refresh.id()]) {
+                break;
+            }
+            let again = run_corpus(std::slice::from_ref(refresh), Mode::Raw).await;
+            if let Some(f) = again.findings.get(&refresh.id()) {
+                run.findings.insert(refresh.id(), f.clone());
+            }
+        }
+    }
     let harness_errors: Vec<String> = run
         .findings
         .iter()
@@ -854,6 +868,15 @@ async fn unsanitized_payloads_are_caught_by_the_instrumentation() {
 }
 
 /// Each detector fires on a payload that must trip it.
+/// The control payload of the navigation detector.
+const REFRESH_CONTROL: &str = "<meta http-equiv=\"refresh\" content=\"0;url={{BEACON}}\">";
+
+/// The navigation detector fired: the refresh reached its beacon and the frame was seen
+/// navigated.
+fn refresh_detected(f: &Findings) -> bool {
+    f.beacons > 0 && !f.problems.is_empty()
+}
+
 fn controls_fire(payloads: &[Payload], run: &Run) {
     let by_template: HashMap<&str, String> = payloads
         .iter()
@@ -887,18 +910,10 @@ fn controls_fire(payloads: &[Payload], run: &Run) {
         popup.events.iter().any(|e| e == "open"),
         "window.open not recorded: {popup:?}"
     );
-    // The refresh navigates the page away while the harness reads its findings; on a loaded
-    // machine the navigation report can lose that race, so look up to three times.
-    let detected = |f: &Findings| f.beacons > 0 && !f.problems.is_empty();
-    let mut refresh = findings("<meta http-equiv=\"refresh\" content=\"0;url={{BEACON}}\">");
-    for _ in 0..2 {
-        if detected(&refresh) {
-            break;
-        }
-        refresh = findings("<meta http-equiv=\"refresh\" content=\"0;url={{BEACON}}\">");
-    }
+    // Re-run on its own when it lost the race (see the test).
+    let refresh = findings(REFRESH_CONTROL);
     assert!(
-        refresh.beacons > 0 && !refresh.problems.is_empty(),
+        refresh_detected(&refresh),
         "meta refresh navigation not detected: {refresh:?}"
     );
     let link = findings("<a href=\"javascript:{{JS}}\">x</a>");
