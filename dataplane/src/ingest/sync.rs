@@ -426,11 +426,7 @@ impl SyncWorker {
         let Some(action) = watch_action(w, now, renew_before) else {
             return true;
         };
-        let called = match action {
-            WatchAction::Forget => Ok(None),
-            _ => self.watch_call(&w.inbox_id, action).await,
-        };
-        let called = match called {
+        let called = match self.watch_call(&w.inbox_id, action).await {
             // The access token expired early or was revoked: refresh once and go again.
             Err(SyncError::Gmail(GmailError::Unauthorized)) => {
                 lock(&self.tokens).remove(&w.inbox_id);
@@ -494,16 +490,19 @@ impl SyncWorker {
         inbox_id: &str,
         action: WatchAction<'_>,
     ) -> Result<Option<Watch>, SyncError> {
-        let inbox = self.tenant_inbox(inbox_id).await?;
-        let token = self.access_token(&inbox).await?;
-        match action {
-            WatchAction::Register(topic) => Ok(Some(self.gmail.watch(&token, topic).await?)),
-            WatchAction::Stop => {
-                self.gmail.stop_watch(&token).await?;
-                Ok(None)
+        let token = match action {
+            // An expired watch needs no Gmail call, so no access token either.
+            WatchAction::Forget => return Ok(None),
+            WatchAction::Register(_) | WatchAction::Stop => {
+                let inbox = self.tenant_inbox(inbox_id).await?;
+                self.access_token(&inbox).await?
             }
-            WatchAction::Forget => Ok(None),
+        };
+        if let WatchAction::Register(topic) = action {
+            return Ok(Some(self.gmail.watch(&token, topic).await?));
         }
+        self.gmail.stop_watch(&token).await?;
+        Ok(None)
     }
 
     async fn finish_jobs(
