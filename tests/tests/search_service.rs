@@ -22,7 +22,7 @@ use helpr_tests::postgres::{TestDatabase, sqlite_url};
 struct Env {
     keyring: Arc<Keyring>,
     dir: tempfile::TempDir,
-    _db: Option<TestDatabase>,
+    db: Option<TestDatabase>,
 }
 
 impl Env {
@@ -39,10 +39,22 @@ impl Env {
         };
         let kms = Arc::new(LocalKms::open(dir.path().join("kms")).unwrap());
         let keyring = Arc::new(Keyring::new(kms, store, KeyringConfig::default()));
-        Env {
-            keyring,
-            dir,
-            _db: db,
+        Env { keyring, dir, db }
+    }
+
+    /// Runs one SQL statement on the test's database (what an older build left behind).
+    async fn execute(&self, statement: &str) {
+        match &self.db {
+            Some(db) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                sqlx::query(statement).execute(&pool).await.unwrap();
+            }
+            None => {
+                let pool = sqlx::SqlitePool::connect(&sqlite_url(self.dir.path()))
+                    .await
+                    .unwrap();
+                sqlx::query(statement).execute(&pool).await.unwrap();
+            }
         }
     }
 
@@ -515,6 +527,109 @@ async fn sqlite_index_key_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_index_key_rotation() {
     index_key_rotation(true).await;
+}
+
+/// A tenant whose index was made with the first folding rules (every nonspacing mark
+/// dropped, so Hindi "कुल" and "कल" were one token) answers with those rules until the
+/// indexer has re-indexed it under a new key made with the current rules, which it starts by
+/// itself; then the words are told apart.
+async fn older_folding_rules_are_replaced_by_a_rotation(postgres: bool) {
+    use helpr_dataplane::search::Normalization;
+    use helpr_dataplane::store::IndexKeyState;
+
+    let env = Env::new(postgres).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let index = env.index();
+    let store = env.keyring.store().clone();
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    let mail = [
+        eml(
+            "Asha <asha@kunde.example>",
+            "कुल बिक्री",
+            "Tue, 06 Oct 2026 09:15:00 +0530",
+            "इस महीने की कुल राशि संलग्न है।",
+        ),
+        eml(
+            "Ravi <ravi@kunde.example>",
+            "मुलाकात",
+            "Wed, 07 Oct 2026 10:00:00 +0530",
+            "हम कल मिलते हैं।",
+        ),
+    ];
+    tools::import(
+        &env.service(index.clone(), Mode::Blind),
+        &env.keyring,
+        &inbox,
+        &mail,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    // What a build of the first rules left: its key (the column's default for keys made
+    // before it existed) and an index made with those rules.
+    env.execute("UPDATE tenant_index_keys SET normalization = 1")
+        .await;
+    store.mark_all_for_reindex(&t).await.unwrap();
+    let svc = env.service(index.clone(), Mode::Blind);
+    assert_eq!(
+        svc.index_key(&t).await.unwrap().normalization(),
+        Normalization::V1
+    );
+    assert_eq!(svc.index_pending(&t, 100).await.unwrap(), 2);
+    let mine = set(&[&a]);
+    // Queries are folded like that index: both messages match either word.
+    assert_eq!(subjects(&svc, &t, &mine, "कुल").await.len(), 2);
+    assert_eq!(subjects(&svc, &t, &mine, "कल").await.len(), 2);
+
+    let mut progress = Vec::new();
+    svc.index_all_pending(&t, 1, |pending, total| progress.push((pending, total)))
+        .await
+        .unwrap();
+    assert!(!progress.is_empty());
+    let report = svc.index_keys_report(&t).await.unwrap();
+    let versions: Vec<_> = report
+        .versions
+        .iter()
+        .map(|v| (v.version, v.state, v.normalization))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (1, IndexKeyState::Retired, 1),
+            (2, IndexKeyState::Active, Normalization::CURRENT.get())
+        ]
+    );
+    assert_eq!((report.pending, report.total), (0, 2));
+    assert_eq!(subjects(&svc, &t, &mine, "कुल").await, ["कुल बिक्री"]);
+    assert_eq!(subjects(&svc, &t, &mine, "कल").await, ["मुलाकात"]);
+    assert_eq!(subjects(&svc, &t, &mine, "\"कुल राशि\"").await, ["कुल बिक्री"]);
+    // Current keys are not rotated again.
+    svc.index_all_pending(&t, 1, |_, _| {}).await.unwrap();
+    assert_eq!(svc.index_keys_report(&t).await.unwrap().versions.len(), 2);
+
+    // A key made by a newer build's rules is refused with an error that says so.
+    env.execute("UPDATE tenant_index_keys SET normalization = 99 WHERE version = 2")
+        .await;
+    let newer = env.service(index, Mode::Blind);
+    let err = newer.search(&t, &mine, "कुल", 10, None).await.unwrap_err();
+    assert!(
+        matches!(err, ServiceError::UnknownNormalization(_, 2, 99)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer build"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_older_folding_rules_are_replaced_by_a_rotation() {
+    older_folding_rules_are_replaced_by_a_rotation(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_older_folding_rules_are_replaced_by_a_rotation() {
+    older_folding_rules_are_replaced_by_a_rotation(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

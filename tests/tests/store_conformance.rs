@@ -1139,6 +1139,8 @@ mod cases {
             kms_key_ref: "helpr-acme".into(),
             created_at_ms: 1_700_000_000_000,
             state: IndexKeyState::Active,
+            // The folding rules' version round-trips (here 1, 2, ...: one per version).
+            normalization: v,
         };
         s.insert_index_key(&rec(1)).await?;
         assert!(matches!(
@@ -1195,6 +1197,7 @@ mod cases {
             kms_key_ref: "helpr-acme".into(),
             created_at_ms: 1_700_000_000_000 + i64::from(v),
             state,
+            normalization: v,
         };
         // Nothing to rotate from yet.
         assert!(matches!(

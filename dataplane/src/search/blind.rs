@@ -47,7 +47,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
 
 use super::blind_cache::BlindCache;
-use super::tokenize::{expected_tokens, for_each_token, normalize_tokens};
+use super::tokenize::{Normalization, expected_tokens, for_each_token, normalize_tokens};
 use crate::crypto::CryptoError;
 
 /// Length of an index key in bytes.
@@ -179,6 +179,8 @@ impl fmt::Display for IndexKeyVersion {
 /// ```
 pub struct IndexKey {
     version: IndexKeyVersion,
+    /// The folding rules of the terms blinded under this key (and of its queries).
+    normalization: Normalization,
     bytes: Zeroizing<[u8; INDEX_KEY_LEN]>,
     /// Tokens already blinded under this key (bounded, memory only, zeroed when dropped).
     cache: BlindCache,
@@ -191,6 +193,7 @@ impl IndexKey {
         getrandom::getrandom(bytes.as_mut()).map_err(|_| CryptoError::Rng)?;
         Ok(Self {
             version,
+            normalization: Normalization::CURRENT,
             bytes,
             cache: BlindCache::new(),
         })
@@ -201,13 +204,26 @@ impl IndexKey {
         let array: [u8; INDEX_KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::KeyLength)?;
         Ok(Self {
             version,
+            normalization: Normalization::CURRENT,
             bytes: Zeroizing::new(array),
             cache: BlindCache::new(),
         })
     }
 
+    /// The same key for terms folded by `normalization` (a key is made with the current
+    /// rules; a stored key says which rules its terms were made with).
+    pub fn with_normalization(mut self, normalization: Normalization) -> Self {
+        self.normalization = normalization;
+        self
+    }
+
     pub fn version(&self) -> IndexKeyVersion {
         self.version
+    }
+
+    /// The folding rules of the terms blinded under this key.
+    pub fn normalization(&self) -> Normalization {
+        self.normalization
     }
 
     /// The raw key bytes, for a KMS to wrap. Keep the borrow short.
@@ -498,13 +514,13 @@ fn blind_tokens<T>(
     let mac = key_mac.field(field);
     let mut out = Vec::with_capacity(expected_tokens(text));
     match key.cache().try_lock() {
-        Some(mut cache) => for_each_token(text, |token, position, _| {
+        Some(mut cache) => for_each_token(text, key.normalization, |token, position, _| {
             let b = cache.get_or_blind(field, token, || mac.blind(token));
             out.push((wrap(b), position));
         }),
         None => {
             let mut seen: HashMap<String, BlindToken> = HashMap::new();
-            for_each_token(text, |token, position, _| {
+            for_each_token(text, key.normalization, |token, position, _| {
                 let b = match seen.get(token) {
                     Some(b) => *b,
                     None => {
@@ -554,6 +570,15 @@ impl Indexer<'_> {
         }
     }
 
+    /// The folding rules of the terms this indexer makes: the key's in blind mode, the
+    /// current ones in plaintext mode.
+    pub fn normalization(&self) -> Normalization {
+        match self {
+            Indexer::Blind(key) => key.normalization(),
+            Indexer::Plaintext => Normalization::CURRENT,
+        }
+    }
+
     /// Normalizes `text` into index terms for `field`.
     pub fn index_text(&self, field: Field, text: &str) -> IndexedField {
         match self {
@@ -563,7 +588,7 @@ impl Indexer<'_> {
             },
             Indexer::Plaintext => {
                 let mut tokens = Vec::with_capacity(expected_tokens(text));
-                for_each_token(text, |token, position, _| {
+                for_each_token(text, Normalization::CURRENT, |token, position, _| {
                     tokens.push((IndexTerm::Plain(token.to_owned()), position));
                 });
                 FieldTerms { field, tokens }
@@ -715,7 +740,7 @@ mod tests {
             for (token, _) in &blinded.tokens {
                 // Single characters are too short to say anything; check the longer ones.
                 for word in secret_words.iter().filter(|w| w.len() >= 3) {
-                    let folded = crate::search::tokenize::fold(word);
+                    let folded = crate::search::tokenize::fold(word, Normalization::CURRENT);
                     assert!(!token.to_base64url().to_lowercase().contains(&folded));
                     assert!(!token.to_hex().contains(&folded));
                 }

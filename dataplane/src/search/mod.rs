@@ -39,7 +39,7 @@ pub use query::{
     blind_query, index_query, plaintext_query,
 };
 pub use tantivy_index::{TantivyConfig, TantivyIndex};
-pub use tokenize::{Token, TokenKind, normalize_tokens};
+pub use tokenize::{Normalization, Token, TokenKind, normalize_tokens, normalize_tokens_with};
 
 #[cfg(test)]
 pub(crate) mod tests_support {

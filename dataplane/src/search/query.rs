@@ -23,8 +23,10 @@
 //! (`"re:x"`) to search the words. Dates are `YYYY-MM-DD` or `YYYY/MM/DD` (month and day may
 //! have one digit), as the start of that day in UTC, in epoch milliseconds.
 //!
-//! **Normalization**: every term and phrase goes through [`normalize_tokens`], the tokenizer of
-//! indexing, so the AST holds normalized words. A term that becomes several words ("e-mail",
+//! **Normalization**: every term and phrase goes through
+//! [`normalize_tokens_with`](super::tokenize::normalize_tokens_with), the tokenizer of
+//! indexing, under the folding rules of the index being searched ([`Query::parse_with`]), so
+//! the AST holds normalized words. A term that becomes several words ("e-mail",
 //! "3/4") becomes a phrase of them; a term that is an email address becomes one term, the
 //! whole address; a one-word phrase becomes a term; a term or phrase that becomes nothing
 //! (emoji, punctuation) is dropped, and a query where everything is dropped is an error.
@@ -37,7 +39,7 @@
 use std::fmt;
 
 use super::blind::{BlindToken, Field, IndexKey, IndexTerm, Indexer};
-use super::tokenize::{TokenKind, normalize_tokens};
+use super::tokenize::{Normalization, TokenKind, normalize_tokens_with};
 
 /// Longest accepted query, in characters.
 pub const MAX_QUERY_CHARS: usize = 4096;
@@ -72,9 +74,15 @@ pub enum Query {
 }
 
 impl Query {
-    /// Parses and normalizes a query (see the module docs).
+    /// Parses and normalizes a query (see the module docs) by the current folding rules.
     pub fn parse(input: &str) -> Result<Query, QueryError> {
         parse(input)
+    }
+
+    /// Parses a query, normalizing its words by `normalization`: the rules the terms of
+    /// the index it is for were made with.
+    pub fn parse_with(input: &str, normalization: Normalization) -> Result<Query, QueryError> {
+        parse_normalized(input, normalization)
     }
 
     /// Whether the query matches something by itself (it is not only an exclusion).
@@ -175,13 +183,22 @@ fn err<T>(position: usize, kind: QueryErrorKind) -> Result<T, QueryError> {
     Err(QueryError { position, kind })
 }
 
-/// Parses and normalizes a query (see the module docs).
+/// Parses and normalizes a query (see the module docs) by the current folding rules.
 pub fn parse(input: &str) -> Result<Query, QueryError> {
+    parse_normalized(input, Normalization::CURRENT)
+}
+
+/// [`parse`], normalizing words by `normalization`.
+fn parse_normalized(input: &str, normalization: Normalization) -> Result<Query, QueryError> {
     let chars: Vec<char> = input.chars().collect();
     if chars.len() > MAX_QUERY_CHARS {
         return err(MAX_QUERY_CHARS, QueryErrorKind::TooLong);
     }
-    let mut p = Parser { chars, pos: 0 };
+    let mut p = Parser {
+        chars,
+        pos: 0,
+        normalization,
+    };
     p.skip_ws();
     if p.at_end() {
         return err(0, QueryErrorKind::Empty);
@@ -204,6 +221,7 @@ pub fn parse(input: &str) -> Result<Query, QueryError> {
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    normalization: Normalization,
 }
 
 /// Characters that end a bare word.
@@ -340,7 +358,7 @@ impl Parser {
             Some(')') => err(self.pos, QueryErrorKind::UnbalancedParenthesis),
             Some('"') => {
                 let (text, _) = self.read_phrase()?;
-                Ok(text_query(None, &text))
+                Ok(text_query(None, &text, self.normalization))
             }
             _ => self.parse_word(),
         }
@@ -373,7 +391,7 @@ impl Parser {
             .split_once(':')
             .filter(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphabetic()))
         else {
-            return Ok(text_query(None, &word));
+            return Ok(text_query(None, &word, self.normalization));
         };
         let name_len = name.chars().count();
         let mut value_pos = start + name_len + 1;
@@ -412,7 +430,11 @@ impl Parser {
                     Query::After(ms)
                 }))
             }
-            _ => Ok(text_query(Field::from_operator(operator), &value)),
+            _ => Ok(text_query(
+                Field::from_operator(operator),
+                &value,
+                self.normalization,
+            )),
         }
     }
 }
@@ -441,8 +463,8 @@ fn combine(parts: Vec<Query>, and: bool) -> Option<Query> {
 }
 
 /// The term or phrase for a piece of query text, normalized like indexed text.
-fn text_query(field: Option<Field>, text: &str) -> Option<Query> {
-    let mut words = query_words(text);
+fn text_query(field: Option<Field>, text: &str, normalization: Normalization) -> Option<Query> {
+    let mut words = query_words_with(text, normalization);
     match words.len() {
         0 => None,
         1 => words.pop().map(|text| Query::Term { field, text }),
@@ -452,9 +474,14 @@ fn text_query(field: Option<Field>, text: &str) -> Option<Query> {
 
 /// Normalized words of query text, one per position: for an address, the whole address.
 pub fn query_words(text: &str) -> Vec<String> {
+    query_words_with(text, Normalization::CURRENT)
+}
+
+/// [`query_words`] under the folding rules `normalization`.
+fn query_words_with(text: &str, normalization: Normalization) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     let mut last_position = None;
-    for token in normalize_tokens(text) {
+    for token in normalize_tokens_with(text, normalization) {
         if last_position == Some(token.position) {
             continue;
         }

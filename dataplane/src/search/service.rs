@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 use super::blind::{Field, INDEX_KEY_LEN, IndexKey, IndexKeyVersion, Indexer, Mode};
 use super::index::{Cursor, DeleteScope, IndexDoc, SearchError, SearchIndex, SearchRequest};
 use super::query::{Query, QueryError, index_query};
+use super::tokenize::Normalization;
 use crate::crypto::{CryptoError, DekVersion, SealContext, SealedField};
 use crate::ids::TenantId;
 use crate::keyring::{Keyring, KeyringError};
@@ -74,6 +75,10 @@ pub enum ServiceError {
     RotationInProgress(TenantId, u32),
     #[error("search runs in plaintext mode: there is no index key to rotate")]
     PlaintextMode,
+    #[error(
+        "index key version {1} of tenant {0} was made with folding rules version {2}, which this build does not know: run a newer build"
+    )]
+    UnknownNormalization(TenantId, u32, u32),
 }
 
 impl ServiceError {
@@ -132,6 +137,8 @@ pub struct IndexKeyStatus {
     pub version: u32,
     pub state: IndexKeyState,
     pub created_at_ms: i64,
+    /// The folding rules its terms were made with (see `search::tokenize`).
+    pub normalization: u32,
 }
 
 /// A tenant's index keys and the progress of its indexing.
@@ -199,10 +206,17 @@ impl SearchService {
         );
         let key_version =
             IndexKeyVersion::new(record.version).ok_or(CryptoError::Malformed("version"))?;
-        let key = Arc::new(IndexKey::from_slice(
-            key_version,
-            &derived[..INDEX_KEY_LEN],
-        )?);
+        let normalization = Normalization::from_u32(record.normalization).ok_or_else(|| {
+            ServiceError::UnknownNormalization(
+                record.tenant_id.clone(),
+                record.version,
+                record.normalization,
+            )
+        })?;
+        let key = Arc::new(
+            IndexKey::from_slice(key_version, &derived[..INDEX_KEY_LEN])?
+                .with_normalization(normalization),
+        );
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -241,6 +255,7 @@ impl SearchService {
             kms_key_ref: dek.kms_key_ref,
             created_at_ms: now_ms(),
             state,
+            normalization: Normalization::CURRENT.get(),
         })
     }
 
@@ -342,6 +357,37 @@ impl SearchService {
         }
     }
 
+    /// Starts an index-key rotation when the active key's terms were made with older
+    /// folding rules than this build's ([`Normalization::CURRENT`]) and no rotation is in
+    /// progress; returns whether it started one. The rotation re-indexes the tenant under
+    /// a new key made with the current rules, queries using the old key (and its rules)
+    /// until the switch.
+    async fn upgrade_normalization(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
+        if self.mode == Mode::Plaintext {
+            return Ok(false);
+        }
+        let Some(active) = self.keyring.store().current_index_key(tenant).await? else {
+            return Ok(false);
+        };
+        if active.normalization >= Normalization::CURRENT.get() {
+            return Ok(false);
+        }
+        match self.rotate_index_key(tenant).await {
+            Ok(version) => {
+                tracing::info!(
+                    tenant = %tenant,
+                    version,
+                    normalization = Normalization::CURRENT.get(),
+                    "index key made with older folding rules: re-indexing under a new key"
+                );
+                Ok(true)
+            }
+            // Started meanwhile (by another process, or by hand).
+            Err(ServiceError::RotationInProgress(..)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Switches to the building key once every message has been indexed under it; returns
     /// whether it switched.
     async fn advance_rotation(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
@@ -380,6 +426,7 @@ impl SearchService {
                 version: r.version,
                 state: r.state,
                 created_at_ms: r.created_at_ms,
+                normalization: r.normalization,
             })
             .collect();
         let (pending, total) = store.index_progress(tenant).await?;
@@ -557,13 +604,15 @@ impl SearchService {
     /// to [`GROUP_BATCHES`] batches (or [`GROUP_WORK`] of work) share a commit, so what is
     /// indexed is searchable within about a second. When an index-key rotation is in
     /// progress and nothing is left, it switches to the new key and carries on with the
-    /// pass that removes the old key's terms.
+    /// pass that removes the old key's terms. A tenant whose index key predates this build's
+    /// folding rules gets such a rotation first (see [`Normalization`]).
     pub async fn index_all_pending(
         &self,
         tenant: &TenantId,
         batch: u32,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ServiceError> {
+        self.upgrade_normalization(tenant).await?;
         let mut done = 0u64;
         loop {
             let n = self
@@ -614,6 +663,11 @@ impl SearchService {
         let indexer = match &key {
             Some(k) => Indexer::Blind(k),
             None => Indexer::Plaintext,
+        };
+        // The index's terms were made with the key's folding rules: so are the query's.
+        let parsed = match indexer.normalization() {
+            Normalization::CURRENT => parsed,
+            older => Query::parse_with(query, older)?,
         };
         let request = SearchRequest {
             query: index_query(&parsed, &indexer),

@@ -6,8 +6,8 @@
 //!    Unicode word segmentation (UAX #29, `unicode_words`: segments without a letter or digit,
 //!    such as punctuation, spaces and emoji, are not tokens).
 //! 2. Every word is **folded** ([`fold`]): NFKD (compatibility decomposition, so "ﬁ" → "fi" and
-//!    full-width "Ａ" → "a"), full Unicode lowercase, NFKD again, every nonspacing mark
-//!    (General_Category Mn) dropped except the kana voicing marks U+3099/U+309A, a few letters
+//!    full-width "Ａ" → "a"), full Unicode lowercase, NFKD again, diacritics dropped (see
+//!    [`Normalization`]: which nonspacing marks count as diacritics), a few letters
 //!    that carry no decomposable diacritic folded by hand ("ß" → "ss", "ς" → "σ", "ł" → "l",
 //!    "ø" → "o", "đ" → "d", "æ" → "ae", "œ" → "oe", "ı" → "i"), apostrophes (U+0027, U+2019)
 //!    and double quotes removed ("don't" → "dont", "O’Brien" → "obrien"), and finally NFC
@@ -17,6 +17,24 @@
 //!    trailing punctuation is trimmed): two long tokens with the same prefix collide, which can
 //!    only add a hit, never lose one. At most [`MAX_TOKENS_PER_FIELD`] tokens are produced for
 //!    one text; the rest of a huge body is not indexed.
+//!
+//! # Normalization versions
+//!
+//! The terms of an index must be folded the way its queries are, so the folding rules are
+//! versioned ([`Normalization`]) and each index key records the version its terms were made
+//! with (see `SearchService`: a tenant whose key predates [`Normalization::CURRENT`] is
+//! re-indexed under a new key in the background, its queries using the old rules until the
+//! switch).
+//!
+//! - [`Normalization::V1`] dropped every nonspacing mark (General_Category Mn) except the
+//!   kana voicing marks. In Latin, Greek and Cyrillic text those are diacritics, but in the
+//!   Brahmic scripts they are letters of the word: Devanagari vowel signs and virama ("कुल"
+//!   and "कल" became one token), Thai, Lao and Khmer vowels and tone marks, and so on.
+//! - [`Normalization::V2`] (current) drops only diacritics: the combining diacritical marks
+//!   (U+0300–U+036F and their extended and supplement blocks, combining marks for symbols,
+//!   half marks), Cyrillic titlo and other combining marks of that block, Hebrew points and
+//!   cantillation, Arabic and Syriac vowel points and Quranic marks, and variation
+//!   selectors. Every other nonspacing mark is part of the token.
 //!
 //! # Positions
 //!
@@ -75,10 +93,91 @@ pub struct Token {
     pub kind: TokenKind,
 }
 
-/// Splits `text` into normalized tokens with positions (see the module docs).
+/// The folding rules of one index (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Normalization {
+    /// Every nonspacing mark dropped (too loose for Brahmic scripts); kept for indexes made
+    /// with it until they are rebuilt.
+    V1,
+    /// Only diacritics dropped.
+    V2,
+}
+
+impl Normalization {
+    /// What new indexes and keys are made with.
+    pub const CURRENT: Normalization = Normalization::V2;
+
+    /// The number stored with an index key.
+    pub const fn get(self) -> u32 {
+        match self {
+            Normalization::V1 => 1,
+            Normalization::V2 => 2,
+        }
+    }
+
+    /// The version stored as `n`, if this build knows it.
+    pub const fn from_u32(n: u32) -> Option<Self> {
+        match n {
+            1 => Some(Normalization::V1),
+            2 => Some(Normalization::V2),
+            _ => None,
+        }
+    }
+
+    /// Whether folding drops the nonspacing mark `c` (General_Category Mn).
+    fn drops_mark(self, c: char) -> bool {
+        match self {
+            Normalization::V1 => true,
+            Normalization::V2 => is_diacritic(c),
+        }
+    }
+}
+
+/// The nonspacing marks [`Normalization::V2`] drops (see the module docs). Only asked about
+/// characters of General_Category Mn.
+fn is_diacritic(c: char) -> bool {
+    matches!(c,
+        // Combining Diacritical Marks (Latin, Greek, Cyrillic and Vietnamese accents).
+        '\u{0300}'..='\u{036F}'
+        // Cyrillic combining marks (titlo, palatalization, ...).
+        | '\u{0483}'..='\u{0489}'
+        // Hebrew cantillation marks and points.
+        | '\u{0591}'..='\u{05C7}'
+        // Arabic honorifics, harakat, superscript alef and Quranic marks.
+        | '\u{0610}'..='\u{061A}'
+        | '\u{064B}'..='\u{065F}'
+        | '\u{0670}'
+        | '\u{06D6}'..='\u{06ED}'
+        // Syriac vowel points.
+        | '\u{0730}'..='\u{074A}'
+        // Arabic Extended-B and -A marks.
+        | '\u{0898}'..='\u{089F}'
+        | '\u{08CA}'..='\u{08FF}'
+        // Mongolian free variation selectors.
+        | '\u{180B}'..='\u{180D}'
+        | '\u{180F}'
+        // Combining Diacritical Marks Extended and Supplement.
+        | '\u{1AB0}'..='\u{1AFF}'
+        | '\u{1DC0}'..='\u{1DFF}'
+        // Combining marks for symbols.
+        | '\u{20D0}'..='\u{20FF}'
+        // Variation selectors and combining half marks.
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FE20}'..='\u{FE2F}'
+        | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Splits `text` into normalized tokens with positions (see the module docs), folded by the
+/// current rules.
 pub fn normalize_tokens(text: &str) -> Vec<Token> {
+    normalize_tokens_with(text, Normalization::CURRENT)
+}
+
+/// [`normalize_tokens`] under the folding rules `normalization`.
+pub fn normalize_tokens_with(text: &str, normalization: Normalization) -> Vec<Token> {
     let mut tokens = Vec::with_capacity(expected_tokens(text));
-    for_each_token(text, |text, position, kind| {
+    for_each_token(text, normalization, |text, position, kind| {
         tokens.push(Token {
             text: text.to_owned(),
             position,
@@ -96,8 +195,13 @@ pub(crate) fn expected_tokens(text: &str) -> usize {
 
 /// [`normalize_tokens`] without a `String` per token: calls `emit(text, position, kind)` for
 /// each token, in order.
-pub(crate) fn for_each_token(text: &str, mut emit: impl FnMut(&str, u32, TokenKind)) {
+pub(crate) fn for_each_token(
+    text: &str,
+    normalization: Normalization,
+    mut emit: impl FnMut(&str, u32, TokenKind),
+) {
     let mut out = TokenSink {
+        normalization,
         emit: &mut emit,
         count: 0,
         next_position: 0,
@@ -117,8 +221,8 @@ pub(crate) fn for_each_token(text: &str, mut emit: impl FnMut(&str, u32, TokenKi
 
 /// Folds one word: compatibility decomposition, lowercase, diacritics dropped, NFC.
 ///
-/// This is the per-word step of [`normalize_tokens`]; it does not segment or truncate.
-pub fn fold(word: &str) -> String {
+/// This is the per-word step of [`normalize_tokens_with`]; it does not segment or truncate.
+pub fn fold(word: &str, normalization: Normalization) -> String {
     // ASCII (most mail): decomposition, mark removal and composition change nothing, so
     // folding is lowercasing and dropping quotes. Same result as the general path below.
     if word.is_ascii() {
@@ -128,16 +232,20 @@ pub fn fold(word: &str) -> String {
             .map(|b| char::from(b.to_ascii_lowercase()))
             .collect();
     }
-    fold_unicode(word)
+    fold_unicode(word, normalization)
 }
 
 /// [`fold`] for any text.
-fn fold_unicode(word: &str) -> String {
+fn fold_unicode(word: &str, normalization: Normalization) -> String {
     let mut folded = String::with_capacity(word.len());
     for c in word.nfkd().flat_map(char::to_lowercase).nfkd() {
         match c {
             '\u{3099}' | '\u{309A}' => folded.push(c),
-            c if c.general_category() == GeneralCategory::NonspacingMark => {}
+            c if c.general_category() == GeneralCategory::NonspacingMark => {
+                if !normalization.drops_mark(c) {
+                    folded.push(c);
+                }
+            }
             'ß' => folded.push_str("ss"),
             'ς' => folded.push('σ'),
             'ł' => folded.push('l'),
@@ -155,6 +263,7 @@ fn fold_unicode(word: &str) -> String {
 
 /// Hands tokens on, numbering positions and enforcing the caps.
 struct TokenSink<'e> {
+    normalization: Normalization,
     emit: &'e mut dyn FnMut(&str, u32, TokenKind),
     /// Tokens emitted so far.
     count: usize,
@@ -191,7 +300,7 @@ impl TokenSink<'_> {
                 self.next_position = self.next_position.saturating_add(1);
                 continue;
             }
-            let folded = fold(word);
+            let folded = fold(word, self.normalization);
             for piece in folded.unicode_words() {
                 if self.full() {
                     return;
@@ -207,7 +316,7 @@ impl TokenSink<'_> {
     }
 
     fn address(&mut self, address: &str) {
-        let folded = fold(address);
+        let folded = fold(address, self.normalization);
         let Some((local, domain)) = folded.rsplit_once('@') else {
             // Folding cannot remove the '@'; if it ever did, index the text as words.
             self.words(address);
@@ -355,17 +464,32 @@ mod tests {
         let all: Vec<char> = (0u8..=127).map(char::from).collect();
         for a in &all {
             let one = a.to_string();
-            assert_eq!(fold(&one), fold_unicode(&one), "{one:?}");
+            for n in [Normalization::V1, Normalization::V2] {
+                assert_eq!(fold(&one, n), fold_unicode(&one, n), "{one:?}");
+            }
             for b in &all {
                 let two: String = [*a, *b].iter().collect();
-                assert_eq!(fold(&two), fold_unicode(&two), "{two:?}");
+                assert_eq!(
+                    fold(&two, Normalization::CURRENT),
+                    fold_unicode(&two, Normalization::CURRENT),
+                    "{two:?}"
+                );
             }
         }
         let mut rng = crate::search::tests_support::XorShift::new(7);
         for _ in 0..2_000 {
             let len = rng.below(24);
             let word: String = (0..len).map(|_| all[rng.below(128)]).collect();
-            assert_eq!(fold(&word), fold_unicode(&word), "{word:?}");
+            assert_eq!(
+                fold(&word, Normalization::V1),
+                fold_unicode(&word, Normalization::V1),
+                "{word:?}"
+            );
+            assert_eq!(
+                fold(&word, Normalization::V2),
+                fold_unicode(&word, Normalization::V2),
+                "{word:?}"
+            );
         }
     }
 
@@ -425,6 +549,48 @@ mod tests {
         // Voiced kana survive folding (the voicing mark is not treated as a diacritic).
         assert_eq!(texts("ガ"), ["ガ"]);
         assert_ne!(texts("ガ"), texts("カ"));
+    }
+
+    #[test]
+    fn keeps_the_vowel_signs_and_viramas_of_brahmic_scripts() {
+        // Devanagari: the u-sign and the virama are letters of the word.
+        assert_eq!(texts("कुल कल क्या कया"), ["कुल", "कल", "क्या", "कया"]);
+        // Bengali and Tamil.
+        assert_ne!(texts("কুকুর"), texts("ককর"));
+        assert_ne!(texts("கிளி"), texts("கள"));
+        // Thai and Khmer: a consonant with its vowel and tone marks is one token.
+        assert_eq!(texts("ที่"), ["ที่"]);
+        assert_ne!(texts("ที่"), texts("ท"));
+        assert_ne!(texts("ក៏"), texts("ក"));
+        // Decomposed and precomposed input still fold alike (nukta forms).
+        assert_eq!(texts("\u{0928}\u{093C}"), texts("\u{0929}"));
+    }
+
+    #[test]
+    fn drops_hebrew_points_arabic_harakat_and_vietnamese_tones() {
+        assert_eq!(texts("שָׁלוֹם"), texts("שלום"));
+        assert_eq!(texts("مُحَمَّد"), texts("محمد"));
+        assert_eq!(texts("Tiếng Việt"), ["tieng", "viet"]);
+        // A variation selector is not part of the token.
+        assert_eq!(texts("\u{845B}\u{E0100}"), texts("\u{845B}"));
+    }
+
+    #[test]
+    fn the_first_normalization_drops_every_nonspacing_mark() {
+        let v1 = |s: &str| -> Vec<String> {
+            normalize_tokens_with(s, Normalization::V1)
+                .into_iter()
+                .map(|t| t.text)
+                .collect()
+        };
+        assert_eq!(v1("कुल"), ["कल"]);
+        assert_eq!(v1("ที่"), ["ท"]);
+        assert_eq!(v1("Müller ガ"), texts("Müller ガ"));
+        for n in [Normalization::V1, Normalization::V2] {
+            assert_eq!(Normalization::from_u32(n.get()), Some(n));
+        }
+        assert_eq!(Normalization::from_u32(0), None);
+        assert_eq!(Normalization::from_u32(3), None);
     }
 
     #[test]
@@ -605,7 +771,7 @@ mod tests {
     fn general_word_path(text: &str) -> Vec<String> {
         let mut out = Vec::new();
         for word in text.unicode_words() {
-            for piece in fold(word).unicode_words() {
+            for piece in fold(word, Normalization::CURRENT).unicode_words() {
                 let t = truncate(piece, MAX_TOKEN_BYTES);
                 if !t.is_empty() {
                     out.push(t.to_owned());

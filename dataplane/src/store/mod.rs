@@ -109,6 +109,8 @@ pub struct IndexKeyRecord {
     pub kms_key_ref: String,
     pub created_at_ms: UnixMillis,
     pub state: IndexKeyState,
+    /// The folding rules (`search::Normalization`) of the key's terms and queries.
+    pub normalization: u32,
 }
 
 /// Where an index key version is in its life (see migration `0003_index_key_rotation`).

@@ -328,12 +328,12 @@ const GET_TENANT: &str = "SELECT id, display_name, created_at_ms FROM tenants WH
 const LIST_TENANTS: &str = "SELECT id, display_name, created_at_ms FROM tenants ORDER BY id";
 
 const INSERT_INDEX_KEY: &str = "INSERT INTO tenant_index_keys \
-     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms, state) \
-     VALUES ($1, $2, $3, $4, $5, $6)";
+     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms, state, normalization) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 const CURRENT_INDEX_KEY: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
-     created_at_ms, state FROM tenant_index_keys WHERE tenant_id = $1 AND state = 'active'";
+     created_at_ms, state, normalization FROM tenant_index_keys WHERE tenant_id = $1 AND state = 'active'";
 const LIST_INDEX_KEYS: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
-     created_at_ms, state FROM tenant_index_keys WHERE tenant_id = $1 ORDER BY version";
+     created_at_ms, state, normalization FROM tenant_index_keys WHERE tenant_id = $1 ORDER BY version";
 /// Reads the live versions; with `lock_keys` appended it also locks the tenant's active
 /// row, which rotations update (or lock) too, so marker changes and rotations serialize.
 macro_rules! live_index_keys {
@@ -750,6 +750,11 @@ macro_rules! sql_store {
                         table: T,
                         reason: "unknown index key state",
                     })?,
+                    normalization: u32::try_from(Self::col::<i64>(row, T, "normalization")?)
+                        .map_err(|_| StoreError::Corrupt {
+                            table: T,
+                            reason: "normalization out of range",
+                        })?,
                 })
             }
 
@@ -2290,6 +2295,7 @@ macro_rules! sql_store {
                     .bind(&key.kms_key_ref)
                     .bind(key.created_at_ms)
                     .bind(IndexKeyState::Active.as_str())
+                    .bind(i64::from(key.normalization))
                     .execute(&self.pool)
                     .await
                     .map_err(constraint_err(OP, "index key version", "tenant"))?;
@@ -2344,6 +2350,7 @@ macro_rules! sql_store {
                     .bind(&key.kms_key_ref)
                     .bind(key.created_at_ms)
                     .bind(IndexKeyState::Building.as_str())
+                    .bind(i64::from(key.normalization))
                     .execute(&mut *tx)
                     .await
                     .map_err(constraint_err(OP, "index key version", "tenant"))?;
