@@ -584,6 +584,16 @@ async fn older_folding_rules_are_replaced_by_a_rotation(postgres: bool) {
     assert_eq!(subjects(&svc, &t, &mine, "कुल").await.len(), 2);
     assert_eq!(subjects(&svc, &t, &mine, "कल").await.len(), 2);
 
+    // While the KMS cannot make the new key, mail is still indexed under the old one.
+    let kms = env.dir.path().join("kms");
+    let kms_away = env.dir.path().join("kms-away");
+    std::fs::rename(&kms, &kms_away).unwrap();
+    store.mark_all_for_reindex(&t).await.unwrap();
+    assert_eq!(svc.index_all_pending(&t, 1, |_, _| {}).await.unwrap(), 2);
+    assert_eq!(svc.index_keys_report(&t).await.unwrap().versions.len(), 1);
+    assert_eq!(subjects(&svc, &t, &mine, "कुल").await.len(), 2);
+    std::fs::rename(&kms_away, &kms).unwrap();
+
     let mut progress = Vec::new();
     svc.index_all_pending(&t, 1, |pending, total| progress.push((pending, total)))
         .await

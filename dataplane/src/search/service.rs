@@ -612,7 +612,10 @@ impl SearchService {
         batch: u32,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ServiceError> {
-        self.upgrade_normalization(tenant).await?;
+        if let Err(e) = self.upgrade_normalization(tenant).await {
+            // Mail keeps being indexed under the old rules; the next run tries again.
+            tracing::warn!(tenant = %tenant, error = %e, "could not start the re-index for the current folding rules");
+        }
         let mut done = 0u64;
         loop {
             let n = self
