@@ -312,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         serde_json::json!({
                             "version": k.version,
                             "state": k.state,
+                            "normalization": k.normalization,
                             "kms_key_ref": k.kms_key_ref,
                         })
                     })
@@ -326,12 +327,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print_status(&status);
                 println!();
-                println!("{:<8} {:<9} KMS KEY", "INDEX", "STATE");
+                println!("{:<8} {:<9} {:<8} KMS KEY", "INDEX", "STATE", "FOLDING");
                 for k in &index_keys {
                     println!(
-                        "{:<8} {:<9} {}",
+                        "{:<8} {:<9} {:<8} {}",
                         format!("v{}", k.version),
                         k.state.as_str(),
+                        format!("v{}", k.normalization),
                         k.kms_key_ref
                     );
                 }
