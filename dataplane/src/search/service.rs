@@ -183,6 +183,14 @@ impl SearchService {
         {
             return Ok(k);
         }
+        // Before the KMS call: a key this build cannot use is refused without one.
+        let normalization = Normalization::from_u32(record.normalization).ok_or_else(|| {
+            ServiceError::UnknownNormalization(
+                record.tenant_id.clone(),
+                record.version,
+                record.normalization,
+            )
+        })?;
         let version = DekVersion::new(record.version).ok_or(CryptoError::Malformed("version"))?;
         let root = self
             .keyring
@@ -206,13 +214,6 @@ impl SearchService {
         );
         let key_version =
             IndexKeyVersion::new(record.version).ok_or(CryptoError::Malformed("version"))?;
-        let normalization = Normalization::from_u32(record.normalization).ok_or_else(|| {
-            ServiceError::UnknownNormalization(
-                record.tenant_id.clone(),
-                record.version,
-                record.normalization,
-            )
-        })?;
         let key = Arc::new(
             IndexKey::from_slice(key_version, &derived[..INDEX_KEY_LEN])?
                 .with_normalization(normalization),
