@@ -1892,6 +1892,83 @@ mod cases {
         v
     }
 
+    /// Live events: written in the transaction of each change (stored, soft-deleted,
+    /// restored), ids only, per tenant, in order; a duplicate insert writes none; pruned by
+    /// age; gone with the tenant's data.
+    pub async fn mail_events_follow_changes(b: &Backend) -> anyhow::Result<()> {
+        use helpr_dataplane::store::MailEventKind as K;
+        let s = b.store();
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "beta").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let other_inbox = inbox(s, &other, "support@beta.example").await;
+        let k = key();
+        let start = s.latest_mail_event().await?;
+        let m1 = message(&k, &t, &inbox_id, "gm-1", "th-a", 1_000, 0);
+        let m2 = message(&k, &t, &inbox_id, "gm-2", "th-b", 2_000, 0);
+        let conv_a = inserted(s.insert_message(&m1).await?);
+        // A second delivery of the same Gmail message stores nothing and says nothing.
+        assert!(matches!(
+            s.insert_message(&m1).await?,
+            InsertOutcome::AlreadyStored { .. }
+        ));
+        s.store_synced_messages(&t, &inbox_id, &[m2.clone(), m1.clone()], Some(10))
+            .await?;
+        let theirs = message(&k, &other, &other_inbox, "gm-9", "th-z", 3_000, 0);
+        s.insert_message(&theirs).await?;
+        let user = |at| deletion("agent-7", DeleteReason::User, at);
+        assert!(s.soft_delete_message(&t, &m2.id, &user(10_000)).await?);
+        s.soft_delete_conversation(&t, &conv_a, &user(11_000))
+            .await?;
+        s.restore_conversation(&t, &conv_a, "agent-7", 0, 12_000)
+            .await?;
+        s.restore_message(&t, &m2.id, "agent-7", 0, 13_000).await?;
+
+        let events = s.mail_events_after(&t, start, 100).await?;
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.kind,
+                    e.inbox_id.as_str(),
+                    e.message_id.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (K::MessageStored, inbox_id.as_str(), m1.id.clone()),
+                (K::MessageStored, inbox_id.as_str(), m2.id.clone()),
+                (K::MessageDeleted, inbox_id.as_str(), m2.id.clone()),
+                (K::ConversationDeleted, inbox_id.as_str(), String::new()),
+                (K::ConversationRestored, inbox_id.as_str(), String::new()),
+                (K::MessageRestored, inbox_id.as_str(), m2.id.clone()),
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(events[0].conversation_id, conv_a);
+        assert_eq!(events[3].conversation_id, conv_a);
+        assert_eq!(events[2].at_ms, 10_000);
+        // Paging by sequence number, and the other tenant's own event.
+        let rest = s.mail_events_after(&t, events[1].seq, 2).await?;
+        assert_eq!(rest, events[2..4].to_vec());
+        let theirs_events = s.mail_events_after(&other, start, 100).await?;
+        assert_eq!(theirs_events.len(), 1);
+        assert_eq!(
+            theirs_events[0].message_id.as_deref(),
+            Some(theirs.id.as_str())
+        );
+        assert!(s.latest_mail_event().await? >= events[5].seq);
+
+        // Pruned by age: the stored events carry the time of storing, the others theirs.
+        assert_eq!(s.prune_mail_events(12_500).await?, 3);
+        assert_eq!(s.mail_events_after(&t, start, 100).await?.len(), 3);
+        s.prune_mail_events(now_ms() + 1).await?;
+        assert!(s.mail_events_after(&t, start, 100).await?.is_empty());
+        Ok(())
+    }
+
     pub async fn soft_delete_restore_and_purge(b: &Backend) -> anyhow::Result<()> {
         let s = b.store();
         let t = tenant(s, "acme").await;
@@ -2311,6 +2388,7 @@ conformance!(
     insert_refuses_foreign_inbox,
     delete_message_leaves_no_trace,
     soft_delete_restore_and_purge,
+    mail_events_follow_changes,
     inbox_soft_delete_cascades_to_later_mail,
     index_outbox_and_index_keys,
     index_key_rotation,

@@ -975,6 +975,76 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&ConversationCursor>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
+
+    // --- live events (see migration 0010 and `crate::api::events`) ----------------------
+
+    /// Up to `limit` live events of the tenant with a sequence number above `after`, lowest
+    /// first. Sequence numbers are global and increase, but (PostgreSQL) may commit out of
+    /// order and may have gaps; readers wait a moment for a gap before passing it.
+    async fn mail_events_after(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<MailEvent>, StoreError>;
+    /// The newest event's sequence number (0 when there is none): where a listener that
+    /// wants only what happens from now on starts.
+    async fn latest_mail_event(&self) -> Result<i64, StoreError>;
+    /// Deletes the events recorded before `before_ms`; returns how many.
+    async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError>;
+}
+
+/// What a live event says happened (ids only, never content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum MailEventKind {
+    #[serde(rename = "message.stored")]
+    MessageStored,
+    #[serde(rename = "message.deleted")]
+    MessageDeleted,
+    #[serde(rename = "message.restored")]
+    MessageRestored,
+    #[serde(rename = "conversation.deleted")]
+    ConversationDeleted,
+    #[serde(rename = "conversation.restored")]
+    ConversationRestored,
+}
+
+impl MailEventKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MailEventKind::MessageStored => "message.stored",
+            MailEventKind::MessageDeleted => "message.deleted",
+            MailEventKind::MessageRestored => "message.restored",
+            MailEventKind::ConversationDeleted => "conversation.deleted",
+            MailEventKind::ConversationRestored => "conversation.restored",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            MailEventKind::MessageStored,
+            MailEventKind::MessageDeleted,
+            MailEventKind::MessageRestored,
+            MailEventKind::ConversationDeleted,
+            MailEventKind::ConversationRestored,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One live event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MailEvent {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: MailEventKind,
+    pub inbox_id: String,
+    pub conversation_id: String,
+    /// The message, for message events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    pub at_ms: UnixMillis,
 }
 
 /// A position in a list ordered by (date, id): the entry a page ended with.

@@ -28,7 +28,7 @@ use super::{
     StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
 use super::{ConversationCursor, ConversationRecord, SearchTombstone, TombstoneScope};
-use super::{PurgeCandidate, PurgeOutcome, RestoreOutcome};
+use super::{MailEvent, MailEventKind, PurgeCandidate, PurgeOutcome, RestoreOutcome};
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
 
@@ -488,6 +488,26 @@ const MESSAGE_STATE: &str =
     "SELECT inbox_id, deleted_at_ms FROM messages WHERE tenant_id = $1 AND id = $2";
 const CONVERSATION_INBOX: &str =
     "SELECT inbox_id FROM conversations WHERE tenant_id = $1 AND id = $2";
+/// A live event about message $2 of tenant $1: kind $3, at $4 (see migration 0010).
+const MESSAGE_EVENT: &str = "INSERT INTO mail_events \
+     (tenant_id, kind, inbox_id, conversation_id, message_id, at_ms) \
+     SELECT tenant_id, $3, inbox_id, conversation_id, id, $4 FROM messages \
+     WHERE tenant_id = $1 AND id = $2";
+/// A live event about conversation $2 of tenant $1: kind $3, at $4.
+const CONVERSATION_EVENT: &str = "INSERT INTO mail_events \
+     (tenant_id, kind, inbox_id, conversation_id, message_id, at_ms) \
+     SELECT tenant_id, $3, inbox_id, id, NULL, $4 FROM conversations \
+     WHERE tenant_id = $1 AND id = $2";
+const MAIL_EVENTS_AFTER: &str = "SELECT seq, kind, inbox_id, conversation_id, message_id, at_ms \
+     FROM mail_events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+const LATEST_MAIL_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS seq FROM mail_events";
+const PRUNE_MAIL_EVENTS: &str = "DELETE FROM mail_events WHERE at_ms < $1";
+const FORGET_MESSAGE_EVENTS: &str =
+    "DELETE FROM mail_events WHERE tenant_id = $1 AND message_id = $2";
+/// The events of conversation $2 of tenant $1, once the conversation itself is gone.
+const FORGET_CONVERSATION_EVENTS: &str = "DELETE FROM mail_events \
+     WHERE tenant_id = $1 AND conversation_id = $2 \
+     AND NOT EXISTS (SELECT 1 FROM conversations WHERE id = $2)";
 macro_rules! restore_set {
     () => {
         "UPDATE messages SET deleted_at_ms = NULL, deleted_by = NULL, deleted_reason = NULL, \
@@ -1256,6 +1276,67 @@ macro_rules! sql_store {
                 Ok(ids)
             }
 
+            /// Appends a live event about a message ([`MESSAGE_EVENT`]) or a conversation
+            /// ([`CONVERSATION_EVENT`]) of the tenant in `tx`.
+            async fn event_in_tx(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                op: &'static str,
+                sql: &'static str,
+                tenant: &TenantId,
+                id: &str,
+                kind: MailEventKind,
+                at_ms: UnixMillis,
+            ) -> Result<(), StoreError> {
+                sqlx::query(sql)
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .bind(kind.as_str())
+                    .bind(at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                Ok(())
+            }
+
+            /// Deletes the live events of a message deleted for good, and of its
+            /// conversation if that is gone too.
+            async fn forget_events_in_tx(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                op: &'static str,
+                tenant: &TenantId,
+                message_id: &str,
+                conversation_id: &str,
+            ) -> Result<(), StoreError> {
+                for (sql, id) in [
+                    (FORGET_MESSAGE_EVENTS, message_id),
+                    (FORGET_CONVERSATION_EVENTS, conversation_id),
+                ] {
+                    sqlx::query(sql)
+                        .bind(tenant.as_str())
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_err(op))?;
+                }
+                Ok(())
+            }
+
+            fn mail_event_from_row(row: &$row) -> Result<MailEvent, StoreError> {
+                const T: &str = "mail_events";
+                let kind: String = Self::col(row, T, "kind")?;
+                Ok(MailEvent {
+                    seq: Self::col(row, T, "seq")?,
+                    kind: MailEventKind::parse(&kind).ok_or(StoreError::Corrupt {
+                        table: T,
+                        reason: "unknown event kind",
+                    })?,
+                    inbox_id: Self::col(row, T, "inbox_id")?,
+                    conversation_id: Self::col(row, T, "conversation_id")?,
+                    message_id: Self::col(row, T, "message_id")?,
+                    at_ms: Self::col(row, T, "at_ms")?,
+                })
+            }
+
             /// Runs `sql` for each job id in one transaction, binding the id, then
             /// `available_at_ms` and `error_kind` when given (in that order).
             async fn update_jobs(
@@ -1517,6 +1598,11 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write(OP).await?;
                 match Self::insert_in_tx(&mut tx, message, OP).await? {
                     TxInsert::Done(outcome @ InsertOutcome::Inserted { .. }) => {
+                        Self::event_in_tx(
+                            &mut tx, OP, MESSAGE_EVENT, &message.tenant_id, &message.id,
+                            MailEventKind::MessageStored, now_ms(),
+                        )
+                        .await?;
                         sqlx::query(SOFT_DELETE_INTO_DELETED_INBOX)
                             .bind(&message.inbox_id)
                             .execute(&mut *tx)
@@ -1643,6 +1729,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err(OP))?;
+                Self::forget_events_in_tx(&mut tx, OP, tenant, id, &conversation_id).await?;
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(true)
             }
@@ -1681,6 +1768,11 @@ macro_rules! sql_store {
                     deletion.at_ms,
                 )
                 .await?;
+                Self::event_in_tx(
+                    &mut tx, OP, MESSAGE_EVENT, tenant, id, MailEventKind::MessageDeleted,
+                    deletion.at_ms,
+                )
+                .await?;
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(true)
             }
@@ -1710,6 +1802,11 @@ macro_rules! sql_store {
                 Self::audit_in_tx(
                     &mut tx, OP, tenant, &deletion.actor, "conversation.soft_delete",
                     "conversation", conversation_id, deletion.at_ms,
+                )
+                .await?;
+                Self::event_in_tx(
+                    &mut tx, OP, CONVERSATION_EVENT, tenant, conversation_id,
+                    MailEventKind::ConversationDeleted, deletion.at_ms,
                 )
                 .await?;
                 tx.commit().await.map_err(db_err(OP))?;
@@ -1799,6 +1896,11 @@ macro_rules! sql_store {
                         &mut tx, OP, tenant, actor, "message.restore", "message", id, now_ms,
                     )
                     .await?;
+                    Self::event_in_tx(
+                        &mut tx, OP, MESSAGE_EVENT, tenant, id, MailEventKind::MessageRestored,
+                        now_ms,
+                    )
+                    .await?;
                 }
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(RestoreOutcome { restored, expired: 0 })
@@ -1846,6 +1948,11 @@ macro_rules! sql_store {
                     Self::audit_in_tx(
                         &mut tx, OP, tenant, actor, "conversation.restore", "conversation",
                         conversation_id, now_ms,
+                    )
+                    .await?;
+                    Self::event_in_tx(
+                        &mut tx, OP, CONVERSATION_EVENT, tenant, conversation_id,
+                        MailEventKind::ConversationRestored, now_ms,
                     )
                     .await?;
                     tx.commit().await.map_err(db_err(OP))?;
@@ -1927,6 +2034,7 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_err(OP))?
                         .rows_affected();
+                    Self::forget_events_in_tx(&mut tx, OP, tenant, id, &conversation_id).await?;
                     outcome.messages += 1;
                     Self::audit_in_tx(
                         &mut tx, OP, tenant, actor, "message.purge", "message", id, now_ms,
@@ -2167,6 +2275,16 @@ macro_rules! sql_store {
                         return Err(StoreError::Conflict("message"));
                     }
                 };
+                let at_ms = now_ms();
+                for (m, outcome) in messages.iter().zip(&outcomes) {
+                    if matches!(outcome, InsertOutcome::Inserted { .. }) {
+                        Self::event_in_tx(
+                            &mut tx, OP, MESSAGE_EVENT, tenant, &m.id,
+                            MailEventKind::MessageStored, at_ms,
+                        )
+                        .await?;
+                    }
+                }
                 if let Some(history_id) = history_id {
                     let done = sqlx::query(ADVANCE_HISTORY)
                         .bind(inbox_id)
@@ -2869,6 +2987,45 @@ macro_rules! sql_store {
                 rows.iter()
                     .map(|r| Self::col::<String>(r, "messages", "id"))
                     .collect()
+            }
+
+            // --- live events -------------------------------------------------------------
+
+            async fn mail_events_after(
+                &self,
+                tenant: &TenantId,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<MailEvent>, StoreError> {
+                let rows = sqlx::query(MAIL_EVENTS_AFTER)
+                    .bind(tenant.as_str())
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err("mail_events_after"))?;
+                rows.iter().map(Self::mail_event_from_row).collect()
+            }
+
+            async fn latest_mail_event(&self) -> Result<i64, StoreError> {
+                let row = sqlx::query(LATEST_MAIL_EVENT)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err("latest_mail_event"))?;
+                Self::col(&row, "mail_events", "seq")
+            }
+
+            async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError> {
+                const OP: &str = "prune_mail_events";
+                let mut tx = self.begin_write(OP).await?;
+                let n = sqlx::query(PRUNE_MAIL_EVENTS)
+                    .bind(before_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?
+                    .rows_affected();
+                tx.commit().await.map_err(db_err(OP))?;
+                Ok(n)
             }
         }
     };
