@@ -979,17 +979,17 @@ pub trait Store: Send + Sync + 'static {
     // --- live events (see migration 0010 and `crate::api::events`) ----------------------
 
     /// Up to `limit` live events of the tenant with a sequence number above `after`, lowest
-    /// first. Sequence numbers are global and increase, but (PostgreSQL) may commit out of
-    /// order and may have gaps; readers wait a moment for a gap before passing it.
+    /// first. A tenant's sequence numbers are 1, 2, 3, ... in commit order, so a reader
+    /// that has seen n never sees a smaller one appear later.
     async fn mail_events_after(
         &self,
         tenant: &TenantId,
         after: i64,
         limit: u32,
     ) -> Result<Vec<MailEvent>, StoreError>;
-    /// The newest event's sequence number (0 when there is none): where a listener that
-    /// wants only what happens from now on starts.
-    async fn latest_mail_event(&self) -> Result<i64, StoreError>;
+    /// The tenant's newest event sequence number (0 when there is none): where a listener
+    /// that wants only what happens from now on starts.
+    async fn latest_mail_event(&self, tenant: &TenantId) -> Result<i64, StoreError>;
     /// Deletes the events recorded before `before_ms`; returns how many.
     async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError>;
 }

@@ -488,19 +488,23 @@ const MESSAGE_STATE: &str =
     "SELECT inbox_id, deleted_at_ms FROM messages WHERE tenant_id = $1 AND id = $2";
 const CONVERSATION_INBOX: &str =
     "SELECT inbox_id FROM conversations WHERE tenant_id = $1 AND id = $2";
-/// A live event about message $2 of tenant $1: kind $3, at $4 (see migration 0010).
+/// The next event sequence number of tenant $1; locks its counter row until commit (see
+/// migration 0010: the last statement of a transaction that records events).
+const NEXT_EVENT_SEQ: &str = "INSERT INTO mail_event_counters (tenant_id, seq) VALUES ($1, 1) \
+     ON CONFLICT (tenant_id) DO UPDATE SET seq = mail_event_counters.seq + 1 RETURNING seq";
+/// A live event about message $2 of tenant $1: kind $3, at $4, number $5.
 const MESSAGE_EVENT: &str = "INSERT INTO mail_events \
-     (tenant_id, kind, inbox_id, conversation_id, message_id, at_ms) \
-     SELECT tenant_id, $3, inbox_id, conversation_id, id, $4 FROM messages \
+     (tenant_id, seq, kind, inbox_id, conversation_id, message_id, at_ms) \
+     SELECT tenant_id, $5, $3, inbox_id, conversation_id, id, $4 FROM messages \
      WHERE tenant_id = $1 AND id = $2";
-/// A live event about conversation $2 of tenant $1: kind $3, at $4.
+/// A live event about conversation $2 of tenant $1: kind $3, at $4, number $5.
 const CONVERSATION_EVENT: &str = "INSERT INTO mail_events \
-     (tenant_id, kind, inbox_id, conversation_id, message_id, at_ms) \
-     SELECT tenant_id, $3, inbox_id, id, NULL, $4 FROM conversations \
+     (tenant_id, seq, kind, inbox_id, conversation_id, message_id, at_ms) \
+     SELECT tenant_id, $5, $3, inbox_id, id, NULL, $4 FROM conversations \
      WHERE tenant_id = $1 AND id = $2";
 const MAIL_EVENTS_AFTER: &str = "SELECT seq, kind, inbox_id, conversation_id, message_id, at_ms \
      FROM mail_events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
-const LATEST_MAIL_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS seq FROM mail_events";
+const LATEST_MAIL_EVENT: &str = "SELECT seq FROM mail_event_counters WHERE tenant_id = $1";
 const PRUNE_MAIL_EVENTS: &str = "DELETE FROM mail_events WHERE at_ms < $1";
 const FORGET_MESSAGE_EVENTS: &str =
     "DELETE FROM mail_events WHERE tenant_id = $1 AND message_id = $2";
@@ -1277,7 +1281,9 @@ macro_rules! sql_store {
             }
 
             /// Appends a live event about a message ([`MESSAGE_EVENT`]) or a conversation
-            /// ([`CONVERSATION_EVENT`]) of the tenant in `tx`.
+            /// ([`CONVERSATION_EVENT`]) of the tenant in `tx`. Must come after every other
+            /// statement that takes row locks (it locks the tenant's event counter until
+            /// commit; see migration 0010).
             async fn event_in_tx(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 op: &'static str,
@@ -1287,11 +1293,18 @@ macro_rules! sql_store {
                 kind: MailEventKind,
                 at_ms: UnixMillis,
             ) -> Result<(), StoreError> {
+                let row = sqlx::query(NEXT_EVENT_SEQ)
+                    .bind(tenant.as_str())
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(db_err(op))?;
+                let seq: i64 = Self::col(&row, "mail_event_counters", "seq")?;
                 sqlx::query(sql)
                     .bind(tenant.as_str())
                     .bind(id)
                     .bind(kind.as_str())
                     .bind(at_ms)
+                    .bind(seq)
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err(op))?;
@@ -1598,16 +1611,16 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write(OP).await?;
                 match Self::insert_in_tx(&mut tx, message, OP).await? {
                     TxInsert::Done(outcome @ InsertOutcome::Inserted { .. }) => {
-                        Self::event_in_tx(
-                            &mut tx, OP, MESSAGE_EVENT, &message.tenant_id, &message.id,
-                            MailEventKind::MessageStored, now_ms(),
-                        )
-                        .await?;
                         sqlx::query(SOFT_DELETE_INTO_DELETED_INBOX)
                             .bind(&message.inbox_id)
                             .execute(&mut *tx)
                             .await
                             .map_err(db_err(OP))?;
+                        Self::event_in_tx(
+                            &mut tx, OP, MESSAGE_EVENT, &message.tenant_id, &message.id,
+                            MailEventKind::MessageStored, now_ms(),
+                        )
+                        .await?;
                         tx.commit().await.map_err(db_err(OP))?;
                         Ok(outcome)
                     }
@@ -2275,16 +2288,6 @@ macro_rules! sql_store {
                         return Err(StoreError::Conflict("message"));
                     }
                 };
-                let at_ms = now_ms();
-                for (m, outcome) in messages.iter().zip(&outcomes) {
-                    if matches!(outcome, InsertOutcome::Inserted { .. }) {
-                        Self::event_in_tx(
-                            &mut tx, OP, MESSAGE_EVENT, tenant, &m.id,
-                            MailEventKind::MessageStored, at_ms,
-                        )
-                        .await?;
-                    }
-                }
                 if let Some(history_id) = history_id {
                     let done = sqlx::query(ADVANCE_HISTORY)
                         .bind(inbox_id)
@@ -2305,6 +2308,16 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err(OP))?;
+                let at_ms = now_ms();
+                for (m, outcome) in messages.iter().zip(&outcomes) {
+                    if matches!(outcome, InsertOutcome::Inserted { .. }) {
+                        Self::event_in_tx(
+                            &mut tx, OP, MESSAGE_EVENT, tenant, &m.id,
+                            MailEventKind::MessageStored, at_ms,
+                        )
+                        .await?;
+                    }
+                }
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(outcomes)
             }
@@ -3007,12 +3020,16 @@ macro_rules! sql_store {
                 rows.iter().map(Self::mail_event_from_row).collect()
             }
 
-            async fn latest_mail_event(&self) -> Result<i64, StoreError> {
+            async fn latest_mail_event(&self, tenant: &TenantId) -> Result<i64, StoreError> {
                 let row = sqlx::query(LATEST_MAIL_EVENT)
-                    .fetch_one(&self.pool)
+                    .bind(tenant.as_str())
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err("latest_mail_event"))?;
-                Self::col(&row, "mail_events", "seq")
+                match row {
+                    Some(row) => Self::col(&row, "mail_event_counters", "seq"),
+                    None => Ok(0),
+                }
             }
 
             async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError> {

@@ -76,8 +76,9 @@ const FORGET_TENANT_CHILDREN: [&str; 3] = [
 ];
 /// Every row of a tenant, children first. The audit trail is kept (it outlives what it
 /// refers to).
-const SHRED_TENANT: [&str; 14] = [
+const SHRED_TENANT: [&str; 15] = [
     "DELETE FROM mail_events WHERE tenant_id = $1",
+    "DELETE FROM mail_event_counters WHERE tenant_id = $1",
     "DELETE FROM attachments WHERE tenant_id = $1",
     "DELETE FROM messages WHERE tenant_id = $1",
     "DELETE FROM conversations WHERE tenant_id = $1",
