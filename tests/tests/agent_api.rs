@@ -130,6 +130,9 @@ fn eml(subject: &str, body: &str, day: u32, attachments: &[(&str, &str, &[u8])])
 
 struct Harness {
     base: String,
+    /// The data plane's own handles, to store more mail while the API runs.
+    keyring: Arc<Keyring>,
+    search: Arc<SearchService>,
     http: reqwest::Client,
     /// The control process's handle on the same database.
     control: Arc<dyn Store>,
@@ -309,8 +312,8 @@ impl Harness {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = ApiState {
-            keyring,
-            search,
+            keyring: keyring.clone(),
+            search: search.clone(),
             verifier,
         };
         let server = tokio::spawn(async move {
@@ -322,6 +325,8 @@ impl Harness {
         });
         Harness {
             base,
+            keyring,
+            search,
             http: reqwest::Client::new(),
             control,
             inboxes,
@@ -1061,6 +1066,178 @@ async fn a_conversation_deleted_by_a_replier_vanishes_at_once_and_can_be_restore
     h.shutdown().await;
 }
 
+// --- live events ------------------------------------------------------------------------
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Harness {
+    /// Stores one message in the named inbox through the import pipeline.
+    async fn deliver(&self, name: &str, tenant: &str, subject: &str, day: u32) {
+        let t = TenantId::new(tenant).unwrap();
+        let inbox = tools::find_inbox(&self.keyring, &t, &format!("{name}@{tenant}.test"))
+            .await
+            .unwrap();
+        let raw = [RawMessage {
+            origin: subject.to_owned(),
+            bytes: eml(subject, "liveword", day, &[]),
+        }];
+        let report = tools::import(&self.search, &self.keyring, &inbox, &raw, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(report.stored, 1);
+    }
+
+    /// Opens `/v1/events` (with `query`) as the holder of `token`.
+    async fn events(
+        &self,
+        token: Option<&str>,
+        query: &str,
+    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = format!("{}/v1/events{query}", self.base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().unwrap();
+        if let Some(t) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(socket, _)| socket)
+    }
+}
+
+/// The next event frame (pings and pongs skipped), within 10 s.
+async fn next_event(socket: &mut Socket) -> Value {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the socket is open")
+            .unwrap();
+        match frame {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn live_events_reach_only_agents_who_may_read_their_inbox(h: Harness) {
+    use helpr_dataplane::store::{DeleteReason, Deletion};
+    let ann = token("acme", "ann", &[]);
+    // Without a token there is no socket.
+    match h.events(None, "").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    match h.events(Some(&ann), "?after=-3").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
+    h.grant(
+        "ann-live",
+        "restricted",
+        SubjectKind::Agent,
+        "ann",
+        GrantRole::Reply,
+        None,
+    )
+    .await;
+    let mut socket = h.events(Some(&ann), "").await.unwrap();
+    // Only what happens from now on: the harness's mail is not replayed.
+    h.deliver("org", "acme", "Live org one", 20).await;
+    let e = next_event(&mut socket).await;
+    assert_eq!(e["type"], "message.stored", "{e}");
+    assert_eq!(e["inbox_id"], h.inbox("org"));
+    let first_seq = e["seq"].as_i64().unwrap();
+    let org_conversation = e["conversation_id"].as_str().unwrap().to_owned();
+    assert!(e["message_id"].is_string());
+    // Ids only: nothing of the message is in the frame.
+    assert!(!e.to_string().contains("Live org"), "{e}");
+
+    // The team inbox (ann is not in billing) and another tenant's inbox stay silent; the
+    // granted restricted inbox is heard.
+    h.deliver("team", "acme", "Live team", 21).await;
+    h.deliver("globex-org", "globex", "Live globex", 22).await;
+    h.deliver("restricted", "acme", "Live restricted", 23).await;
+    let e = next_event(&mut socket).await;
+    assert_eq!(e["inbox_id"], h.inbox("restricted"), "{e}");
+
+    // Revoked: from the next batch on, the restricted inbox is silent.
+    assert_eq!(
+        h.control.delete_grant(&meta("ann-live", 1)).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    h.deliver("restricted", "acme", "Live restricted two", 24)
+        .await;
+    h.control
+        .soft_delete_conversation(
+            &TenantId::new("acme").unwrap(),
+            &org_conversation,
+            &Deletion {
+                actor: "agent-7".into(),
+                reason: DeleteReason::User,
+                at_ms: now_ms(),
+            },
+        )
+        .await
+        .unwrap();
+    let e = next_event(&mut socket).await;
+    assert_eq!(e["type"], "conversation.deleted", "{e}");
+    assert_eq!(e["conversation_id"], org_conversation.as_str());
+    assert!(e.get("message_id").is_none(), "{e}");
+    let last_seq = e["seq"].as_i64().unwrap();
+    assert!(last_seq > first_seq + 3, "{first_seq} {last_seq}");
+    drop(socket);
+
+    // Resuming after an event replays what followed it, still access-checked: of the
+    // events after the first, ann may read the restricted message's (as of now: no) and
+    // the deletion.
+    let mut again = h
+        .events(Some(&ann), &format!("?after={first_seq}"))
+        .await
+        .unwrap();
+    let e = next_event(&mut again).await;
+    assert_eq!(e["type"], "conversation.deleted", "{e}");
+    assert_eq!(e["seq"], last_seq);
+    drop(again);
+
+    // A token that expires while the socket is open closes it (within the recheck period).
+    let now = now_secs();
+    let mut short = claims("acme", "ann", &[]);
+    short["iat"] = json!(now - 120);
+    // Inside the 60 s leeway now, outside it in about 3 s.
+    short["exp"] = json!(now - 57);
+    let mut expiring = h
+        .events(Some(&sign_with(SIGNING_KEY, KID, &short)), "")
+        .await
+        .unwrap();
+    use futures::StreamExt as _;
+    let close = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), expiring.next())
+            .await
+            .expect("closed within 15 s");
+        match frame {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    let close = close.unwrap();
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "token expired");
+    h.shutdown().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1094,4 +1271,5 @@ both_backends!(
     messages_are_decrypted_and_attachments_served_as_safe_downloads,
     health_readiness_and_metrics_need_no_token,
     a_conversation_deleted_by_a_replier_vanishes_at_once_and_can_be_restored,
+    live_events_reach_only_agents_who_may_read_their_inbox,
 );

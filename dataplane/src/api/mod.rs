@@ -1,5 +1,5 @@
-//! The agent API (`helpr-dataplane api`): HTTP/JSON for helpdesk agents, with per-inbox
-//! access enforced on every call and every search hit.
+//! The agent API (`helpr-dataplane api`): HTTP/JSON and a WebSocket for helpdesk agents,
+//! with per-inbox access enforced on every call, every search hit and every live event.
 //!
 //! | route | answer |
 //! |---|---|
@@ -10,6 +10,7 @@
 //! | `POST /v1/conversations/{id}/restore` | restores what was soft-deleted within the grace period (role `reply` or `configure`) |
 //! | `GET /v1/messages/{id}/attachments/{ordinal}` | the attachment's bytes (`Content-Disposition: attachment`) |
 //! | `GET /v1/search?q=&inbox=&cursor=&limit=` | search restricted to the caller's inboxes (in the index query), every hit re-checked |
+//! | `GET /v1/events?after=` | WebSocket of live mail events (ids only), each checked against the caller's access when delivered ([`events`]) |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, database reachability, counters (no authentication) |
 //!
 //! - **Authentication**: every `/v1` call needs `Authorization: Bearer <OIDC token>`
@@ -36,6 +37,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod routes;
 
 use std::future::Future;
@@ -158,6 +160,7 @@ pub fn router(state: ApiState) -> Router {
             get(routes::get_attachment),
         )
         .route("/v1/search", get(routes::search))
+        .route("/v1/events", get(events::events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route(

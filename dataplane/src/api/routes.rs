@@ -70,7 +70,7 @@ impl Caller {
 
 /// The bearer token of a request: exactly one `Authorization` header, scheme `Bearer`
 /// (any case), a non-empty token of at most 16 KiB.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next()?;
     if values.next().is_some() || value.len() > MAX_TOKEN_BYTES + 7 {
@@ -122,7 +122,7 @@ pub struct SearchParams {
     pub limit: Option<String>,
 }
 
-fn params<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn params<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(p)| p)
         .map_err(|_| ApiError::invalid("malformed query parameters"))
 }

@@ -1,0 +1,254 @@
+//! `GET /v1/events`: live mail events over a WebSocket, each checked against the caller's
+//! access when it is delivered.
+//!
+//! - **Authentication** as for every `/v1` call (`Authorization: Bearer`, checked before the
+//!   upgrade: 401 without it). The token is verified again every [`TOKEN_RECHECK`]; once it
+//!   has expired (or its key is gone) the server closes the socket with code 1008 and the
+//!   reason `token expired`. A client reconnects with a fresh token and `?after=` the last
+//!   `seq` it saw.
+//! - **Frames**: one JSON text frame per event, ids only, never content:
+//!   `{"seq": 7, "type": "message.stored", "inbox_id": "…", "conversation_id": "…",
+//!   "message_id": "…", "at_ms": 1764…}`. Types: `message.stored`, `message.deleted`,
+//!   `message.restored`, `conversation.deleted`, `conversation.restored` (the latter two
+//!   without `message_id`). What changed is read through the other routes, which check access
+//!   again.
+//! - **Access**: the tenant's inboxes, settings and grants are read from the store for every
+//!   batch of events, so a grant revoked (or expired, or an inbox made restricted) through
+//!   the control API stops that inbox's events from the next batch on, in every process. An
+//!   event of an inbox the caller may not read is skipped, never sent.
+//! - **Order and resumption**: a tenant's events are numbered 1, 2, 3, ... in commit order
+//!   (see migration `0010_mail_events`); they arrive in that order. Without `after` the socket
+//!   delivers what happens from the upgrade on; `after=N` resumes after event N (events are
+//!   kept for [`RETENTION`]; a client away longer reloads its views).
+//! - **Delivery**: the store is read every [`POLL`]; a ping goes out every [`PING`]. Frames
+//!   from the client other than close are ignored. A database outage closes the socket with
+//!   code 1011; the client reconnects with `after`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::routes::{Caller, bearer, params};
+use crate::access::{AccessIndex, Agent};
+use crate::metrics::Counter;
+use crate::store::{MailEvent, now_ms};
+
+/// How often the store is read for new events.
+pub const POLL: Duration = Duration::from_millis(250);
+/// How often the caller's token is verified again.
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(5);
+/// How often a ping is sent.
+pub const PING: Duration = Duration::from_secs(30);
+/// How long events are kept.
+pub const RETENTION: Duration = Duration::from_secs(3600);
+/// Most events read (and sent) per poll.
+const BATCH: u32 = 500;
+/// Largest frame accepted from a client (they have nothing to say but close).
+const MAX_CLIENT_FRAME: usize = 4096;
+
+static DELIVERED: Counter = Counter::new(
+    "helpr_api_events_delivered_total",
+    "",
+    "Live events sent to agents",
+);
+static WITHHELD: Counter = Counter::new(
+    "helpr_api_events_withheld_total",
+    "",
+    "Live events not sent because the agent may not read their inbox",
+);
+
+/// When this process last pruned old events (epoch ms).
+static LAST_PRUNE_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Parameters of `GET /v1/events`.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventParams {
+    pub after: Option<String>,
+}
+
+/// Upgrades to the event socket (see the module docs).
+pub async fn events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    query: Result<Query<EventParams>, QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let p = params(query)?;
+    // The extractor verified it; kept to verify again while the socket is open.
+    let token = bearer(&headers)
+        .ok_or_else(ApiError::unauthenticated)?
+        .to_owned();
+    let after = match p.after.as_deref() {
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::invalid("after must be an event sequence number"))?,
+        None => {
+            state
+                .store()
+                .latest_mail_event(&caller.agent.tenant)
+                .await?
+        }
+    };
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| stream(socket, state, caller.agent, token, after)))
+}
+
+/// Why the server ends a socket.
+enum End {
+    /// The client left or the connection broke.
+    Gone,
+    Close(u16, &'static str),
+}
+
+async fn stream(mut socket: WebSocket, state: ApiState, agent: Agent, token: String, after: i64) {
+    let end = follow(&mut socket, &state, &agent, &token, after).await;
+    if let End::Close(code, reason) = end {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+    }
+}
+
+async fn follow(
+    socket: &mut WebSocket,
+    state: &ApiState,
+    agent: &Agent,
+    token: &str,
+    mut cursor: i64,
+) -> End {
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recheck_at = Instant::now() + TOKEN_RECHECK;
+    let mut ping_at = Instant::now() + PING;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            frame = socket.recv() => match frame {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
+                Some(Ok(_)) => continue,
+            },
+        }
+        let now = Instant::now();
+        if now >= recheck_at {
+            match state.verifier.verify(token, SystemTime::now()).await {
+                Ok(again) if again == *agent => {}
+                // The issuer's keys cannot be fetched right now: the token was good.
+                Err(e) if e.is_unavailable() => {}
+                _ => return End::Close(1008, "token expired"),
+            }
+            recheck_at = now + TOKEN_RECHECK;
+        }
+        if now >= ping_at {
+            if socket
+                .send(Message::Ping(Default::default()))
+                .await
+                .is_err()
+            {
+                return End::Gone;
+            }
+            ping_at = now + PING;
+        }
+        prune(state).await;
+        let events = match state
+            .store()
+            .mail_events_after(&agent.tenant, cursor, BATCH)
+            .await
+        {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(tenant = %agent.tenant, error = %e, "live events: database unavailable");
+                return End::Close(1011, "database unavailable");
+            }
+        };
+        let Some(last) = events.last() else { continue };
+        let last = last.seq;
+        // Read now, after the events: a grant revoked before they were read is seen.
+        let access = match AccessIndex::load(state.store().as_ref(), &agent.tenant).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(tenant = %agent.tenant, error = %e, "live events: database unavailable");
+                return End::Close(1011, "database unavailable");
+            }
+        };
+        let at = now_ms();
+        for event in events {
+            if access.role(agent, &event.inbox_id, at).is_none() {
+                WITHHELD.inc();
+                continue;
+            }
+            if socket
+                .send(Message::Text(frame(&event).into()))
+                .await
+                .is_err()
+            {
+                return End::Gone;
+            }
+            DELIVERED.inc();
+        }
+        cursor = last;
+    }
+}
+
+/// The JSON text of one event.
+fn frame(event: &MailEvent) -> String {
+    serde_json::to_string(event).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// Deletes events older than [`RETENTION`], at most once a minute per process.
+async fn prune(state: &ApiState) {
+    let now = now_ms();
+    let last = LAST_PRUNE_MS.load(Ordering::Relaxed);
+    if now - last < 60_000
+        || LAST_PRUNE_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let before = now - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
+    if let Err(e) = state.store().prune_mail_events(before).await {
+        tracing::warn!(error = %e, "live events: old events not pruned");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MailEventKind;
+
+    #[test]
+    fn frames_hold_ids_only() {
+        let e = MailEvent {
+            seq: 7,
+            kind: MailEventKind::ConversationDeleted,
+            inbox_id: "i1".into(),
+            conversation_id: "c1".into(),
+            message_id: None,
+            at_ms: 5,
+        };
+        let v: serde_json::Value = serde_json::from_str(&frame(&e)).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "seq": 7, "type": "conversation.deleted", "inbox_id": "i1",
+                "conversation_id": "c1", "at_ms": 5
+            })
+        );
+    }
+}
