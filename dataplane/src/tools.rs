@@ -277,8 +277,9 @@ pub const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_s
 
 /// Indexes whatever is pending for every tenant (or only `only`), every `interval`, until
 /// `shutdown` turns true, and runs the backend's housekeeping every
-/// [`MAINTENANCE_INTERVAL`]. Tenant indexes holding deleted documents are compacted on the
-/// first round and then at most every [`COMPACTION_INTERVAL`]. A tenant whose index another process holds is skipped (and
+/// [`MAINTENANCE_INTERVAL`] (which also prunes live events past their retention). Tenant
+/// indexes holding deleted documents are compacted on the first round and then at most every
+/// [`COMPACTION_INTERVAL`]. A tenant whose index another process holds is skipped (and
 /// logged once) until the holder lets go; other failures are logged and retried on the
 /// next round.
 pub async fn run_indexer(
@@ -337,6 +338,9 @@ pub async fn run_indexer(
                 Err(e) => {
                     tracing::warn!(error = %e, "search backend housekeeping failed; retrying")
                 }
+            }
+            if let Err(e) = crate::store::prune_expired_mail_events(store.as_ref()).await {
+                tracing::warn!(error = %e, "pruning old live events failed; retrying");
             }
         }
         tokio::select! {

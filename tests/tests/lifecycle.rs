@@ -642,3 +642,57 @@ async fn purge_waits_for_the_index_holder_to_remove_unconfirmed_mail() {
     indexer.await.unwrap();
     assert_eq!(env.documents().await, 2);
 }
+
+/// The indexer's housekeeping (every deployment that writes mail runs it) prunes live
+/// events past their retention, keeping the recent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_prunes_live_events_past_their_retention() {
+    use helpr_dataplane::store::{DeleteReason, Deletion};
+    let env = Env::new(false).await;
+    env.import(&sample()).await;
+    let t = &env.tenant;
+    let conversation = env.conversation_of("shipping").await;
+    // A deletion recorded a month ago: its event is past the hour it is kept.
+    env.store
+        .soft_delete_conversation(
+            t,
+            &conversation,
+            &Deletion {
+                actor: "agent-7".into(),
+                reason: DeleteReason::User,
+                at_ms: T0,
+            },
+        )
+        .await
+        .unwrap();
+    let events = env.store.mail_events_after(t, 0, 100).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.at_ms == T0).count(), 1);
+    let recent = events.len() - 1;
+    assert!(recent > 0);
+
+    let svc = Arc::new(SearchService::new(
+        env.keyring.clone(),
+        env.index.clone(),
+        Mode::Blind,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let indexer = tokio::spawn(tools::run_indexer(
+        svc,
+        env.store.clone(),
+        Duration::from_millis(20),
+        Some(t.clone()),
+        stopped,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = env.store.mail_events_after(t, 0, 100).await.unwrap();
+        if left.len() == recent {
+            assert!(left.iter().all(|e| e.at_ms != T0));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    indexer.await.unwrap();
+}

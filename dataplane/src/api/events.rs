@@ -19,7 +19,8 @@
 //! - **Order and resumption**: a tenant's events are numbered 1, 2, 3, ... in commit order
 //!   (see migration `0010_mail_events`); they arrive in that order. Without `after` the socket
 //!   delivers what happens from the upgrade on; `after=N` resumes after event N (events are
-//!   kept for [`RETENTION`]; a client away longer reloads its views).
+//!   kept for [`crate::store::MAIL_EVENT_RETENTION_MS`], an hour; a client away longer
+//!   reloads its views).
 //! - **Delivery**: the store is read every [`POLL`]; a ping goes out every [`PING`]. Frames
 //!   from the client other than close are ignored. A database outage closes the socket with
 //!   code 1011; the client reconnects with `after`.
@@ -39,7 +40,7 @@ use super::error::ApiError;
 use super::routes::{Caller, bearer, params};
 use crate::access::{AccessIndex, Agent};
 use crate::metrics::Counter;
-use crate::store::{MailEvent, now_ms};
+use crate::store::{MailEvent, now_ms, prune_expired_mail_events};
 
 /// How often the store is read for new events.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -47,8 +48,6 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(5);
 /// How often a ping is sent.
 pub const PING: Duration = Duration::from_secs(30);
-/// How long events are kept.
-pub const RETENTION: Duration = Duration::from_secs(3600);
 /// Most events read (and sent) per poll.
 const BATCH: u32 = 500;
 /// Largest frame accepted from a client (they have nothing to say but close).
@@ -210,7 +209,9 @@ fn frame(event: &MailEvent) -> String {
     serde_json::to_string(event).unwrap_or_else(|_| String::from("{}"))
 }
 
-/// Deletes events older than [`RETENTION`], at most once a minute per process.
+/// Deletes events older than [`crate::store::MAIL_EVENT_RETENTION_MS`], at most once a
+/// minute per process (the indexers' housekeeping prunes too, for deployments without this
+/// API).
 async fn prune(state: &ApiState) {
     let now = now_ms();
     let last = LAST_PRUNE_MS.load(Ordering::Relaxed);
@@ -221,8 +222,7 @@ async fn prune(state: &ApiState) {
     {
         return;
     }
-    let before = now - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
-    if let Err(e) = state.store().prune_mail_events(before).await {
+    if let Err(e) = prune_expired_mail_events(state.store().as_ref()).await {
         tracing::warn!(error = %e, "live events: old events not pruned");
     }
 }

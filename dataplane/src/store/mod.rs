@@ -994,6 +994,17 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError>;
 }
 
+/// How long live events are kept (`/v1/events` resumes within it).
+pub const MAIL_EVENT_RETENTION_MS: UnixMillis = 3_600_000;
+
+/// Deletes live events older than [`MAIL_EVENT_RETENTION_MS`] (the indexer's housekeeping
+/// and the agent API both call it); returns how many.
+pub async fn prune_expired_mail_events(store: &dyn Store) -> Result<u64, StoreError> {
+    store
+        .prune_mail_events(now_ms() - MAIL_EVENT_RETENTION_MS)
+        .await
+}
+
 /// What a live event says happened (ids only, never content).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum MailEventKind {
