@@ -4,8 +4,9 @@
 //! - **Authentication** as for every `/v1` call (`Authorization: Bearer`, checked before the
 //!   upgrade: 401 without it). The token is verified again every [`TOKEN_RECHECK`]; once it
 //!   has expired (or its key is gone) the server closes the socket with code 1008 and the
-//!   reason `token expired`. A client reconnects with a fresh token and `?after=` the last
-//!   `seq` it saw.
+//!   reason `token expired`; if the issuer's keys cannot be fetched to check it, with 1013
+//!   (`issuer keys unavailable`). A client reconnects with a fresh token and `?after=` the
+//!   last `seq` it saw.
 //! - **Frames**: one JSON text frame per event, ids only, never content:
 //!   `{"seq": 7, "type": "message.stored", "inbox_id": "…", "conversation_id": "…",
 //!   "message_id": "…", "at_ms": 1764…}`. Types: `message.stored`, `message.deleted`,
@@ -147,8 +148,10 @@ async fn follow(
         if now >= recheck_at {
             match state.verifier.verify(token, SystemTime::now()).await {
                 Ok(again) if again == *agent => {}
-                // The issuer's keys cannot be fetched right now: the token was good.
-                Err(e) if e.is_unavailable() => {}
+                // Fail closed: without the issuer's keys the token cannot be checked again.
+                Err(e) if e.is_unavailable() => {
+                    return End::Close(1013, "issuer keys unavailable");
+                }
                 _ => return End::Close(1008, "token expired"),
             }
             recheck_at = now + TOKEN_RECHECK;
