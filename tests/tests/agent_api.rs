@@ -1094,17 +1094,36 @@ impl Harness {
         token: Option<&str>,
         query: &str,
     ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        let headers: Vec<(&'static str, String)> = token
+            .map(|t| vec![("authorization", format!("Bearer {t}"))])
+            .unwrap_or_default();
+        self.events_with(&headers, query)
+            .await
+            .map(|(socket, _)| socket)
+    }
+
+    /// Opens `/v1/events` with these request headers; also returns the subprotocol the
+    /// server selected.
+    async fn events_with(
+        &self,
+        headers: &[(&'static str, String)],
+        query: &str,
+    ) -> Result<(Socket, Option<String>), tokio_tungstenite::tungstenite::Error> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
         let url = format!("{}/v1/events{query}", self.base.replacen("http", "ws", 1));
         let mut request = url.into_client_request().unwrap();
-        if let Some(t) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse().unwrap());
         }
         tokio_tungstenite::connect_async(request)
             .await
-            .map(|(socket, _)| socket)
+            .map(|(socket, response)| {
+                let protocol = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (socket, protocol)
+            })
     }
 }
 
@@ -1238,6 +1257,50 @@ async fn live_events_reach_only_agents_who_may_read_their_inbox(h: Harness) {
     h.shutdown().await;
 }
 
+/// Browsers cannot set headers on a WebSocket: they name the `helpr.v1` subprotocol and
+/// carry the token in a `bearer.<token>` entry, which is checked like the header.
+async fn live_events_take_a_browser_token_from_the_subprotocols(h: Harness) {
+    let ann = token("acme", "ann", &[]);
+    let protocols = |value: String| vec![("sec-websocket-protocol", value)];
+    let (mut socket, selected) = h
+        .events_with(&protocols(format!("helpr.v1, bearer.{ann}")), "")
+        .await
+        .unwrap();
+    assert_eq!(selected.as_deref(), Some("helpr.v1"));
+    h.deliver("org", "acme", "Live browser", 25).await;
+    let e = next_event(&mut socket).await;
+    assert_eq!(e["inbox_id"], h.inbox("org"), "{e}");
+    drop(socket);
+
+    let unauthorized =
+        |r: Result<(Socket, Option<String>), tokio_tungstenite::tungstenite::Error>| match r {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            }
+            other => panic!("{:?}", other.map(|(_, p)| p)),
+        };
+    // Without the subprotocol, with two tokens, or a bad one: 401.
+    unauthorized(h.events_with(&protocols(format!("bearer.{ann}")), "").await);
+    unauthorized(
+        h.events_with(
+            &protocols(format!("helpr.v1, bearer.{ann}, bearer.{ann}")),
+            "",
+        )
+        .await,
+    );
+    unauthorized(
+        h.events_with(&protocols("helpr.v1, bearer.garbage".into()), "")
+            .await,
+    );
+    // A bad Authorization header is not overridden by a good subprotocol token.
+    let mut both = protocols(format!("helpr.v1, bearer.{ann}"));
+    both.push(("authorization", "Basic Zm9vOmJhcg==".into()));
+    unauthorized(h.events_with(&both, "").await);
+    // A token in the URL is not a token.
+    unauthorized(h.events_with(&[], &format!("?access_token={ann}")).await);
+    h.shutdown().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1272,4 +1335,5 @@ both_backends!(
     health_readiness_and_metrics_need_no_token,
     a_conversation_deleted_by_a_replier_vanishes_at_once_and_can_be_restored,
     live_events_reach_only_agents_who_may_read_their_inbox,
+    live_events_take_a_browser_token_from_the_subprotocols,
 );

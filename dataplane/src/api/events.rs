@@ -1,8 +1,12 @@
 //! `GET /v1/events`: live mail events over a WebSocket, each checked against the caller's
 //! access when it is delivered.
 //!
-//! - **Authentication** as for every `/v1` call (`Authorization: Bearer`, checked before the
-//!   upgrade: 401 without it). The token is verified again every [`TOKEN_RECHECK`]; once it
+//! - **Authentication** as for every `/v1` call, checked before the upgrade (401 without a
+//!   good token): `Authorization: Bearer <token>`, or, for browsers (which cannot set headers
+//!   on a WebSocket), the subprotocols `Sec-WebSocket-Protocol: helpr.v1,
+//!   bearer.<token>` (as Kubernetes' apiserver takes `base64url.bearer.authorization.k8s.io.`
+//!   tokens); the server then selects `helpr.v1`. A token is never accepted from the URL.
+//!   Either way the token is verified again every [`TOKEN_RECHECK`]; once it
 //!   has expired (or its key is gone) the server closes the socket with code 1008 and the
 //!   reason `token expired`; if the issuer's keys cannot be fetched to check it, with 1013
 //!   (`issuer keys unavailable`). A client reconnects with a fresh token and `?after=` the
@@ -32,14 +36,15 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::routes::{Caller, bearer, params};
+use super::routes::{authenticate, bearer, params};
 use crate::access::{AccessIndex, Agent};
+use crate::ingest::jwt::MAX_TOKEN_BYTES;
 use crate::metrics::Counter;
 use crate::store::{MailEvent, now_ms, prune_expired_mail_events};
 
@@ -74,19 +79,48 @@ pub struct EventParams {
     pub after: Option<String>,
 }
 
+/// The subprotocol a browser client names, and the server selects.
+pub const SUBPROTOCOL: &str = "helpr.v1";
+/// Prefix of the subprotocol entry that carries a browser client's token.
+const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// The token of a browser client: the `bearer.<token>` entry of `Sec-WebSocket-Protocol`,
+/// if the header also names [`SUBPROTOCOL`] (exactly one token entry).
+fn protocol_token(headers: &HeaderMap) -> Option<&str> {
+    let mut named = false;
+    let mut token = None;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for entry in value.to_str().ok()?.split(',').map(str::trim) {
+            if entry == SUBPROTOCOL {
+                named = true;
+            } else if let Some(t) = entry.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
+                if token.is_some() || t.is_empty() || t.len() > MAX_TOKEN_BYTES {
+                    return None;
+                }
+                token = Some(t);
+            }
+        }
+    }
+    token.filter(|_| named)
+}
+
 /// Upgrades to the event socket (see the module docs).
 pub async fn events(
     State(state): State<ApiState>,
-    caller: Caller,
     headers: HeaderMap,
     query: Result<Query<EventParams>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // The Authorization header when there is one; else the subprotocol token.
+    let token = match bearer(&headers) {
+        Some(t) => Some(t),
+        None if headers.contains_key(header::AUTHORIZATION) => None,
+        None => protocol_token(&headers),
+    };
+    let caller = authenticate(&state, token).await?;
+    // Kept to verify again while the socket is open.
+    let token = token.unwrap_or_default().to_owned();
     let p = params(query)?;
-    // The extractor verified it; kept to verify again while the socket is open.
-    let token = bearer(&headers)
-        .ok_or_else(ApiError::unauthenticated)?
-        .to_owned();
     let after = match p.after.as_deref() {
         Some(s) => s
             .parse::<i64>()
@@ -101,6 +135,7 @@ pub async fn events(
         }
     };
     Ok(upgrade
+        .protocols([SUBPROTOCOL])
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| stream(socket, state, caller.agent, token, after)))

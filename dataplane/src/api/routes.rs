@@ -85,21 +85,30 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let Some(token) = bearer(&parts.headers) else {
+        authenticate(state, bearer(&parts.headers)).await
+    }
+}
+
+/// The caller a bearer token names, or the 401 (503 when the issuer's keys cannot be
+/// fetched) of every `/v1` call.
+pub(crate) async fn authenticate(
+    state: &ApiState,
+    token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let Some(token) = token else {
+        AUTH_REJECTED.inc();
+        return Err(ApiError::unauthenticated());
+    };
+    match state.verifier.verify(token, SystemTime::now()).await {
+        Ok(agent) => Ok(Caller { agent }),
+        Err(e) if e.is_unavailable() => Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "the issuer's signing keys are unavailable; try again",
+        )),
+        Err(e) => {
             AUTH_REJECTED.inc();
-            return Err(ApiError::unauthenticated());
-        };
-        match state.verifier.verify(token, SystemTime::now()).await {
-            Ok(agent) => Ok(Caller { agent }),
-            Err(e) if e.is_unavailable() => Err(ApiError::new(
-                ErrorKind::Unavailable,
-                "the issuer's signing keys are unavailable; try again",
-            )),
-            Err(e) => {
-                AUTH_REJECTED.inc();
-                tracing::info!(reason = e.reason(), "agent token rejected");
-                Err(ApiError::unauthenticated())
-            }
+            tracing::info!(reason = e.reason(), "agent token rejected");
+            Err(ApiError::unauthenticated())
         }
     }
 }
