@@ -41,6 +41,29 @@ struct Env {
 }
 
 impl Env {
+    /// The holder's background indexer for the tenant (every 20 ms), and its stop switch.
+    fn spawn_indexer(
+        &self,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let svc = Arc::new(SearchService::new(
+            self.keyring.clone(),
+            self.index.clone(),
+            Mode::Blind,
+        ));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let indexer = tokio::spawn(tools::run_indexer(
+            svc,
+            self.store.clone(),
+            Duration::from_millis(20),
+            Some(self.tenant.clone()),
+            stopped,
+        ));
+        (stop, indexer)
+    }
+
     async fn new(postgres: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let (store, pg, sqlite): (Arc<dyn Store>, _, _) = if postgres {
@@ -620,19 +643,7 @@ async fn purge_waits_for_the_index_holder_to_remove_unconfirmed_mail() {
 
     // The holder's indexer compacts what the purge could not.
     assert!(env.index.stats(t).await.unwrap().deleted_documents > 0);
-    let svc = Arc::new(SearchService::new(
-        env.keyring.clone(),
-        env.index.clone(),
-        Mode::Blind,
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let indexer = tokio::spawn(tools::run_indexer(
-        svc,
-        env.store.clone(),
-        Duration::from_millis(20),
-        Some(t.clone()),
-        stopped,
-    ));
+    let (stop, indexer) = env.spawn_indexer();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while env.index.stats(t).await.unwrap().deleted_documents > 0 {
         assert!(std::time::Instant::now() < deadline, "not compacted");
@@ -670,19 +681,7 @@ async fn the_indexer_prunes_live_events_past_their_retention() {
     let recent = events.len() - 1;
     assert!(recent > 0);
 
-    let svc = Arc::new(SearchService::new(
-        env.keyring.clone(),
-        env.index.clone(),
-        Mode::Blind,
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let indexer = tokio::spawn(tools::run_indexer(
-        svc,
-        env.store.clone(),
-        Duration::from_millis(20),
-        Some(t.clone()),
-        stopped,
-    ));
+    let (stop, indexer) = env.spawn_indexer();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let left = env.store.mail_events_after(t, 0, 100).await.unwrap();
