@@ -271,6 +271,42 @@ mod tests {
     use crate::store::MailEventKind;
 
     #[test]
+    fn a_browser_token_needs_the_subprotocol_and_comes_once() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    v.parse()
+                        .unwrap_or_else(|_| header::HeaderValue::from_static("")),
+                );
+            }
+            h
+        };
+        assert_eq!(
+            protocol_token(&headers(&["helpr.v1, bearer.abc"])),
+            Some("abc")
+        );
+        // Over two header lines, in any order, with spaces.
+        assert_eq!(
+            protocol_token(&headers(&["bearer.abc ", " helpr.v1"])),
+            Some("abc")
+        );
+        for refused in [
+            &["bearer.abc"][..],
+            &["helpr.v1"],
+            &["helpr.v1, bearer."],
+            &["helpr.v1, bearer.abc, bearer.def"],
+            &["helpr.v1", "bearer.abc", "bearer.abc"],
+            &["helpr.v2, bearer.abc"],
+        ] {
+            assert_eq!(protocol_token(&headers(refused)), None, "{refused:?}");
+        }
+        let long = format!("helpr.v1, bearer.{}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(protocol_token(&headers(&[long.as_str()])), None);
+    }
+
+    #[test]
     fn frames_hold_ids_only() {
         let e = MailEvent {
             seq: 7,
