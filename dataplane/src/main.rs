@@ -945,11 +945,7 @@ async fn run_api(settings: &Settings, listen: std::net::SocketAddr) -> anyhow::R
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "agent api serving http");
     println!("agent api listening on {addr}");
-    let state = ApiState {
-        keyring,
-        search: std::sync::Arc::new(search),
-        verifier,
-    };
+    let state = ApiState::new(keyring, std::sync::Arc::new(search), verifier);
     serve(state, listener, shutdown_signal()).await?;
     Ok(())
 }

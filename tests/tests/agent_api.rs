@@ -311,11 +311,7 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = ApiState {
-            keyring: keyring.clone(),
-            search: search.clone(),
-            verifier,
-        };
+        let state = ApiState::new(keyring.clone(), search.clone(), verifier);
         let server = tokio::spawn(async move {
             serve(state, listener, async move {
                 let _ = stopped.await;
@@ -1301,6 +1297,38 @@ async fn live_events_take_a_browser_token_from_the_subprotocols(h: Harness) {
     h.shutdown().await;
 }
 
+/// The store is read once per tenant and poll, however many sockets are open: six sockets
+/// of two tenants make two readers, and every socket hears each event.
+async fn live_events_share_one_reader_per_tenant(h: Harness) {
+    let feed_reads = || async {
+        let text = h.get_raw("/metrics", None).await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("helpr_api_event_feed_reads_total "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    let ann = token("acme", "ann", &[]);
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(h.events(Some(&ann), "").await.unwrap());
+    }
+    let _globex = h
+        .events(Some(&token("globex", "gail", &[])), "")
+        .await
+        .unwrap();
+    let before = feed_reads().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = feed_reads().await - before;
+    // Two readers at 4 reads a second: about 16 (one reader per socket would be about 48).
+    assert!((1..=24).contains(&reads), "{reads} reads in 2 s");
+    h.deliver("org", "acme", "Live shared", 26).await;
+    for socket in &mut sockets {
+        let e = next_event(socket).await;
+        assert_eq!(e["inbox_id"], h.inbox("org"), "{e}");
+    }
+    h.shutdown().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1336,4 +1364,5 @@ both_backends!(
     a_conversation_deleted_by_a_replier_vanishes_at_once_and_can_be_restored,
     live_events_reach_only_agents_who_may_read_their_inbox,
     live_events_take_a_browser_token_from_the_subprotocols,
+    live_events_share_one_reader_per_tenant,
 );

@@ -18,7 +18,7 @@
 //!   without `message_id`). What changed is read through the other routes, which check access
 //!   again.
 //! - **Access**: the tenant's inboxes, settings and grants are read from the store for every
-//!   batch of events, so a grant revoked (or expired, or an inbox made restricted) through
+//!   batch of events (once per batch for all sockets of the tenant), so a grant revoked (or expired, or an inbox made restricted) through
 //!   the control API stops that inbox's events from the next batch on, in every process. An
 //!   event of an inbox the caller may not read is skipped, never sent.
 //! - **Order and resumption**: a tenant's events are numbered 1, 2, 3, ... in commit order
@@ -26,11 +26,17 @@
 //!   delivers what happens from the upgrade on; `after=N` resumes after event N (events are
 //!   kept for [`crate::store::MAIL_EVENT_RETENTION_MS`], an hour; a client away longer
 //!   reloads its views).
-//! - **Delivery**: the store is read every [`POLL`]; a ping goes out every [`PING`]. Frames
-//!   from the client other than close are ignored. A database outage closes the socket with
-//!   code 1011; the client reconnects with `after`.
+//! - **Delivery** ([`EventHub`]): one task per tenant with open sockets in this process reads
+//!   the store every [`POLL`] and hands each batch, with the tenant's access read once for
+//!   all of them, to every socket of the tenant. A socket that resumes from an older event,
+//!   or falls behind, reads the gap from the store itself first. A ping goes out every
+//!   [`PING`]; frames from the client other than close are ignored. While the database is
+//!   unreachable, events wait (the feed retries); a socket whose own read fails is closed
+//!   with code 1011, and the client reconnects with `after`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::rejection::QueryRejection;
@@ -39,14 +45,16 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
 use super::ApiState;
 use super::error::ApiError;
 use super::routes::{authenticate, bearer, params};
 use crate::access::{AccessIndex, Agent};
+use crate::ids::TenantId;
 use crate::ingest::jwt::MAX_TOKEN_BYTES;
 use crate::metrics::Counter;
-use crate::store::{MailEvent, now_ms, prune_expired_mail_events};
+use crate::store::{MailEvent, Store, StoreError, now_ms, prune_expired_mail_events};
 
 /// How often the store is read for new events.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -63,6 +71,11 @@ static DELIVERED: Counter = Counter::new(
     "helpr_api_events_delivered_total",
     "",
     "Live events sent to agents",
+);
+static FEED_READS: Counter = Counter::new(
+    "helpr_api_event_feed_reads_total",
+    "",
+    "Reads of the live-event log by the per-tenant feeds",
 );
 static WITHHELD: Counter = Counter::new(
     "helpr_api_events_withheld_total",
@@ -148,6 +161,115 @@ enum End {
     Close(u16, &'static str),
 }
 
+/// Events read together, with the tenant's access as read right after them.
+pub struct Batch {
+    pub events: Vec<MailEvent>,
+    pub access: Arc<AccessIndex>,
+}
+
+/// The live-event readers of one process: one task per tenant with open sockets reads the
+/// store every [`POLL`] and hands each batch (with the tenant's access, read once for all
+/// sockets) to every socket of that tenant. The task ends when the tenant's last socket
+/// does.
+pub struct EventHub {
+    store: Arc<dyn Store>,
+    feeds: Mutex<HashMap<TenantId, Weak<Feed>>>,
+}
+
+/// One tenant's reader, alive while a socket holds it.
+pub struct Feed {
+    batches: broadcast::Sender<Arc<Batch>>,
+}
+
+/// Batches a slow socket may fall behind by before it reads the store itself.
+const FEED_BACKLOG: usize = 64;
+
+impl EventHub {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            feeds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant's feed (started if none runs) and a receiver of its batches from now on.
+    async fn subscribe(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(Arc<Feed>, broadcast::Receiver<Arc<Batch>>), StoreError> {
+        if let Some(feed) = self.running(tenant) {
+            let rx = feed.batches.subscribe();
+            return Ok((feed, rx));
+        }
+        let start = self.store.latest_mail_event(tenant).await?;
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        // Another socket may have started it meanwhile.
+        if let Some(feed) = feeds.get(tenant).and_then(Weak::upgrade) {
+            let rx = feed.batches.subscribe();
+            return Ok((feed, rx));
+        }
+        let (batches, rx) = broadcast::channel(FEED_BACKLOG);
+        let feed = Arc::new(Feed { batches });
+        feeds.retain(|_, f| f.strong_count() > 0);
+        feeds.insert(tenant.clone(), Arc::downgrade(&feed));
+        tokio::spawn(read_feed(
+            self.store.clone(),
+            tenant.clone(),
+            Arc::downgrade(&feed),
+            start,
+        ));
+        Ok((feed, rx))
+    }
+
+    fn running(&self, tenant: &TenantId) -> Option<Arc<Feed>> {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .and_then(Weak::upgrade)
+    }
+}
+
+/// Reads the tenant's events after `cursor` every [`POLL`] while a socket holds the feed.
+async fn read_feed(store: Arc<dyn Store>, tenant: TenantId, feed: Weak<Feed>, mut cursor: i64) {
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let Some(feed) = feed.upgrade() else { return };
+        prune(store.as_ref()).await;
+        FEED_READS.inc();
+        match read_batch(store.as_ref(), &tenant, cursor).await {
+            Ok(Some(batch)) => {
+                if let Some(last) = batch.events.last() {
+                    cursor = last.seq;
+                }
+                // No receiver left: the next tick finds the feed gone.
+                let _ = feed.batches.send(Arc::new(batch));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "live events: database unavailable; retrying");
+            }
+        }
+    }
+}
+
+/// Up to [`BATCH`] events of the tenant after `cursor`, with its access read after them
+/// (so a grant revoked before they were read is seen); `None` when there are none.
+async fn read_batch(
+    store: &dyn Store,
+    tenant: &TenantId,
+    cursor: i64,
+) -> Result<Option<Batch>, StoreError> {
+    let events = store.mail_events_after(tenant, cursor, BATCH).await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let access = Arc::new(AccessIndex::load(store, tenant).await?);
+    Ok(Some(Batch { events, access }))
+}
+
 async fn stream(mut socket: WebSocket, state: ApiState, agent: Agent, token: String, after: i64) {
     let end = follow(&mut socket, &state, &agent, &token, after).await;
     if let End::Close(code, reason) = end {
@@ -160,24 +282,122 @@ async fn stream(mut socket: WebSocket, state: ApiState, agent: Agent, token: Str
     }
 }
 
+/// Sends the events of `batch` after `cursor` that the agent may read; returns the new
+/// cursor, or `None` if the client is gone.
+async fn deliver(
+    socket: &mut WebSocket,
+    agent: &Agent,
+    batch: &Batch,
+    mut cursor: i64,
+) -> Option<i64> {
+    let at = now_ms();
+    let from = cursor;
+    for event in batch.events.iter().filter(|e| e.seq > from) {
+        cursor = event.seq;
+        if batch.access.role(agent, &event.inbox_id, at).is_none() {
+            WITHHELD.inc();
+            continue;
+        }
+        if socket
+            .send(Message::Text(frame(event).into()))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        DELIVERED.inc();
+    }
+    Some(cursor)
+}
+
+/// Reads the store itself from `cursor` up to `until` (or to the end): a socket that
+/// resumes from an older event, or fell behind its feed. Returns the new cursor.
+async fn catch_up(
+    socket: &mut WebSocket,
+    state: &ApiState,
+    agent: &Agent,
+    mut cursor: i64,
+    until: Option<i64>,
+) -> Result<i64, End> {
+    loop {
+        if until.is_some_and(|u| cursor >= u) {
+            return Ok(cursor);
+        }
+        let batch = match read_batch(state.store().as_ref(), &agent.tenant, cursor).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(cursor),
+            Err(e) => {
+                tracing::warn!(tenant = %agent.tenant, error = %e, "live events: database unavailable");
+                return Err(End::Close(1011, "database unavailable"));
+            }
+        };
+        let mut batch = batch;
+        if let Some(u) = until {
+            batch.events.retain(|e| e.seq <= u);
+        }
+        let Some(last) = batch.events.last().map(|e| e.seq) else {
+            return Ok(cursor);
+        };
+        if deliver(socket, agent, &batch, cursor).await.is_none() {
+            return Err(End::Gone);
+        }
+        cursor = last;
+    }
+}
+
 async fn follow(
     socket: &mut WebSocket,
     state: &ApiState,
     agent: &Agent,
     token: &str,
-    mut cursor: i64,
+    cursor: i64,
 ) -> End {
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Subscribed first, so nothing committed from here on is missed.
+    let (_feed, mut batches) = match state.events.subscribe(&agent.tenant).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(tenant = %agent.tenant, error = %e, "live events: database unavailable");
+            return End::Close(1011, "database unavailable");
+        }
+    };
+    let mut cursor = match catch_up(socket, state, agent, cursor, None).await {
+        Ok(c) => c,
+        Err(end) => return end,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recheck_at = Instant::now() + TOKEN_RECHECK;
     let mut ping_at = Instant::now() + PING;
     loop {
         tokio::select! {
-            _ = poll.tick() => {}
+            batch = batches.recv() => match batch {
+                Ok(batch) => {
+                    // A gap before this batch (the socket started between two reads, or
+                    // missed batches): read it from the store first.
+                    if let Some(first) = batch.events.first().map(|e| e.seq)
+                        && first > cursor + 1
+                    {
+                        cursor = match catch_up(socket, state, agent, cursor, Some(first - 1)).await {
+                            Ok(c) => c,
+                            Err(end) => return end,
+                        };
+                    }
+                    match deliver(socket, agent, &batch, cursor).await {
+                        Some(c) => cursor = c,
+                        None => return End::Gone,
+                    }
+                }
+                // Fell behind: the next batch's gap is read from the store.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return End::Close(1011, "event feed stopped");
+                }
+            },
             frame = socket.recv() => match frame {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
                 Some(Ok(_)) => continue,
             },
+            _ = tick.tick() => {}
         }
         let now = Instant::now();
         if now >= recheck_at {
@@ -201,44 +421,6 @@ async fn follow(
             }
             ping_at = now + PING;
         }
-        prune(state).await;
-        let events = match state
-            .store()
-            .mail_events_after(&agent.tenant, cursor, BATCH)
-            .await
-        {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(tenant = %agent.tenant, error = %e, "live events: database unavailable");
-                return End::Close(1011, "database unavailable");
-            }
-        };
-        let Some(last) = events.last() else { continue };
-        let last = last.seq;
-        // Read now, after the events: a grant revoked before they were read is seen.
-        let access = match AccessIndex::load(state.store().as_ref(), &agent.tenant).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(tenant = %agent.tenant, error = %e, "live events: database unavailable");
-                return End::Close(1011, "database unavailable");
-            }
-        };
-        let at = now_ms();
-        for event in events {
-            if access.role(agent, &event.inbox_id, at).is_none() {
-                WITHHELD.inc();
-                continue;
-            }
-            if socket
-                .send(Message::Text(frame(&event).into()))
-                .await
-                .is_err()
-            {
-                return End::Gone;
-            }
-            DELIVERED.inc();
-        }
-        cursor = last;
     }
 }
 
@@ -250,7 +432,7 @@ fn frame(event: &MailEvent) -> String {
 /// Deletes events older than [`crate::store::MAIL_EVENT_RETENTION_MS`], at most once a
 /// minute per process (the indexers' housekeeping prunes too, for deployments without this
 /// API).
-async fn prune(state: &ApiState) {
+async fn prune(store: &dyn Store) {
     let now = now_ms();
     let last = LAST_PRUNE_MS.load(Ordering::Relaxed);
     if now - last < 60_000
@@ -260,7 +442,7 @@ async fn prune(state: &ApiState) {
     {
         return;
     }
-    if let Err(e) = prune_expired_mail_events(state.store().as_ref()).await {
+    if let Err(e) = prune_expired_mail_events(store).await {
         tracing::warn!(error = %e, "live events: old events not pruned");
     }
 }

@@ -65,9 +65,25 @@ pub struct ApiState {
     pub search: Arc<SearchService>,
     /// Verifies agents' bearer tokens.
     pub verifier: Arc<AgentVerifier>,
+    /// The live-event readers of this process, one per tenant with open sockets.
+    events: Arc<events::EventHub>,
 }
 
 impl ApiState {
+    pub fn new(
+        keyring: Arc<Keyring>,
+        search: Arc<SearchService>,
+        verifier: Arc<AgentVerifier>,
+    ) -> Self {
+        let events = Arc::new(events::EventHub::new(keyring.store().clone()));
+        Self {
+            keyring,
+            search,
+            verifier,
+            events,
+        }
+    }
+
     /// The database of record.
     pub fn store(&self) -> &Arc<dyn Store> {
         self.keyring.store()
