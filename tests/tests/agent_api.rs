@@ -1158,6 +1158,16 @@ async fn live_events_reach_only_agents_who_may_read_their_inbox(h: Harness) {
         other => panic!("{:?}", other.map(|_| ())),
     }
 
+    // A plain request (no upgrade) gets the API's error shape, after authentication.
+    let plain = h.get_raw("/v1/events", Some(&ann)).await;
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_argument", "{body}");
+    assert_eq!(
+        h.get_raw("/v1/events", None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
     h.grant(
         "ann-live",
         "restricted",

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
@@ -122,7 +123,7 @@ pub async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<EventParams>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // The Authorization header when there is one; else the subprotocol token.
     let token = match bearer(&headers) {
@@ -134,6 +135,8 @@ pub async fn events(
     // Kept to verify again while the socket is open.
     let token = token.unwrap_or_default().to_owned();
     let p = params(query)?;
+    let upgrade = upgrade
+        .map_err(|_| ApiError::invalid("this route is a WebSocket: send a WebSocket upgrade"))?;
     let after = match p.after.as_deref() {
         Some(s) => s
             .parse::<i64>()
