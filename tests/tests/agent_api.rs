@@ -1332,10 +1332,39 @@ async fn live_events_share_one_reader_per_tenant(h: Harness) {
     // Two readers at 4 reads a second: about 16 (one reader per socket would be about 48).
     assert!((1..=24).contains(&reads), "{reads} reads in 2 s");
     h.deliver("org", "acme", "Live shared", 26).await;
+    let mut conversation = String::new();
     for socket in &mut sockets {
         let e = next_event(socket).await;
         assert_eq!(e["inbox_id"], h.inbox("org"), "{e}");
+        conversation = e["conversation_id"].as_str().unwrap().to_owned();
     }
+
+    // A burst of 600 events (more than one read of 500 when the writes outrun a poll)
+    // arrives whole and in order.
+    use helpr_dataplane::store::{DeleteReason, Deletion};
+    let acme = TenantId::new("acme").unwrap();
+    for _ in 0..300 {
+        let deletion = Deletion {
+            actor: "agent-7".into(),
+            reason: DeleteReason::User,
+            at_ms: now_ms(),
+        };
+        h.control
+            .soft_delete_conversation(&acme, &conversation, &deletion)
+            .await
+            .unwrap();
+        h.control
+            .restore_conversation(&acme, &conversation, "agent-7", 0, now_ms())
+            .await
+            .unwrap();
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..600 {
+        let e = next_event(&mut sockets[0]).await;
+        assert_eq!(e["conversation_id"], conversation.as_str(), "{e}");
+        seqs.push(e["seq"].as_i64().unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     h.shutdown().await;
 }
 

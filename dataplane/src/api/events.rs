@@ -241,18 +241,26 @@ async fn read_feed(store: Arc<dyn Store>, tenant: TenantId, feed: Weak<Feed>, mu
         poll.tick().await;
         let Some(feed) = feed.upgrade() else { return };
         prune(store.as_ref()).await;
-        FEED_READS.inc();
-        match read_batch(store.as_ref(), &tenant, cursor).await {
-            Ok(Some(batch)) => {
-                if let Some(last) = batch.events.last() {
-                    cursor = last.seq;
+        // Read until the log is drained (a burst of more than one batch goes out at once).
+        loop {
+            FEED_READS.inc();
+            match read_batch(store.as_ref(), &tenant, cursor).await {
+                Ok(Some(batch)) => {
+                    let full = batch.events.len() >= BATCH as usize;
+                    if let Some(last) = batch.events.last() {
+                        cursor = last.seq;
+                    }
+                    // No receiver left: the next tick finds the feed gone.
+                    let _ = feed.batches.send(Arc::new(batch));
+                    if !full {
+                        break;
+                    }
                 }
-                // No receiver left: the next tick finds the feed gone.
-                let _ = feed.batches.send(Arc::new(batch));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(tenant = %tenant, error = %e, "live events: database unavailable; retrying");
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "live events: database unavailable; retrying");
+                    break;
+                }
             }
         }
     }
