@@ -797,7 +797,11 @@ async fn unsanitized_payloads_are_caught_by_the_instrumentation() {
     // three more runs of its own (a fresh page each) before `controls_fire` judges it.
     if let Some(refresh) = payloads.iter().find(|p| p.template == REFRESH_CONTROL) {
         for _ in 0..3 {
-            if refresh_detected(&run.findings[&refresh.id()]) {
+            if run
+                .findings
+                .get(&refresh.id())
+                .is_some_and(refresh_detected)
+            {
                 break;
             }
             let again = run_corpus(std::slice::from_ref(refresh), Mode::Raw).await;
@@ -867,7 +871,6 @@ async fn unsanitized_payloads_are_caught_by_the_instrumentation() {
     );
 }
 
-/// Each detector fires on a payload that must trip it.
 /// The control payload of the navigation detector.
 const REFRESH_CONTROL: &str = "<meta http-equiv=\"refresh\" content=\"0;url={{BEACON}}\">";
 
@@ -877,6 +880,7 @@ fn refresh_detected(f: &Findings) -> bool {
     f.beacons > 0 && !f.problems.is_empty()
 }
 
+/// Each detector fires on a payload that must trip it.
 fn controls_fire(payloads: &[Payload], run: &Run) {
     let by_template: HashMap<&str, String> = payloads
         .iter()

@@ -334,7 +334,7 @@ async fn catch_up(
         if until.is_some_and(|u| cursor >= u) {
             return Ok(cursor);
         }
-        let batch = match read_batch(state.store().as_ref(), &agent.tenant, cursor).await {
+        let mut batch = match read_batch(state.store().as_ref(), &agent.tenant, cursor).await {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(cursor),
             Err(e) => {
@@ -342,17 +342,15 @@ async fn catch_up(
                 return Err(End::Close(1011, "database unavailable"));
             }
         };
-        let mut batch = batch;
         if let Some(u) = until {
             batch.events.retain(|e| e.seq <= u);
         }
-        let Some(last) = batch.events.last().map(|e| e.seq) else {
+        if batch.events.is_empty() {
             return Ok(cursor);
-        };
-        if deliver(socket, agent, &batch, cursor).await.is_none() {
-            return Err(End::Gone);
         }
-        cursor = last;
+        cursor = deliver(socket, agent, &batch, cursor)
+            .await
+            .ok_or(End::Gone)?;
     }
 }
 
@@ -400,6 +398,7 @@ async fn follow(
                 }
                 // Fell behind: the next batch's gap is read from the store.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
+                // Not while `_feed` (which owns the sender) is held; answered all the same.
                 Err(broadcast::error::RecvError::Closed) => {
                     return End::Close(1011, "event feed stopped");
                 }

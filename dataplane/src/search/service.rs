@@ -22,7 +22,7 @@
 //!   then re-checks every hit against the store (message still there and not soft-deleted,
 //!   inbox still allowed) before opening its subject and snippet.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,9 @@ pub struct SearchService {
     /// Unwrapped (derived) index keys by tenant and version. Which version is active is
     /// read from the store on every call, so a rotation by another process is seen at once.
     keys: Mutex<HashMap<(TenantId, u32), Arc<IndexKey>>>,
+    /// Tenants whose active key was seen made with the current folding rules: keys only
+    /// rotate forward to them, so these are not read again for [`Self::upgrade_normalization`].
+    normalized: Mutex<HashSet<TenantId>>,
 }
 
 /// The keys one indexing batch blinds terms under.
@@ -157,6 +160,7 @@ impl SearchService {
             index,
             mode,
             keys: Mutex::new(HashMap::new()),
+            normalized: Mutex::new(HashSet::new()),
         }
     }
 
@@ -364,13 +368,23 @@ impl SearchService {
     /// a new key made with the current rules, queries using the old key (and its rules)
     /// until the switch.
     async fn upgrade_normalization(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
-        if self.mode == Mode::Plaintext {
+        if self.mode == Mode::Plaintext
+            || self
+                .normalized
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(tenant)
+        {
             return Ok(false);
         }
         let Some(active) = self.keyring.store().current_index_key(tenant).await? else {
             return Ok(false);
         };
         if active.normalization >= Normalization::CURRENT.get() {
+            self.normalized
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone());
             return Ok(false);
         }
         match self.rotate_index_key(tenant).await {
