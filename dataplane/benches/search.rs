@@ -557,7 +557,7 @@ fn main() {
         .map(|mode| {
             let indexer = match mode {
                 Mode::Blind => Indexer::Blind(&key),
-                Mode::Plaintext => Indexer::Plaintext,
+                Mode::Plaintext => Indexer::PLAINTEXT,
             };
             let dir = base.join(mode.as_str());
             let index = build(&rt, &settings, &corpus, &dir, mode, &indexer, &tenant);

@@ -313,6 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             "version": k.version,
                             "state": k.state,
                             "normalization": k.normalization,
+                            "mode": k.mode,
                             "kms_key_ref": k.kms_key_ref,
                         })
                     })
@@ -327,14 +328,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print_status(&status);
                 println!();
-                println!("{:<8} {:<9} {:<8} KMS KEY", "INDEX", "STATE", "FOLDING");
+                println!(
+                    "{:<8} {:<9} {:<10} {:<8} KMS KEY",
+                    "INDEX", "STATE", "MODE", "FOLDING"
+                );
                 for k in &index_keys {
                     println!(
-                        "{:<8} {:<9} {:<8} {}",
+                        "{:<8} {:<9} {:<10} {:<8} {}",
                         format!("v{}", k.version),
                         k.state.as_str(),
+                        k.mode.as_str(),
                         format!("v{}", k.normalization),
-                        k.kms_key_ref
+                        if k.kms_key_ref.is_empty() {
+                            "-"
+                        } else {
+                            &k.kms_key_ref
+                        }
                     );
                 }
                 println!("messages waiting to be indexed: {pending} of {total}");

@@ -12,9 +12,10 @@ use helpr_dataplane::keyring::{Keyring, KeyringConfig};
 use helpr_dataplane::kms::local::LocalKms;
 use helpr_dataplane::search::service::{SearchService, ServiceError};
 use helpr_dataplane::search::{
-    DeleteScope, IndexDoc, IndexStats, Mode, SearchError, SearchIndex, SearchPage, SearchRequest,
-    TantivyConfig, TantivyIndex,
+    DeleteScope, IndexDoc, IndexStats, Mode, Normalization, SearchError, SearchIndex, SearchPage,
+    SearchRequest, TantivyConfig, TantivyIndex,
 };
+use helpr_dataplane::store::IndexKeyState;
 use helpr_dataplane::store::{NewInbox, PgStore, SqliteStore, Store, now_ms};
 use helpr_dataplane::tools::{self, RawMessage};
 use helpr_tests::postgres::{TestDatabase, sqlite_url};
@@ -534,9 +535,6 @@ async fn postgres_index_key_rotation() {
 /// indexer has re-indexed it under a new key made with the current rules, which it starts by
 /// itself; then the words are told apart.
 async fn older_folding_rules_are_replaced_by_a_rotation(postgres: bool) {
-    use helpr_dataplane::search::Normalization;
-    use helpr_dataplane::store::IndexKeyState;
-
     let env = Env::new(postgres).await;
     let t = env.tenant("acme").await;
     let a = env.inbox(&t, "support@acme.example").await;
@@ -651,6 +649,10 @@ async fn plaintext_mode_has_no_index_key_to_rotate() {
         svc.rotate_index_key(&t).await,
         Err(ServiceError::PlaintextMode)
     ));
+    assert!(matches!(
+        svc.index_key(&t).await,
+        Err(ServiceError::PlaintextMode)
+    ));
 }
 
 /// Plaintext mode (opt-in) answers the same queries.
@@ -670,11 +672,319 @@ async fn plaintext_mode_works() {
         subjects(&svc, &t, &set(&[&a]), "\"password reset\"").await,
         ["Password reset does not arrive"]
     );
-    // No index key is created in plaintext mode.
+    // Its version records the mode and the folding rules, and has no key.
+    let version = env
+        .keyring
+        .store()
+        .current_index_key(&t)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        env.keyring.store().current_index_key(&t).await.unwrap(),
-        None
+        (version.version, version.mode, version.normalization),
+        (1, Mode::Plaintext, Normalization::CURRENT.get())
     );
+    assert_eq!(
+        (version.wrapped_key.as_str(), version.kms_key_ref.as_str()),
+        ("", "")
+    );
+}
+
+/// The terms of every text field in the index files under `dir` (what a file of the index
+/// holds, whatever documents are deleted).
+fn index_terms(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let index = tantivy::Index::open_in_dir(dir).unwrap();
+    let schema = index.schema();
+    let searcher = index.reader().unwrap().searcher();
+    let mut out = Vec::new();
+    for (field, entry) in schema.fields() {
+        if !matches!(entry.field_type(), tantivy::schema::FieldType::Str(_))
+            || ["message_id", "conversation_id", "inbox_id"].contains(&entry.name())
+        {
+            continue;
+        }
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field).unwrap();
+            let mut stream = inverted.terms().stream().unwrap();
+            while stream.advance() {
+                out.push(stream.key().to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// (version, state, mode) of the tenant's index-key versions.
+async fn modes(svc: &SearchService, t: &TenantId) -> Vec<(u32, IndexKeyState, Mode)> {
+    svc.index_keys_report(t)
+        .await
+        .unwrap()
+        .versions
+        .iter()
+        .map(|v| (v.version, v.state, v.mode))
+        .collect()
+}
+
+/// What the Tenant resource says, as the operator pushes it.
+async fn set_tenant_mode(env: &Env, t: &TenantId, mode: Mode, generation: i64) {
+    use helpr_dataplane::store::{ApplyOutcome, ControlMeta, DeletionPolicy, TenantSpec};
+    let meta = ControlMeta {
+        namespace: String::new(),
+        name: t.to_string(),
+        uid: format!("uid-{t}"),
+        generation,
+    };
+    let spec = TenantSpec {
+        display_name: t.to_string(),
+        deletion_policy: DeletionPolicy::Retain,
+        search_mode: mode,
+    };
+    assert_eq!(
+        env.keyring
+            .store()
+            .apply_tenant(&meta, &spec)
+            .await
+            .unwrap(),
+        ApplyOutcome::Applied
+    );
+}
+
+/// The mode comes from the Tenant resource (over the configured one) and changing it
+/// rebuilds the index, search working throughout; moving back to blind mode leaves no
+/// plaintext term in any index file.
+async fn changing_the_search_mode_rebuilds_the_index(postgres: bool) {
+    let env = Env::new(postgres).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let mine = set(&[&a]);
+    let index = env.index();
+    let tenant_dir = env.dir.path().join("index").join("acme");
+    // Configured blind, as the chart configures the API.
+    let svc = env.service(index.clone(), Mode::Blind);
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
+        .await
+        .unwrap();
+    let has_word = |word: &str| {
+        index_terms(&tenant_dir)
+            .iter()
+            .any(|t| t == word.as_bytes())
+    };
+    assert!(!has_word("password"));
+    assert_eq!(
+        modes(&svc, &t).await,
+        [(1, IndexKeyState::Active, Mode::Blind)]
+    );
+
+    // The Tenant resource asks for plaintext: the indexer rebuilds in a plaintext version.
+    set_tenant_mode(&env, &t, Mode::Plaintext, 1).await;
+    assert_eq!(svc.wanted_mode(&t).await.unwrap(), Mode::Plaintext);
+    assert!(matches!(
+        svc.rotate_index_key(&t).await,
+        Err(ServiceError::PlaintextMode)
+    ));
+    // Half way through the first pass, queries still use the blind version and find
+    // every message.
+    assert!(svc.upgrade_scheme(&t).await.unwrap());
+    assert!(
+        !svc.upgrade_scheme(&t).await.unwrap(),
+        "one rotation at a time"
+    );
+    assert_eq!(svc.index_pending(&t, 1).await.unwrap(), 1);
+    assert_eq!(
+        modes(&svc, &t).await,
+        [
+            (1, IndexKeyState::Active, Mode::Blind),
+            (2, IndexKeyState::Building, Mode::Plaintext)
+        ]
+    );
+    assert_eq!(subjects(&svc, &t, &mine, "invoice").await.len(), 2);
+    assert_eq!(
+        subjects(&svc, &t, &mine, "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    svc.index_all_pending(&t, 1, |_, _| {}).await.unwrap();
+    assert_eq!(
+        modes(&svc, &t).await,
+        [
+            (1, IndexKeyState::Retired, Mode::Blind),
+            (2, IndexKeyState::Active, Mode::Plaintext)
+        ]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &mine, "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &mine, "facture").await,
+        ["Facture en double"]
+    );
+    assert!(has_word("password"), "plaintext mode indexes the words");
+    // Compacted after the second pass: nothing of the blind version's documents is left.
+    let stats = index.stats(&t).await.unwrap();
+    assert_eq!((stats.documents, stats.deleted_documents), (3, 0));
+    assert!(
+        !env.keyring
+            .store()
+            .retired_index_terms_left(&t)
+            .await
+            .unwrap()
+    );
+
+    // Another process of the same configuration (an API replica) queries in plaintext too.
+    let replica = env.service(index.clone(), Mode::Blind);
+    assert_eq!(
+        subjects(&replica, &t, &mine, "rechnung").await,
+        ["Rechnung März fehlt"]
+    );
+
+    // Back to blind: rebuilt under a new key, and no file keeps a plaintext term.
+    // (`index_all_pending` checks the mode at most every SCHEME_CHECK_INTERVAL; a fresh
+    // process at once.)
+    set_tenant_mode(&env, &t, Mode::Blind, 2).await;
+    let svc = env.service(index.clone(), Mode::Blind);
+    svc.index_all_pending(&t, 2, |_, _| {}).await.unwrap();
+    assert_eq!(
+        modes(&svc, &t).await,
+        [
+            (1, IndexKeyState::Retired, Mode::Blind),
+            (2, IndexKeyState::Retired, Mode::Plaintext),
+            (3, IndexKeyState::Active, Mode::Blind)
+        ]
+    );
+    assert_eq!(
+        subjects(&replica, &t, &mine, "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    for word in ["password", "reset", "rechnung", "facture", "lena", "bob"] {
+        assert!(!has_word(word), "{word} left in the index files");
+    }
+    let stats = index.stats(&t).await.unwrap();
+    assert_eq!((stats.documents, stats.deleted_documents), (3, 0));
+    // Nothing more to do.
+    svc.index_all_pending(&t, 2, |_, _| {}).await.unwrap();
+    assert_eq!(modes(&svc, &t).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_changing_the_search_mode_rebuilds_the_index() {
+    changing_the_search_mode_rebuilds_the_index(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_changing_the_search_mode_rebuilds_the_index() {
+    changing_the_search_mode_rebuilds_the_index(true).await;
+}
+
+/// A plaintext index made by a build that recorded no versions (nor its folding rules) is
+/// taken as made with the first rules, queried with them, and rebuilt with the current
+/// ones by the next indexer run; later, the configured mode applies to tenants the control
+/// plane does not manage.
+async fn plaintext_indexes_of_older_builds_are_rebuilt(postgres: bool) {
+    let env = Env::new(postgres).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let mine = set(&[&a]);
+    let index = env.index();
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    let mail = [
+        eml(
+            "Asha <asha@kunde.example>",
+            "कुल बिक्री",
+            "Tue, 06 Oct 2026 09:15:00 +0530",
+            "इस महीने की कुल राशि संलग्न है।",
+        ),
+        eml(
+            "Ravi <ravi@kunde.example>",
+            "मुलाकात",
+            "Wed, 07 Oct 2026 10:00:00 +0530",
+            "हम कल मिलते हैं।",
+        ),
+    ];
+    // What an older build left: an index made with the first rules, and no version.
+    let svc = env.service(index.clone(), Mode::Plaintext);
+    tools::import(&svc, &env.keyring, &inbox, &mail, |_, _| {})
+        .await
+        .unwrap();
+    env.execute("DELETE FROM tenant_index_keys").await;
+    env.keyring.store().mark_all_for_reindex(&t).await.unwrap();
+    let old = helpr_dataplane::search::Indexer::Plaintext(Normalization::V1);
+    let mut docs = Vec::new();
+    for id in env.keyring.store().pending_index(&t, 10).await.unwrap() {
+        let m = env
+            .keyring
+            .store()
+            .get_message(&t, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        docs.push(svc.document(&m, &old, None).await.unwrap());
+    }
+    index.index(&t, docs).await.unwrap();
+    index.flush(&t).await.unwrap();
+    env.keyring
+        .store()
+        .mark_indexed(
+            &t,
+            &env.keyring.store().pending_index(&t, 10).await.unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let upgraded = env.service(index.clone(), Mode::Plaintext);
+    assert_eq!(
+        upgraded.query_normalization(&t).await.unwrap(),
+        Normalization::V1
+    );
+    // Queries fold like that index: both messages match either word.
+    assert_eq!(subjects(&upgraded, &t, &mine, "कुल").await.len(), 2);
+    assert_eq!(subjects(&upgraded, &t, &mine, "कल").await.len(), 2);
+    upgraded.index_all_pending(&t, 1, |_, _| {}).await.unwrap();
+    let report = upgraded.index_keys_report(&t).await.unwrap();
+    let versions: Vec<_> = report
+        .versions
+        .iter()
+        .map(|v| (v.version, v.state, v.mode, v.normalization))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (1, IndexKeyState::Retired, Mode::Plaintext, 1),
+            (
+                2,
+                IndexKeyState::Active,
+                Mode::Plaintext,
+                Normalization::CURRENT.get()
+            )
+        ]
+    );
+    assert_eq!(subjects(&upgraded, &t, &mine, "कुल").await, ["कुल बिक्री"]);
+    assert_eq!(subjects(&upgraded, &t, &mine, "कल").await, ["मुलाकात"]);
+    assert_eq!(
+        subjects(&upgraded, &t, &mine, "\"कुल राशि\"").await,
+        ["कुल बिक्री"]
+    );
+
+    // The configuration moves to blind: a tenant without a Tenant resource follows it.
+    let blind = env.service(index, Mode::Blind);
+    blind.index_all_pending(&t, 10, |_, _| {}).await.unwrap();
+    assert_eq!(blind.index_key(&t).await.unwrap().version().get(), 3);
+    assert_eq!(subjects(&blind, &t, &mine, "कल").await, ["मुलाकात"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_plaintext_indexes_of_older_builds_are_rebuilt() {
+    plaintext_indexes_of_older_builds_are_rebuilt(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plaintext_indexes_of_older_builds_are_rebuilt() {
+    plaintext_indexes_of_older_builds_are_rebuilt(true).await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use helpr_dataplane::crypto::{Dek, DekVersion, SealContext, SealedField, SealingKey, seal};
 use helpr_dataplane::ids::{TenantId, new_record_id};
+use helpr_dataplane::search::Mode;
 use helpr_dataplane::store::{
     AuditEvent, EnqueueOutcome, InboxStatus, InsertOutcome, KeyVersionRecord, MessageFields,
     NewAttachment, NewInbox, NewMessage, NewSyncJob, NewTenant, PgStore, SealReservation,
@@ -1141,7 +1142,19 @@ mod cases {
             state: IndexKeyState::Active,
             // The folding rules' version round-trips (here 1, 2, ...: one per version).
             normalization: v,
+            mode: Mode::Blind,
         };
+        // A plaintext version has no key; it round-trips (in another tenant) like a blind one.
+        let plain = IndexKeyRecord {
+            tenant_id: other.clone(),
+            wrapped_key: String::new(),
+            kms_key_ref: String::new(),
+            mode: Mode::Plaintext,
+            ..rec(1)
+        };
+        s.insert_index_key(&plain).await?;
+        assert_eq!(s.current_index_key(&other).await?, Some(plain.clone()));
+        assert_eq!(s.list_index_keys(&other).await?, vec![plain]);
         s.insert_index_key(&rec(1)).await?;
         assert!(matches!(
             s.insert_index_key(&rec(1)).await,
@@ -1153,7 +1166,7 @@ mod cases {
         ));
         assert_eq!(s.current_index_key(&t).await?, Some(rec(1)));
         assert_eq!(s.list_index_keys(&t).await?, vec![rec(1)]);
-        assert_eq!(s.current_index_key(&other).await?, None);
+        assert_eq!(s.current_index_key(&tid("nobody")).await?, None);
         let unknown = IndexKeyRecord {
             tenant_id: tid("nobody"),
             ..rec(1)
@@ -1198,6 +1211,8 @@ mod cases {
             created_at_ms: 1_700_000_000_000 + i64::from(v),
             state,
             normalization: v,
+            // Version 2 moves the tenant to plaintext mode; 3 back to blind.
+            mode: if v == 2 { Mode::Plaintext } else { Mode::Blind },
         };
         // Nothing to rotate from yet.
         assert!(matches!(
@@ -1251,6 +1266,7 @@ mod cases {
         assert!(!s.finish_index_key_rotation(&t, 2).await?);
         assert!(s.mark_indexed(&t, &ids[2..], Some(rotating)).await?);
         assert!(!s.finish_index_key_rotation(&t, 3).await?);
+        assert!(!s.retired_index_terms_left(&t).await?);
         assert!(s.finish_index_key_rotation(&t, 2).await?);
         assert_eq!(
             s.list_index_keys(&t).await?,
@@ -1263,16 +1279,47 @@ mod cases {
             s.current_index_key(&t).await?,
             Some(rec(2, IndexKeyState::Active))
         );
-        // The second pass: every message again, and only under the new key.
+        // The second pass: every message again, and only under the new key. The retired
+        // key's terms are in the index until that pass is done (and the index compacted).
         assert_eq!(s.index_progress(&t).await?, (3, 3));
+        assert!(!s.retired_index_terms_left(&t).await?);
         assert!(!s.mark_indexed(&t, &ids, Some(rotating)).await?);
         let v2 = IndexKeySet {
             active: Some(2),
             building: None,
         };
-        assert!(s.mark_indexed(&t, &ids, Some(v2)).await?);
+        assert!(s.mark_indexed(&t, &ids[..2], Some(v2)).await?);
+        assert!(!s.retired_index_terms_left(&t).await?);
+        assert!(s.mark_indexed(&t, &ids[2..], Some(v2)).await?);
         assert_eq!(s.index_progress(&t).await?, (0, 3));
         assert!(!s.finish_index_key_rotation(&t, 2).await?);
+        assert!(s.retired_index_terms_left(&t).await?);
+        assert!(!s.retired_index_terms_left(&other).await?);
+        s.clear_retired_index_terms(&t).await?;
+        assert!(!s.retired_index_terms_left(&t).await?);
+        // A later rotation retires version 2 the same way.
+        s.start_index_key_rotation(&rec(3, IndexKeyState::Building))
+            .await?;
+        let rotating = IndexKeySet {
+            active: Some(2),
+            building: Some(3),
+        };
+        assert!(s.mark_indexed(&t, &ids, Some(rotating)).await?);
+        assert!(s.finish_index_key_rotation(&t, 3).await?);
+        let v3 = IndexKeySet {
+            active: Some(3),
+            building: None,
+        };
+        assert!(s.mark_indexed(&t, &ids, Some(v3)).await?);
+        assert!(s.retired_index_terms_left(&t).await?);
+        assert_eq!(
+            s.list_index_keys(&t).await?,
+            vec![
+                rec(1, IndexKeyState::Retired),
+                rec(2, IndexKeyState::Retired),
+                rec(3, IndexKeyState::Active)
+            ]
+        );
         Ok(())
     }
 

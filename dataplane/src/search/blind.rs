@@ -442,6 +442,15 @@ impl Mode {
             Mode::Plaintext => "plaintext",
         }
     }
+
+    /// The mode [`Mode::as_str`] names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "blind" => Some(Mode::Blind),
+            "plaintext" => Some(Mode::Plaintext),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Mode {
@@ -547,18 +556,22 @@ pub fn plaintext_text(field: Field, text: &str) -> PlaintextField {
     }
 }
 
-/// Turns text into index terms in one mode: blind (with the tenant's key) or plaintext.
+/// Turns text into index terms in one mode: blind (with the tenant's key, and the key's
+/// folding rules) or plaintext (with the given folding rules).
 #[derive(Clone, Copy)]
 pub enum Indexer<'k> {
     Blind(&'k IndexKey),
-    Plaintext,
+    Plaintext(Normalization),
 }
 
 impl Indexer<'_> {
+    /// Plaintext terms made with this build's folding rules.
+    pub const PLAINTEXT: Indexer<'static> = Indexer::Plaintext(Normalization::CURRENT);
+
     pub fn mode(&self) -> Mode {
         match self {
             Indexer::Blind(_) => Mode::Blind,
-            Indexer::Plaintext => Mode::Plaintext,
+            Indexer::Plaintext(_) => Mode::Plaintext,
         }
     }
 
@@ -566,16 +579,15 @@ impl Indexer<'_> {
     pub fn key_version(&self) -> Option<IndexKeyVersion> {
         match self {
             Indexer::Blind(key) => Some(key.version()),
-            Indexer::Plaintext => None,
+            Indexer::Plaintext(_) => None,
         }
     }
 
-    /// The folding rules of the terms this indexer makes: the key's in blind mode, the
-    /// current ones in plaintext mode.
+    /// The folding rules of the terms this indexer makes.
     pub fn normalization(&self) -> Normalization {
         match self {
             Indexer::Blind(key) => key.normalization(),
-            Indexer::Plaintext => Normalization::CURRENT,
+            Indexer::Plaintext(n) => *n,
         }
     }
 
@@ -586,9 +598,9 @@ impl Indexer<'_> {
                 field,
                 tokens: blind_tokens(key, field, text, IndexTerm::Blind),
             },
-            Indexer::Plaintext => {
+            Indexer::Plaintext(n) => {
                 let mut tokens = Vec::with_capacity(expected_tokens(text));
-                for_each_token(text, Normalization::CURRENT, |token, position, _| {
+                for_each_token(text, *n, |token, position, _| {
                     tokens.push((IndexTerm::Plain(token.to_owned()), position));
                 });
                 FieldTerms { field, tokens }
@@ -600,7 +612,7 @@ impl Indexer<'_> {
     pub fn term(&self, field: Field, token: &str) -> IndexTerm {
         match self {
             Indexer::Blind(key) => IndexTerm::Blind(blind(key, field, token)),
-            Indexer::Plaintext => IndexTerm::Plain(token.to_owned()),
+            Indexer::Plaintext(_) => IndexTerm::Plain(token.to_owned()),
         }
     }
 }
@@ -782,7 +794,7 @@ mod tests {
                 ("invoice".to_owned(), 2)
             ]
         );
-        let terms = Indexer::Plaintext.index_text(Field::Subject, "Re: Invoice");
+        let terms = Indexer::PLAINTEXT.index_text(Field::Subject, "Re: Invoice");
         assert_eq!(
             terms
                 .tokens
@@ -811,7 +823,7 @@ mod tests {
             indexer.term(Field::Body, "hello"),
             IndexTerm::Blind(blind(&k, Field::Body, "hello"))
         );
-        assert_eq!(Indexer::Plaintext.key_version(), None);
+        assert_eq!(Indexer::PLAINTEXT.key_version(), None);
     }
 
     #[test]
@@ -933,7 +945,7 @@ mod tests {
         for _ in 0..50 {
             let text = random_text(&mut rng, 100);
             let got: Vec<(IndexTerm, u32)> =
-                Indexer::Plaintext.index_text(Field::Body, &text).tokens;
+                Indexer::PLAINTEXT.index_text(Field::Body, &text).tokens;
             let expected: Vec<(IndexTerm, u32)> = normalize_tokens(&text)
                 .into_iter()
                 .map(|t| (IndexTerm::Plain(t.text), t.position))

@@ -164,7 +164,7 @@ fn sample() -> Vec<Msg> {
 /// Terms, phrases, fields, operators and dates, in both modes.
 pub(crate) async fn query_language(index: &dyn SearchIndex) {
     let k = key(7);
-    for indexer in [Indexer::Blind(&k), Indexer::Plaintext] {
+    for indexer in [Indexer::Blind(&k), Indexer::PLAINTEXT] {
         let t = tenant(&format!("lang-{}", indexer.mode()));
         add(index, &t, &indexer, &sample()).await;
         let all = ["inbox-a", "inbox-b"];

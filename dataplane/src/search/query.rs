@@ -721,7 +721,7 @@ pub fn index_query(q: &Query, indexer: &Indexer<'_>) -> IndexQuery {
                 IndexTerm::Blind(mac.blind(field, word))
             })
         }
-        Indexer::Plaintext => {
+        Indexer::Plaintext(_) => {
             ResolvedQuery::resolve(q, &mut |_, word| IndexTerm::Plain(word.to_owned()))
         }
     }
@@ -1413,7 +1413,7 @@ mod tests {
             }
         );
         assert_eq!(
-            index_query(&query, &Indexer::Plaintext),
+            index_query(&query, &Indexer::PLAINTEXT),
             ResolvedQuery::Term {
                 field: Field::To,
                 term: IndexTerm::Plain("bob".to_owned())

@@ -9,10 +9,19 @@
 //!   message under the active *and* the building key (both term sets at the same positions),
 //!   while queries keep using the active key. Once no message is pending, the indexer
 //!   switches: in one transaction the building key becomes active, the old one retired, and
-//!   every message is marked again, so a second pass leaves only the new key's terms.
+//!   every message is marked again, so a second pass leaves only the new key's terms; once
+//!   it is done, the index is compacted so no file keeps the retired terms.
 //!   Markers are cleared only if the key versions are still those the batch was blinded
 //!   under, so a batch racing a rotation is indexed again. All state is in the store: an
 //!   interrupted rotation continues with the next indexer run, in any process.
+//! - **Index schemes**: an index-key version is the scheme of the tenant's terms: its mode
+//!   (blind, or plaintext, which has no key) and its folding rules ([`Normalization`]).
+//!   Queries use the active version's. The mode a tenant wants is its Tenant resource's
+//!   (`spec.search.mode`, synced into the store) or, for a tenant the control plane does not
+//!   manage, the configured `search.mode`. When the active version's mode or rules differ
+//!   from what this build and the tenant want, the indexer starts a rotation to a new
+//!   version by itself, so changing the mode or upgrading the rules rebuilds the index
+//!   the same way, with search working throughout.
 //! - **Indexing** is driven by the store: every message is stored with its index marker set
 //!   (same row, same transaction); [`SearchService::index_pending`] reads marked messages,
 //!   opens their searchable fields, turns them into terms in this process and hands only
@@ -43,6 +52,10 @@ use crate::store::{
 };
 
 const INDEX_KEY_DERIVATION: &[u8] = b"helpr/index-key/v1";
+/// How long [`SearchService::index_all_pending`] relies on its last check that a tenant's
+/// index has the wanted mode and folding rules ([`SearchService::upgrade_scheme`]): a
+/// changed mode is acted on within this long.
+pub const SCHEME_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Most batches [`SearchService::index_all_pending`] commits together.
 pub const GROUP_BATCHES: u32 = 25;
 /// Work after which [`SearchService::index_all_pending`] commits what it has indexed, so
@@ -73,7 +86,7 @@ pub enum ServiceError {
         "an index key rotation of tenant {0} (to version {1}) is in progress; indexing finishes it"
     )]
     RotationInProgress(TenantId, u32),
-    #[error("search runs in plaintext mode: there is no index key to rotate")]
+    #[error("the tenant's search index is in plaintext mode: there is no index key to rotate")]
     PlaintextMode,
     #[error(
         "index key version {1} of tenant {0} was made with folding rules version {2}, which this build does not know: run a newer build"
@@ -120,17 +133,34 @@ pub struct SearchService {
     /// Unwrapped (derived) index keys by tenant and version. Which version is active is
     /// read from the store on every call, so a rotation by another process is seen at once.
     keys: Mutex<HashMap<(TenantId, u32), Arc<IndexKey>>>,
-    /// Tenants whose active key was seen made with the current folding rules: keys only
-    /// rotate forward to them, so these are not read again for [`Self::upgrade_normalization`].
-    normalized: Mutex<HashSet<TenantId>>,
+    /// When each tenant's active version was last seen to have the wanted mode and the
+    /// current folding rules (see [`Self::upgrade_scheme`]).
+    scheme_checked: Mutex<HashMap<TenantId, Instant>>,
+    /// Tenants whose retired index terms were seen gone (see [`Self::remove_retired_terms`]).
+    retired_checked: Mutex<HashSet<TenantId>>,
 }
 
-/// The keys one indexing batch blinds terms under.
+/// How one index-key version makes terms.
+enum Scheme {
+    Blind(Arc<IndexKey>),
+    Plaintext(Normalization),
+}
+
+impl Scheme {
+    fn indexer(&self) -> Indexer<'_> {
+        match self {
+            Scheme::Blind(key) => Indexer::Blind(key),
+            Scheme::Plaintext(n) => Indexer::Plaintext(*n),
+        }
+    }
+}
+
+/// The schemes one indexing batch makes terms with.
 struct LiveKeys {
-    active: Arc<IndexKey>,
-    /// During a rotation: the building key, whose terms go into the index beside the
-    /// active key's.
-    building: Option<Arc<IndexKey>>,
+    active: Scheme,
+    /// During a rotation: the building version, whose terms go into the index beside the
+    /// active version's.
+    building: Option<Scheme>,
     set: IndexKeySet,
 }
 
@@ -142,6 +172,8 @@ pub struct IndexKeyStatus {
     pub created_at_ms: i64,
     /// The folding rules its terms were made with (see `search::tokenize`).
     pub normalization: u32,
+    /// Blind tokens under the key, or plaintext terms (no key).
+    pub mode: Mode,
 }
 
 /// A tenant's index keys and the progress of its indexing.
@@ -160,12 +192,46 @@ impl SearchService {
             index,
             mode,
             keys: Mutex::new(HashMap::new()),
-            normalized: Mutex::new(HashSet::new()),
+            scheme_checked: Mutex::new(HashMap::new()),
+            retired_checked: Mutex::new(HashSet::new()),
         }
     }
 
+    /// The configured mode: that of tenants the control plane does not manage (see
+    /// [`Self::wanted_mode`]).
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The mode the tenant's index should have: its Tenant resource's when the control
+    /// plane manages it, else the configured one.
+    pub async fn wanted_mode(&self, tenant: &TenantId) -> Result<Mode, ServiceError> {
+        Ok(self
+            .keyring
+            .store()
+            .tenant_settings(tenant)
+            .await?
+            .map_or(self.mode, |s| s.search_mode))
+    }
+
+    /// The scheme of `record`: its folding rules, and in blind mode its key (unwrapped once
+    /// per process, then from memory).
+    async fn scheme(&self, record: &IndexKeyRecord) -> Result<Scheme, ServiceError> {
+        let normalization = Self::normalization_of(record)?;
+        Ok(match record.mode {
+            Mode::Blind => Scheme::Blind(self.unwrap_index_key(record).await?),
+            Mode::Plaintext => Scheme::Plaintext(normalization),
+        })
+    }
+
+    fn normalization_of(record: &IndexKeyRecord) -> Result<Normalization, ServiceError> {
+        Normalization::from_u32(record.normalization).ok_or_else(|| {
+            ServiceError::UnknownNormalization(
+                record.tenant_id.clone(),
+                record.version,
+                record.normalization,
+            )
+        })
     }
 
     pub fn index(&self) -> &Arc<dyn SearchIndex> {
@@ -188,13 +254,7 @@ impl SearchService {
             return Ok(k);
         }
         // Before the KMS call: a key this build cannot use is refused without one.
-        let normalization = Normalization::from_u32(record.normalization).ok_or_else(|| {
-            ServiceError::UnknownNormalization(
-                record.tenant_id.clone(),
-                record.version,
-                record.normalization,
-            )
-        })?;
+        let normalization = Self::normalization_of(record)?;
         let version = DekVersion::new(record.version).ok_or(CryptoError::Malformed("version"))?;
         let root = self
             .keyring
@@ -229,13 +289,27 @@ impl SearchService {
         Ok(key)
     }
 
-    /// A new index key, generated and wrapped by the KMS under the tenant's KMS key.
+    /// A new index-key version with this build's folding rules: in blind mode a new key,
+    /// generated and wrapped by the KMS under the tenant's KMS key; in plaintext mode none.
     async fn new_index_key_record(
         &self,
         tenant: &TenantId,
         version: u32,
         state: IndexKeyState,
+        mode: Mode,
     ) -> Result<IndexKeyRecord, ServiceError> {
+        if mode == Mode::Plaintext {
+            return Ok(IndexKeyRecord {
+                tenant_id: tenant.clone(),
+                version,
+                wrapped_key: String::new(),
+                kms_key_ref: String::new(),
+                created_at_ms: now_ms(),
+                state,
+                normalization: Normalization::CURRENT.get(),
+                mode,
+            });
+        }
         let dek = self
             .keyring
             .store()
@@ -261,36 +335,76 @@ impl SearchService {
             created_at_ms: now_ms(),
             state,
             normalization: Normalization::CURRENT.get(),
+            mode,
         })
     }
 
-    /// The tenant's active index key (the one queries are blinded under), created and
-    /// wrapped by the KMS on first use.
-    pub async fn index_key(&self, tenant: &TenantId) -> Result<Arc<IndexKey>, ServiceError> {
+    /// The tenant's active index-key version (the scheme queries use), created on first use
+    /// in the tenant's wanted mode (see [`Self::wanted_mode`]).
+    ///
+    /// A tenant without versions whose mail was indexed already was indexed by a build
+    /// that made no versions in plaintext mode (blind mode always made a key first), with
+    /// the first folding rules or later ones: its first version records plaintext with the
+    /// first rules, so that the next indexer run rebuilds it with the current ones (and in
+    /// the wanted mode).
+    async fn active_record(&self, tenant: &TenantId) -> Result<IndexKeyRecord, ServiceError> {
         let store = self.keyring.store();
         if let Some(record) = store.current_index_key(tenant).await? {
-            return self.unwrap_index_key(&record).await;
+            return Ok(record);
         }
-        let record = self
-            .new_index_key_record(tenant, 1, IndexKeyState::Active)
-            .await?;
+        let (pending, total) = store.index_progress(tenant).await?;
+        let record = if total > pending {
+            IndexKeyRecord {
+                normalization: Normalization::V1.get(),
+                ..self
+                    .new_index_key_record(tenant, 1, IndexKeyState::Active, Mode::Plaintext)
+                    .await?
+            }
+        } else {
+            let mode = self.wanted_mode(tenant).await?;
+            self.new_index_key_record(tenant, 1, IndexKeyState::Active, mode)
+                .await?
+        };
         match store.insert_index_key(&record).await {
             // Another process created it first: use theirs.
             Ok(()) | Err(StoreError::Conflict(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let record = store
+        store
             .current_index_key(tenant)
             .await?
-            .ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))?;
-        self.unwrap_index_key(&record).await
+            .ok_or_else(|| ServiceError::UnknownTenant(tenant.clone()))
     }
 
-    /// The active key and, during a rotation, the building key.
+    /// The scheme queries of the tenant use (see [`Self::active_record`]).
+    async fn active_scheme(&self, tenant: &TenantId) -> Result<Scheme, ServiceError> {
+        let record = self.active_record(tenant).await?;
+        self.scheme(&record).await
+    }
+
+    /// The tenant's active index key (the one queries are blinded under), created and
+    /// wrapped by the KMS on first use; [`ServiceError::PlaintextMode`] when the tenant's
+    /// index is in plaintext mode.
+    pub async fn index_key(&self, tenant: &TenantId) -> Result<Arc<IndexKey>, ServiceError> {
+        match self.active_scheme(tenant).await? {
+            Scheme::Blind(key) => Ok(key),
+            Scheme::Plaintext(_) => Err(ServiceError::PlaintextMode),
+        }
+    }
+
+    /// The folding rules of the tenant's queries (its active version's).
+    pub async fn query_normalization(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Normalization, ServiceError> {
+        Ok(self.active_scheme(tenant).await?.indexer().normalization())
+    }
+
+    /// The active scheme and, during a rotation, the building one.
     async fn live_keys(&self, tenant: &TenantId) -> Result<LiveKeys, ServiceError> {
         let mut records = self.keyring.store().list_index_keys(tenant).await?;
         if !records.iter().any(|r| r.state == IndexKeyState::Active) {
-            self.index_key(tenant).await?;
+            self.active_record(tenant).await?;
             records = self.keyring.store().list_index_keys(tenant).await?;
         }
         let mut active = None;
@@ -300,11 +414,11 @@ impl SearchService {
             match r.state {
                 IndexKeyState::Active => {
                     set.active = Some(r.version);
-                    active = Some(self.unwrap_index_key(r).await?);
+                    active = Some(self.scheme(r).await?);
                 }
                 IndexKeyState::Building => {
                     set.building = Some(r.version);
-                    building = Some(self.unwrap_index_key(r).await?);
+                    building = Some(self.scheme(r).await?);
                 }
                 IndexKeyState::Retired => {
                     // Nothing is blinded under a retired key again: forget it, and with it
@@ -329,11 +443,17 @@ impl SearchService {
     /// then blind each message under both keys; queries keep using the active key until
     /// every message carries the new key's terms, when the new key becomes active and a
     /// second pass removes the old key's terms. Resumable: the state lives in the store.
-    /// Returns the new version.
+    /// Returns the new version. [`ServiceError::PlaintextMode`] when the tenant wants
+    /// plaintext mode, which has no key.
     pub async fn rotate_index_key(&self, tenant: &TenantId) -> Result<u32, ServiceError> {
-        if self.mode == Mode::Plaintext {
+        if self.wanted_mode(tenant).await? == Mode::Plaintext {
             return Err(ServiceError::PlaintextMode);
         }
+        self.start_rotation(tenant, Mode::Blind).await
+    }
+
+    /// Starts a rotation to a new version in `mode` with this build's folding rules.
+    async fn start_rotation(&self, tenant: &TenantId, mode: Mode) -> Result<u32, ServiceError> {
         let live = self.live_keys(tenant).await?;
         if let Some(v) = live.set.building {
             return Err(ServiceError::RotationInProgress(tenant.clone(), v));
@@ -351,7 +471,7 @@ impl SearchService {
             .checked_add(1)
             .ok_or(CryptoError::Malformed("version"))?;
         let record = self
-            .new_index_key_record(tenant, version, IndexKeyState::Building)
+            .new_index_key_record(tenant, version, IndexKeyState::Building, mode)
             .await?;
         match self.keyring.store().start_index_key_rotation(&record).await {
             Ok(_) => Ok(version),
@@ -362,42 +482,42 @@ impl SearchService {
         }
     }
 
-    /// Starts an index-key rotation when the active key's terms were made with older
-    /// folding rules than this build's ([`Normalization::CURRENT`]) and no rotation is in
-    /// progress; returns whether it started one. The rotation re-indexes the tenant under
-    /// a new key made with the current rules, queries using the old key (and its rules)
-    /// until the switch.
-    async fn upgrade_normalization(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
-        if self.mode == Mode::Plaintext
-            || self
-                .normalized
+    /// Starts a rotation when the active version's mode is not the one the tenant wants
+    /// ([`Self::wanted_mode`]) or its terms were made with older folding rules than this
+    /// build's ([`Normalization::CURRENT`]), and no rotation is in progress; returns whether
+    /// it started one. The rotation re-indexes the tenant in a new version of the wanted
+    /// mode with the current rules, queries using the old version (its mode and rules)
+    /// until the switch. [`Self::index_all_pending`] calls this at most every
+    /// [`SCHEME_CHECK_INTERVAL`] per tenant once the check has passed.
+    pub async fn upgrade_scheme(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
+        let wanted = self.wanted_mode(tenant).await?;
+        let active = self.active_record(tenant).await?;
+        if active.mode == wanted && active.normalization >= Normalization::CURRENT.get() {
+            self.scheme_checked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(tenant)
-        {
+                .insert(tenant.clone(), Instant::now());
             return Ok(false);
         }
-        let Some(active) = self.keyring.store().current_index_key(tenant).await? else {
-            return Ok(false);
-        };
-        if active.normalization >= Normalization::CURRENT.get() {
-            self.normalized
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(tenant.clone());
-            return Ok(false);
-        }
-        match self.rotate_index_key(tenant).await {
+        self.scheme_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+        match self.start_rotation(tenant, wanted).await {
             Ok(version) => {
                 tracing::info!(
                     tenant = %tenant,
                     version,
+                    from_mode = %active.mode,
+                    mode = %wanted,
+                    from_normalization = active.normalization,
                     normalization = Normalization::CURRENT.get(),
-                    "index key made with older folding rules: re-indexing under a new key"
+                    "index made in another mode or with older folding rules: re-indexing"
                 );
                 Ok(true)
             }
-            // Started meanwhile (by another process, or by hand).
+            // Started meanwhile (by another process, or by hand); once it is done, the next
+            // run checks again.
             Err(ServiceError::RotationInProgress(..)) => Ok(false),
             Err(e) => Err(e),
         }
@@ -406,9 +526,6 @@ impl SearchService {
     /// Switches to the building key once every message has been indexed under it; returns
     /// whether it switched.
     async fn advance_rotation(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
-        if self.mode == Mode::Plaintext {
-            return Ok(false);
-        }
         let store = self.keyring.store();
         let building = store
             .list_index_keys(tenant)
@@ -422,9 +539,44 @@ impl SearchService {
             .finish_index_key_rotation(tenant, building.version)
             .await?;
         if switched {
+            self.retired_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(tenant);
             tracing::info!(tenant = %tenant, version = building.version, "index key rotated: queries now use the new key");
         }
         Ok(switched)
+    }
+
+    /// Once the second pass of a rotation is done, compacts the index so that no file keeps
+    /// the retired version's terms (in particular the plaintext terms of a tenant that moved
+    /// to blind mode), then records that. Checked after indexing work, and once per process
+    /// and tenant.
+    async fn remove_retired_terms(
+        &self,
+        tenant: &TenantId,
+        worked: bool,
+    ) -> Result<(), ServiceError> {
+        if !worked
+            && self
+                .retired_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(tenant)
+        {
+            return Ok(());
+        }
+        let store = self.keyring.store();
+        if store.retired_index_terms_left(tenant).await? {
+            let removed = self.index.compact(tenant).await?;
+            store.clear_retired_index_terms(tenant).await?;
+            tracing::info!(tenant = %tenant, removed, "retired index terms removed: index compacted");
+        }
+        self.retired_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone());
+        Ok(())
     }
 
     /// The tenant's index key versions and indexing progress.
@@ -442,6 +594,7 @@ impl SearchService {
                 state: r.state,
                 created_at_ms: r.created_at_ms,
                 normalization: r.normalization,
+                mode: r.mode,
             })
             .collect();
         let (pending, total) = store.index_progress(tenant).await?;
@@ -468,8 +621,8 @@ impl SearchService {
 
     /// Opens the searchable fields of a stored message and turns them into index terms.
     ///
-    /// `also` (during an index-key rotation: the building key) adds its terms to every field
-    /// at the same positions, so phrases match under either key.
+    /// `also` (during an index-key rotation: the building version) adds its terms to every
+    /// field at the same positions, so phrases match under either version.
     pub async fn document(
         &self,
         message: &StoredMessage,
@@ -523,8 +676,12 @@ impl SearchService {
                 let mut terms = indexer.index_text(field, text);
                 if let Some(other) = also {
                     terms.tokens.extend(other.index_text(field, text).tokens);
-                    // Stable: each key's terms stay in their own order at equal positions.
-                    terms.tokens.sort_by_key(|(_, position)| *position);
+                    // By position (the order terms go to the index); a term both versions
+                    // make alike (plaintext under two folding rules) is kept once.
+                    terms
+                        .tokens
+                        .sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+                    terms.tokens.dedup();
                 }
                 terms
             })
@@ -563,17 +720,9 @@ impl SearchService {
             return Ok(0);
         }
         // Read after the first ids: a rotation that marked them is visible here.
-        let live = match self.mode {
-            Mode::Blind => Some(self.live_keys(tenant).await?),
-            Mode::Plaintext => None,
-        };
-        let (indexer, also) = match &live {
-            Some(k) => (
-                Indexer::Blind(&k.active),
-                k.building.as_deref().map(Indexer::Blind),
-            ),
-            None => (Indexer::Plaintext, None),
-        };
+        let live = self.live_keys(tenant).await?;
+        let indexer = live.active.indexer();
+        let also = live.building.as_ref().map(Scheme::indexer);
         let started = Instant::now();
         let mut group: Vec<String> = Vec::new();
         let mut gone = Vec::new();
@@ -602,9 +751,7 @@ impl SearchService {
         self.index.flush(tenant).await?;
         // If a rotation started or switched meanwhile, the markers stay and the next batch
         // indexes these messages again under the new keys. Soft-deleted ones keep theirs.
-        store
-            .mark_indexed(tenant, &group, live.as_ref().map(|k| k.set))
-            .await?;
+        store.mark_indexed(tenant, &group, Some(live.set)).await?;
         for id in &gone {
             self.index
                 .delete(tenant, &DeleteScope::Message(id.clone()))
@@ -619,17 +766,24 @@ impl SearchService {
     /// to [`GROUP_BATCHES`] batches (or [`GROUP_WORK`] of work) share a commit, so what is
     /// indexed is searchable within about a second. When an index-key rotation is in
     /// progress and nothing is left, it switches to the new key and carries on with the
-    /// pass that removes the old key's terms. A tenant whose index key predates this build's
-    /// folding rules gets such a rotation first (see [`Normalization`]).
+    /// pass that removes the old key's terms, and compacts the index once that pass is
+    /// done. A tenant whose active version is not in the mode it wants or predates this
+    /// build's folding rules gets such a rotation first (see [`Self::upgrade_scheme`]).
     pub async fn index_all_pending(
         &self,
         tenant: &TenantId,
         batch: u32,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ServiceError> {
-        if let Err(e) = self.upgrade_normalization(tenant).await {
-            // Mail keeps being indexed under the old rules; the next run tries again.
-            tracing::warn!(tenant = %tenant, error = %e, "could not start the re-index for the current folding rules");
+        let due = self
+            .scheme_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .is_none_or(|at| at.elapsed() >= SCHEME_CHECK_INTERVAL);
+        if due && let Err(e) = self.upgrade_scheme(tenant).await {
+            // Mail keeps being indexed as before; the next run tries again.
+            tracing::warn!(tenant = %tenant, error = %e, "could not start the re-index for the wanted mode or the current folding rules");
         }
         let mut done = 0u64;
         loop {
@@ -640,6 +794,7 @@ impl SearchService {
                 if self.advance_rotation(tenant).await? {
                     continue;
                 }
+                self.remove_retired_terms(tenant, done > 0).await?;
                 return Ok(done);
             }
             done += n as u64;
@@ -674,15 +829,9 @@ impl SearchService {
         if self.keyring.store().get_tenant(tenant).await?.is_none() {
             return Err(ServiceError::UnknownTenant(tenant.clone()));
         }
-        let key = match self.mode {
-            Mode::Blind => Some(self.index_key(tenant).await?),
-            Mode::Plaintext => None,
-        };
-        let indexer = match &key {
-            Some(k) => Indexer::Blind(k),
-            None => Indexer::Plaintext,
-        };
-        // The index's terms were made with the key's folding rules: so are the query's.
+        let scheme = self.active_scheme(tenant).await?;
+        let indexer = scheme.indexer();
+        // The index's terms were made with the version's folding rules: so are the query's.
         let parsed = match indexer.normalization() {
             Normalization::CURRENT => parsed,
             older => Query::parse_with(query, older)?,

@@ -1114,8 +1114,8 @@ mod tests {
         let text = "Ann Lee <ann.lee@example.com> wrote: Müller's café ½ 東京 done";
         for field in [
             ix.index_text(Field::From, text),
-            Indexer::Plaintext.index_text(Field::From, text),
-            Indexer::Plaintext.index_text(Field::Body, text),
+            Indexer::PLAINTEXT.index_text(Field::From, text),
+            Indexer::PLAINTEXT.index_text(Field::Body, text),
         ] {
             let list = term_list(&field.tokens)
                 .unwrap_or_else(|| panic!("not representable: {:?}", field.tokens));
@@ -1172,7 +1172,7 @@ mod tests {
     async fn terms_outside_a_term_list_are_indexed_at_their_positions() {
         let (index, _dir) = fresh(Duration::ZERO).await;
         let t = tenant("fallback");
-        let ix = Indexer::Plaintext;
+        let ix = Indexer::PLAINTEXT;
         let docs = vec![
             plain_doc("gap", "inbox-a", plain(&[("alpha", 0), ("beta", 2)])),
             plain_doc("late", "inbox-a", plain(&[("alpha", 5), ("beta", 6)])),
@@ -1240,7 +1240,7 @@ mod tests {
         let words = ["red", "green", "blue", "cyan", "gold", "gray"];
         let mut rng = crate::search::tests_support::XorShift::new(0xf11e);
         let mut inbox_of = HashMap::new();
-        for ix in [Indexer::Blind(&k), Indexer::Plaintext] {
+        for ix in [Indexer::Blind(&k), Indexer::PLAINTEXT] {
             let t = tenant(&format!("pushdown-{}", ix.mode()));
             for batch in 0..3 {
                 let mut docs = Vec::new();
@@ -1323,7 +1323,7 @@ mod tests {
             let ix = if blind_mode {
                 Indexer::Blind(&k)
             } else {
-                Indexer::Plaintext
+                Indexer::PLAINTEXT
             };
             let t = tenant("canary");
             let n = if blind_mode { 10_000 } else { 200 };
@@ -1422,7 +1422,7 @@ mod tests {
     async fn compaction_leaves_nothing_of_deleted_documents_on_disk() {
         let (index, dir) = fresh(Duration::ZERO).await;
         let t = tenant("compact");
-        let ix = Indexer::Plaintext;
+        let ix = Indexer::PLAINTEXT;
         let tenant_dir = dir.path().join("index").join("compact");
         let run = |r: Result<(), SearchError>| r.unwrap_or_else(|e| panic!("{e}"));
         // Two commits, so two segments, each with a document to delete.

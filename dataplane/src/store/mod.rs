@@ -98,19 +98,22 @@ pub struct KeyVersionRecord {
     pub created_at_ms: UnixMillis,
 }
 
-/// One version of a tenant's search index key, wrapped by the KMS (see
-/// [`crate::search::service`]).
+/// One version of a tenant's search index key: the scheme its index terms are made with
+/// (see [`crate::search::service`]). In blind mode it holds the key, wrapped by the KMS; in
+/// plaintext mode there is no key and `wrapped_key` and `kms_key_ref` are empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexKeyRecord {
     pub tenant_id: TenantId,
     pub version: u32,
-    /// The KMS's wrapped form (`vault:vN:...`).
+    /// The KMS's wrapped form (`vault:vN:...`); empty in plaintext mode.
     pub wrapped_key: String,
     pub kms_key_ref: String,
     pub created_at_ms: UnixMillis,
     pub state: IndexKeyState,
-    /// The folding rules (`search::Normalization`) of the key's terms and queries.
+    /// The folding rules (`search::Normalization`) of the version's terms and queries.
     pub normalization: u32,
+    /// Blind tokens under the key, or the folded words themselves.
+    pub mode: crate::search::Mode,
 }
 
 /// Where an index key version is in its life (see migration `0003_index_key_rotation`).
@@ -748,6 +751,13 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         building: u32,
     ) -> Result<bool, StoreError>;
+    /// Whether a version retired by [`Store::finish_index_key_rotation`] may still have terms
+    /// in the index: the second pass has not been seen finished, or the index not compacted
+    /// since. False while any message of the tenant is pending (the pass is not done).
+    async fn retired_index_terms_left(&self, tenant: &TenantId) -> Result<bool, StoreError>;
+    /// Records that the retired versions' terms are gone from the index (after the second
+    /// pass and a compaction).
+    async fn clear_retired_index_terms(&self, tenant: &TenantId) -> Result<(), StoreError>;
     /// Up to `limit` ids of the tenant's messages whose index marker is set, in id order.
     async fn pending_index(
         &self,
@@ -765,8 +775,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError>;
     /// Clears the index marker of these live messages (ids of other tenants and soft-deleted
     /// messages are ignored: their marker stays for the indexer to remove them), if the
-    /// tenant's active and building index key versions are still `keys` (`None`: no check,
-    /// plaintext mode). Returns false, clearing nothing, when they changed meanwhile.
+    /// tenant's active and building index key versions are still `keys` (`None`: no check). Returns false, clearing nothing, when they changed meanwhile.
     async fn mark_indexed(
         &self,
         tenant: &TenantId,

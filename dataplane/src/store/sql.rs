@@ -328,12 +328,19 @@ const GET_TENANT: &str = "SELECT id, display_name, created_at_ms FROM tenants WH
 const LIST_TENANTS: &str = "SELECT id, display_name, created_at_ms FROM tenants ORDER BY id";
 
 const INSERT_INDEX_KEY: &str = "INSERT INTO tenant_index_keys \
-     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms, state, normalization) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     (tenant_id, version, wrapped_key, kms_key_ref, created_at_ms, state, normalization, mode) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const CURRENT_INDEX_KEY: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
-     created_at_ms, state, normalization FROM tenant_index_keys WHERE tenant_id = $1 AND state = 'active'";
+     created_at_ms, state, normalization, mode FROM tenant_index_keys \
+     WHERE tenant_id = $1 AND state = 'active'";
 const LIST_INDEX_KEYS: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
-     created_at_ms, state, normalization FROM tenant_index_keys WHERE tenant_id = $1 ORDER BY version";
+     created_at_ms, state, normalization, mode FROM tenant_index_keys \
+     WHERE tenant_id = $1 ORDER BY version";
+const RETIRED_INDEX_TERMS_LEFT: &str = "SELECT COUNT(*) AS n FROM tenant_index_keys \
+     WHERE tenant_id = $1 AND retired_terms_left \
+     AND NOT EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 AND index_pending)";
+const CLEAR_RETIRED_INDEX_TERMS: &str = "UPDATE tenant_index_keys SET retired_terms_left = FALSE \
+     WHERE tenant_id = $1 AND retired_terms_left";
 /// Reads the live versions; with `lock_keys` appended it also locks the tenant's active
 /// row, which rotations update (or lock) too, so marker changes and rotations serialize.
 macro_rules! live_index_keys {
@@ -342,8 +349,8 @@ macro_rules! live_index_keys {
          AND state IN ('active', 'building')"
     };
 }
-const RETIRE_ACTIVE_INDEX_KEY: &str =
-    "UPDATE tenant_index_keys SET state = 'retired' WHERE tenant_id = $1 AND state = 'active'";
+const RETIRE_ACTIVE_INDEX_KEY: &str = "UPDATE tenant_index_keys \
+     SET state = 'retired', retired_terms_left = TRUE WHERE tenant_id = $1 AND state = 'active'";
 const ACTIVATE_INDEX_KEY: &str = "UPDATE tenant_index_keys SET state = 'active' \
      WHERE tenant_id = $1 AND version = $2 AND state = 'building'";
 const ANY_PENDING_INDEX: &str =
@@ -778,6 +785,11 @@ macro_rules! sql_store {
                         .map_err(|_| StoreError::Corrupt {
                             table: T,
                             reason: "normalization out of range",
+                        })?,
+                    mode: crate::search::Mode::parse(&Self::col::<String>(row, T, "mode")?)
+                        .ok_or(StoreError::Corrupt {
+                            table: T,
+                            reason: "unknown search mode",
                         })?,
                 })
             }
@@ -2427,6 +2439,7 @@ macro_rules! sql_store {
                     .bind(key.created_at_ms)
                     .bind(IndexKeyState::Active.as_str())
                     .bind(i64::from(key.normalization))
+                    .bind(key.mode.as_str())
                     .execute(&self.pool)
                     .await
                     .map_err(constraint_err(OP, "index key version", "tenant"))?;
@@ -2482,6 +2495,7 @@ macro_rules! sql_store {
                     .bind(key.created_at_ms)
                     .bind(IndexKeyState::Building.as_str())
                     .bind(i64::from(key.normalization))
+                    .bind(key.mode.as_str())
                     .execute(&mut *tx)
                     .await
                     .map_err(constraint_err(OP, "index key version", "tenant"))?;
@@ -2530,6 +2544,27 @@ macro_rules! sql_store {
                 }
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(true)
+            }
+
+            async fn retired_index_terms_left(
+                &self,
+                tenant: &TenantId,
+            ) -> Result<bool, StoreError> {
+                let row = sqlx::query(RETIRED_INDEX_TERMS_LEFT)
+                    .bind(tenant.as_str())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err("retired_index_terms_left"))?;
+                Ok(Self::col::<i64>(&row, "tenant_index_keys", "n")? > 0)
+            }
+
+            async fn clear_retired_index_terms(&self, tenant: &TenantId) -> Result<(), StoreError> {
+                sqlx::query(CLEAR_RETIRED_INDEX_TERMS)
+                    .bind(tenant.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("clear_retired_index_terms"))?;
+                Ok(())
             }
 
             async fn pending_index_after(

@@ -205,14 +205,6 @@ fn corrupt(table: &'static str, reason: &'static str) -> StoreError {
     StoreError::Corrupt { table, reason }
 }
 
-fn parse_mode(s: &str) -> Option<Mode> {
-    match s {
-        "blind" => Some(Mode::Blind),
-        "plaintext" => Some(Mode::Plaintext),
-        _ => None,
-    }
-}
-
 fn to_days(table: &'static str, v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| corrupt(table, "day count out of range"))
 }
@@ -314,7 +306,7 @@ macro_rules! control_sql {
                     tenant_id: to_tenant(T, Self::col(row, T, "tenant_id")?)?,
                     deletion_policy: DeletionPolicy::parse(&policy)
                         .ok_or(corrupt(T, "unknown deletion policy"))?,
-                    search_mode: parse_mode(&mode).ok_or(corrupt(T, "unknown search mode"))?,
+                    search_mode: Mode::parse(&mode).ok_or(corrupt(T, "unknown search mode"))?,
                     state: TenantState::parse(&state).ok_or(corrupt(T, "unknown state"))?,
                     generation: Self::col(row, T, "generation")?,
                 })
