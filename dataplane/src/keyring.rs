@@ -81,6 +81,10 @@ pub enum KeyringError {
         tenant: TenantId,
         version: DekVersion,
     },
+    #[error(
+        "stored wrapped index key of tenant {tenant} version {version} changed during kek rotation; run it again"
+    )]
+    IndexKeyRewrapRace { tenant: TenantId, version: u32 },
 }
 
 impl KeyringError {
@@ -89,7 +93,7 @@ impl KeyringError {
         match self {
             KeyringError::Kms(e) => e.is_retryable(),
             KeyringError::Store(e) => e.is_retryable(),
-            KeyringError::RewrapRace { .. } => true,
+            KeyringError::RewrapRace { .. } | KeyringError::IndexKeyRewrapRace { .. } => true,
             _ => false,
         }
     }
@@ -113,7 +117,10 @@ pub struct KeyVersionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KekRotation {
     pub kek_version: u32,
+    /// DEK versions rewrapped.
     pub rewrapped: usize,
+    /// Search index-key versions rewrapped (they are wrapped like DEKs).
+    pub index_keys_rewrapped: usize,
 }
 
 type CacheKey = (TenantId, DekVersion);
@@ -275,8 +282,10 @@ impl Keyring {
         Ok(version)
     }
 
-    /// Rotates the tenant's KEK in the KMS and rewraps every stored DEK version under it.
-    /// DEKs do not change, so cached keys and sealed data are unaffected.
+    /// Rotates the tenant's KEK in the KMS and rewraps every stored DEK version under it,
+    /// and every search index-key version (blind mode; they are wrapped like DEKs), so that
+    /// `min_decryption_version` can then be raised. DEKs and index keys do not change, so
+    /// cached keys, sealed data and the search index are unaffected.
     pub async fn rotate_kek(&self, tenant: &TenantId) -> Result<KekRotation, KeyringError> {
         let versions = self.store.list_key_versions(tenant).await?;
         let first = versions
@@ -309,12 +318,44 @@ impl Keyring {
             }
             rewrapped += 1;
         }
+        let mut index_keys_rewrapped = 0;
+        for record in self.store.list_index_keys(tenant).await? {
+            // Plaintext-mode versions have no key.
+            if record.wrapped_key.is_empty() {
+                continue;
+            }
+            let key = KeyRef::new(record.kms_key_ref.clone());
+            let version = DekVersion::new(record.version)
+                .ok_or(CryptoError::Malformed("index key version"))?;
+            let ctx = DekContext {
+                tenant,
+                key: &key,
+                version,
+            };
+            let old = WrappedDek::new(record.wrapped_key.clone());
+            let new = self.kms.rewrap_dek(ctx, &old).await?;
+            if new == old {
+                continue;
+            }
+            let replaced = self
+                .store
+                .replace_wrapped_index_key(tenant, record.version, old.as_str(), new.as_str())
+                .await?;
+            if !replaced {
+                return Err(KeyringError::IndexKeyRewrapRace {
+                    tenant: tenant.clone(),
+                    version: record.version,
+                });
+            }
+            index_keys_rewrapped += 1;
+        }
         self.audit(tenant, "keys.rotate_kek", "tenant_key", &key.to_string())
             .await?;
-        tracing::info!(tenant = %tenant, kek_version, rewrapped, "kek rotated and deks rewrapped");
+        tracing::info!(tenant = %tenant, kek_version, rewrapped, index_keys_rewrapped, "kek rotated and deks and index keys rewrapped");
         Ok(KekRotation {
             kek_version,
             rewrapped,
+            index_keys_rewrapped,
         })
     }
 

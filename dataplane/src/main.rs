@@ -443,8 +443,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let keyring = settings.open_keyring().await?;
             let done = keyring.rotate_kek(&tenant.tenant).await?;
             println!(
-                "tenant {}: kek rotated to version {}, {} wrapped dek(s) rewrapped",
-                tenant.tenant, done.kek_version, done.rewrapped
+                "tenant {}: kek rotated to version {}, {} wrapped dek(s) and {} index key(s) rewrapped",
+                tenant.tenant, done.kek_version, done.rewrapped, done.index_keys_rewrapped
             );
         }
     }

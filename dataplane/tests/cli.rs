@@ -56,7 +56,7 @@ fn tenant_creation_and_key_rotations_show_in_keys_status() {
     assert!(rotated.contains("dek v2"), "{rotated}");
     let rotated = ok(d, &["keys", "rotate-kek", "--tenant", "demo"]);
     assert!(
-        rotated.contains("version 2, 2 wrapped dek(s) rewrapped"),
+        rotated.contains("version 2, 2 wrapped dek(s) and 0 index key(s) rewrapped"),
         "{rotated}"
     );
 

@@ -10,6 +10,9 @@ use helpr_dataplane::keyring::{Keyring, KeyringConfig, KeyringError};
 use helpr_dataplane::kms::local::LocalKms;
 use helpr_dataplane::kms::vault::{VaultAuth, VaultConfig, VaultKms};
 use helpr_dataplane::kms::{KeyRef, Kms};
+use helpr_dataplane::search::blind::blind;
+use helpr_dataplane::search::service::SearchService;
+use helpr_dataplane::search::{Field, IndexKey, Mode, TantivyConfig, TantivyIndex};
 use helpr_dataplane::store::{PgStore, SqliteStore, Store};
 use helpr_tests::fixtures::{self, CountingKms, PlainMessage};
 use helpr_tests::openbao::OpenBao;
@@ -196,12 +199,30 @@ async fn kek_rotation_rewraps_every_dek_and_data_opens_after_min_decryption_vers
     keyring.rotate_dek(&acme).await.unwrap();
     let s2 = keyring.seal(&c2, b"under dek v2").await.unwrap();
 
+    // The search index key is wrapped like a DEK, so it is rewrapped too.
+    let keyring = Arc::new(keyring);
+    let dir = tempfile::tempdir().unwrap();
+    let search = |keyring: Arc<Keyring>| {
+        let index = TantivyIndex::open(TantivyConfig::new(dir.path().join("index"))).unwrap();
+        SearchService::new(keyring, Arc::new(index), Mode::Blind)
+    };
+    let index_key = search(keyring.clone()).index_key(&acme).await.unwrap();
+    let token = |key: &IndexKey| blind(key, Field::Body, "invoice");
+    let before = token(&index_key);
+
     let rotation = keyring.rotate_kek(&acme).await.unwrap();
     assert_eq!(rotation.kek_version, 2);
     assert_eq!(rotation.rewrapped, 2);
+    assert_eq!(rotation.index_keys_rewrapped, 1);
     for v in r.store.list_key_versions(&acme).await.unwrap() {
         assert!(
             v.wrapped_dek.starts_with("vault:v2:"),
+            "rewrapped under kek v2"
+        );
+    }
+    for v in r.store.list_index_keys(&acme).await.unwrap() {
+        assert!(
+            v.wrapped_key.starts_with("vault:v2:"),
             "rewrapped under kek v2"
         );
     }
@@ -222,6 +243,9 @@ async fn kek_rotation_rewraps_every_dek_and_data_opens_after_min_decryption_vers
     assert_eq!(fresh.open(&c2, &s2).await.unwrap(), b"under dek v2");
     let status = fresh.status(&acme).await.unwrap();
     assert!(status.iter().all(|v| v.kek_version == Some(2)));
+    // The same index key, so the index needs nothing.
+    let unwrapped = search(Arc::new(fresh)).index_key(&acme).await.unwrap();
+    assert_eq!(token(&unwrapped), before);
     drop(r.db);
 }
 

@@ -1166,6 +1166,23 @@ mod cases {
         ));
         assert_eq!(s.current_index_key(&t).await?, Some(rec(1)));
         assert_eq!(s.list_index_keys(&t).await?, vec![rec(1)]);
+        // A KEK rotation's rewrap: compare-and-swap of the wrapped form, blind versions only.
+        let old = rec(1).wrapped_key;
+        assert!(!s.replace_wrapped_index_key(&t, 1, "stale", "x").await?);
+        assert!(!s.replace_wrapped_index_key(&t, 2, &old, "x").await?);
+        assert!(!s.replace_wrapped_index_key(&other, 1, "", "x").await?);
+        assert!(
+            s.replace_wrapped_index_key(&t, 1, &old, "local:v2:rewrapped")
+                .await?
+        );
+        assert_eq!(
+            s.current_index_key(&t).await?.map(|k| k.wrapped_key),
+            Some("local:v2:rewrapped".to_owned())
+        );
+        assert!(
+            s.replace_wrapped_index_key(&t, 1, "local:v2:rewrapped", &old)
+                .await?
+        );
         assert_eq!(s.current_index_key(&tid("nobody")).await?, None);
         let unknown = IndexKeyRecord {
             tenant_id: tid("nobody"),

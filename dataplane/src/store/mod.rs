@@ -751,6 +751,15 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         building: u32,
     ) -> Result<bool, StoreError>;
+    /// Replaces the wrapped form of a blind index-key version after a KEK rotation, if it is
+    /// still `old` (compare-and-swap, as [`Store::replace_wrapped_dek`]).
+    async fn replace_wrapped_index_key(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
     /// Whether a version retired by [`Store::finish_index_key_rotation`] may still have terms
     /// in the index: the second pass has not been seen finished, or the index not compacted
     /// since. False while any message of the tenant is pending (the pass is not done).

@@ -336,6 +336,8 @@ const CURRENT_INDEX_KEY: &str = "SELECT tenant_id, version, wrapped_key, kms_key
 const LIST_INDEX_KEYS: &str = "SELECT tenant_id, version, wrapped_key, kms_key_ref, \
      created_at_ms, state, normalization, mode FROM tenant_index_keys \
      WHERE tenant_id = $1 ORDER BY version";
+const CAS_WRAPPED_INDEX_KEY: &str = "UPDATE tenant_index_keys SET wrapped_key = $3 \
+     WHERE tenant_id = $1 AND version = $2 AND wrapped_key = $4 AND mode = 'blind'";
 const RETIRED_INDEX_TERMS_LEFT: &str = "SELECT COUNT(*) AS n FROM tenant_index_keys \
      WHERE tenant_id = $1 AND retired_terms_left \
      AND NOT EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 AND index_pending)";
@@ -2544,6 +2546,24 @@ macro_rules! sql_store {
                 }
                 tx.commit().await.map_err(db_err(OP))?;
                 Ok(true)
+            }
+
+            async fn replace_wrapped_index_key(
+                &self,
+                tenant: &TenantId,
+                version: u32,
+                old: &str,
+                new: &str,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(CAS_WRAPPED_INDEX_KEY)
+                    .bind(tenant.as_str())
+                    .bind(i64::from(version))
+                    .bind(new)
+                    .bind(old)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("replace_wrapped_index_key"))?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn retired_index_terms_left(
