@@ -170,6 +170,13 @@ pub struct SearchSettings {
     pub backend: SearchBackend,
     /// gRPC URL of the index role when `backend = "remote"`, e.g. `http://helpr-index:7070`.
     pub remote_url: Option<String>,
+    /// The index role's secret (see [`crate::search::index_auth`]; mode 0600 or stricter):
+    /// `helpr-dataplane index` verifies callers' tokens with it, and a `remote` client that
+    /// holds it (the shared roles) presents the token for every tenant.
+    pub index_secret_file: Option<PathBuf>,
+    /// A `remote` client's index token, for one tenant (the operator writes it for each
+    /// tenant's sync workers and purge jobs); used instead of `index_secret_file`.
+    pub remote_token_file: Option<PathBuf>,
     /// The Quickwit cluster when `backend = "quickwit"` (`search.quickwit.url`, `index_id`,
     /// `commit`, `ca_cert_file`, `client_cert_file`, `client_key_file`,
     /// `allow_insecure_http`, `timeout_secs`, ...).
@@ -195,6 +202,8 @@ impl Default for SearchSettings {
             writer_heap_mb: 64,
             backend: SearchBackend::Embedded,
             remote_url: None,
+            index_secret_file: None,
+            remote_token_file: None,
             quickwit: None,
         }
     }
@@ -378,11 +387,49 @@ impl Settings {
                         "search.backend is remote but search.remote_url is missing".into(),
                     )
                 })?;
+                let token = self.index_token()?;
                 Ok(Arc::new(
-                    crate::search::remote::RemoteIndex::connect(url)
+                    crate::search::remote::RemoteIndex::connect(url, &token)
                         .map_err(|e| ConfigError::Invalid(e.to_string()))?,
                 ))
             }
+        }
+    }
+
+    /// The index role's secret (`search.index_secret_file`), which `helpr-dataplane index`
+    /// requires: there is no unauthenticated index role.
+    pub fn index_secret(&self) -> Result<crate::search::index_auth::IndexSecret, ConfigError> {
+        let path = self.search.index_secret_file.as_deref().ok_or_else(|| {
+            ConfigError::Invalid(
+                "search.index_secret_file is required: the index role serves only callers \
+                 with a token of its secret (at least 32 random characters, mode 0600)"
+                    .into(),
+            )
+        })?;
+        crate::search::index_auth::IndexSecret::from_file(path)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The token a `remote` client presents: from `search.remote_token_file`, or the
+    /// all-tenants token of `search.index_secret_file`.
+    pub fn index_token(&self) -> Result<crate::search::index_auth::IndexToken, ConfigError> {
+        use crate::search::index_auth::{IndexScope, IndexToken};
+        match (
+            &self.search.remote_token_file,
+            &self.search.index_secret_file,
+        ) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "search.remote_token_file and search.index_secret_file exclude each other".into(),
+            )),
+            (Some(path), None) => {
+                IndexToken::from_file(path).map_err(|e| ConfigError::Invalid(e.to_string()))
+            }
+            (None, Some(_)) => Ok(self.index_secret()?.token(&IndexScope::All)),
+            (None, None) => Err(ConfigError::Invalid(
+                "search.backend is remote but neither search.remote_token_file nor \
+                 search.index_secret_file is set: the index role needs a token"
+                    .into(),
+            )),
         }
     }
 

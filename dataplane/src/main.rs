@@ -70,7 +70,8 @@ enum Command {
     },
     /// Run the index role: own the tenant search indexes (tantivy under search.index_dir)
     /// and serve index, delete and search over gRPC to the other roles
-    /// (search.backend = "remote", search.remote_url). Stops on SIGINT/SIGTERM.
+    /// (search.backend = "remote", search.remote_url), each call carrying a token of
+    /// search.index_secret_file whose scope covers its tenant. Stops on SIGINT/SIGTERM.
     Index {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070")]
@@ -247,6 +248,13 @@ enum KeysCommand {
         #[command(flatten)]
         tenant: TenantArg,
     },
+    /// Print the index-role token for one tenant, made with search.index_secret_file: what
+    /// a process that serves only this tenant presents to the index role (the operator gives
+    /// one to each tenant's sync workers). Store it in a Secret; it is a credential.
+    IndexToken {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
 }
 
 fn main() -> ExitCode {
@@ -415,13 +423,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control { listen } => run_control(&settings, listen).await?,
         Command::Api { listen } => run_api(&settings, listen).await?,
         Command::Index { listen } => {
+            let secret = std::sync::Arc::new(settings.index_secret()?);
             let index = std::sync::Arc::new(settings.open_search_index()?);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             tracing::info!(listen = %listener.local_addr()?, "index role serving gRPC");
             println!("index role listening on {}", listener.local_addr()?);
-            helpr_dataplane::search::remote::serve(index, listener, shutdown_signal()).await?;
+            helpr_dataplane::search::remote::serve(index, secret, listener, shutdown_signal())
+                .await?;
         }
         Command::Dev { listen, import } => run_dev(&settings, listen, import.as_deref()).await?,
         Command::Ingest { listen } => run_ingest(&settings, listen).await?,
@@ -438,6 +448,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::RotateIndexKey { tenant }) => {
             run_rotate_index_key(&settings, &tenant.tenant).await?
+        }
+        Command::Keys(KeysCommand::IndexToken { tenant }) => {
+            use helpr_dataplane::search::index_auth::IndexScope;
+            let token = settings
+                .index_secret()?
+                .token(&IndexScope::Tenant(tenant.tenant.clone()));
+            println!("{}", token.expose());
         }
         Command::Keys(KeysCommand::RotateKek { tenant }) => {
             let keyring = settings.open_keyring().await?;

@@ -559,7 +559,9 @@ fn dev_import_search_and_reindex_share_one_data_directory() {
 }
 
 /// The index role in its own process; `import` and `search` reach it over gRPC
-/// (search.backend = remote) and hold no index themselves.
+/// (search.backend = remote) and hold no index themselves. The role serves only callers with
+/// a token of its secret: the secret's holders for every tenant, a tenant's token for that
+/// tenant alone.
 #[test]
 fn import_and_search_through_the_index_role() {
     let dir = tempfile::tempdir().unwrap();
@@ -587,12 +589,29 @@ fn import_and_search_through_the_index_role() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let mut role = Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"))
-        .args(["index", "--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("HELPR_CONFIG")
-        .env("HELPR_LOG", "warn")
-        .env("HELPR_SEARCH__INDEX_DIR", index_dir.path())
-        .stdout(std::process::Stdio::null())
+    let role_command = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"));
+        c.args(["index", "--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("HELPR_CONFIG")
+            .env("HELPR_LOG", "warn")
+            .env("HELPR_SEARCH__INDEX_DIR", index_dir.path())
+            .stdout(std::process::Stdio::null());
+        c
+    };
+    // No unauthenticated index role.
+    let out = role_command().output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("search.index_secret_file is required"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = d.join("index-secret");
+    std::fs::write(&secret, "a-secret-of-the-index-role-of-at-least-32-bytes\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut role = role_command()
+        .env("HELPR_SEARCH__INDEX_SECRET_FILE", &secret)
         .spawn()
         .unwrap();
     for _ in 0..300 {
@@ -601,7 +620,7 @@ fn import_and_search_through_the_index_role() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let remote = |args: &[&str]| {
+    let remote_with = |credential: (&str, &Path), args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"))
             .arg("--data-dir")
             .arg(d)
@@ -613,9 +632,32 @@ fn import_and_search_through_the_index_role() {
                 "HELPR_SEARCH__REMOTE_URL",
                 format!("http://127.0.0.1:{port}"),
             )
+            .env(credential.0, credential.1)
             .output()
             .unwrap()
     };
+    let remote =
+        |args: &[&str]| remote_with(("HELPR_SEARCH__INDEX_SECRET_FILE", secret.as_path()), args);
+    // Tokens for one tenant, as the operator gives each tenant's sync workers.
+    let token_file = |tenant: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_helpr-dataplane"))
+            .args(["keys", "index-token", "--tenant", tenant])
+            .env_remove("HELPR_CONFIG")
+            .env("HELPR_SEARCH__INDEX_SECRET_FILE", &secret)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = d.join(format!("token-{tenant}"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        path
+    };
+    let demo_token = token_file("demo");
+    let other_token = token_file("other");
     let out = remote(&[
         "import",
         "--tenant",
@@ -637,6 +679,25 @@ fn import_and_search_through_the_index_role() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Invoice missing"));
+    let out = remote_with(
+        ("HELPR_SEARCH__REMOTE_TOKEN_FILE", demo_token.as_path()),
+        &["search", "--tenant", "demo", "invoice"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Invoice missing"));
+    // Another tenant's token is refused, and says why.
+    let out = remote_with(
+        ("HELPR_SEARCH__REMOTE_TOKEN_FILE", other_token.as_path()),
+        &["search", "--tenant", "demo", "invoice"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not cover this tenant"), "{err}");
+    assert!(!err.contains("helpr-index.v1."), "{err}");
     // The index lives with the role, not in the data directory.
     assert!(!d.join("index").exists());
     assert!(index_dir.path().join("demo").is_dir());

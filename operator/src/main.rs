@@ -95,6 +95,11 @@ struct RunArgs {
     /// File holding the control API's bearer token (a mounted Secret).
     #[arg(long, env = "HELPR_OPERATOR_CONTROL_TOKEN_FILE", value_name = "FILE")]
     control_token_file: PathBuf,
+    /// File holding the index role's secret (a mounted Secret): the operator then writes
+    /// each tenant a Secret with an index-role token for that tenant alone, which the
+    /// tenant's sync workers and purge jobs mount. Without it they get none.
+    #[arg(long, env = "HELPR_OPERATOR_INDEX_SECRET_FILE", value_name = "FILE")]
+    index_secret_file: Option<PathBuf>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long = "listen",
@@ -233,7 +238,16 @@ async fn wait_for_crds(client: &kube::Client, timeout: Duration) -> anyhow::Resu
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = OperatorSettings::load(&args.settings)?;
+    let mut settings = OperatorSettings::load(&args.settings)?;
+    let index_secret = match &args.index_secret_file {
+        Some(path) => {
+            let secret = helpr_dataplane::search::index_auth::IndexSecret::from_file(path)
+                .context("read the index role's secret")?;
+            settings.index_tokens = true;
+            Some(Arc::new(secret))
+        }
+        None => None,
+    };
     let token = Zeroizing::new(
         std::fs::read_to_string(&args.control_token_file).with_context(|| {
             format!(
@@ -342,7 +356,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tenants: tenant_controller.store(),
         inboxes: inbox_controller.store(),
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         Recorder::new(client.clone(), reporter),
         settings.clone(),
@@ -350,7 +364,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(control),
         metrics.clone(),
         parents,
-    ));
+    );
+    if let Some(secret) = index_secret {
+        ctx = ctx.with_index_secret(secret);
+    }
+    let ctx = Arc::new(ctx);
     tracing::info!(finalizer = Tenant::FINALIZER, "tenant controller starting");
     // Only the children the operator made: not every Deployment of the cluster.
     let owned = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);

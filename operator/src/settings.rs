@@ -39,6 +39,11 @@ pub struct OperatorSettings {
     /// is reported instead of having every push refused. Empty: not checked.
     #[serde(default)]
     pub push_audiences: Vec<String>,
+    /// Whether the operator holds the index role's secret (`--index-secret-file`, not a
+    /// setting): then it writes each tenant an index-role token Secret that the tenant's
+    /// data-plane pods mount.
+    #[serde(skip)]
+    pub index_tokens: bool,
 }
 
 /// [`VaultNaming`] as chart values.
@@ -269,6 +274,7 @@ pub(crate) mod tests {
                 google_api_cidrs: vec!["142.250.0.0/15".to_owned(), "2a00:1450::/32".to_owned()],
             },
             push_audiences: Vec::new(),
+            index_tokens: false,
         }
     }
 

@@ -77,7 +77,7 @@ const OPERATOR_RBAC: &[(&str, &[&str], &[&str])] = &[
         &["cronjobs"],
         &["list", "watch", "create", "patch"],
     ),
-    ("", &["secrets"], &["get"]),
+    ("", &["secrets"], &["get", "create", "patch"]),
     (
         "apiextensions.k8s.io",
         &["customresourcedefinitions"],
@@ -1017,8 +1017,68 @@ fn tantivy_backend_runs_the_index_role_as_a_statefulset_with_a_volume() {
             .contains("remote_url = \"http://helpr-index.helpr.svc:7070\"")
     );
 
+    // Every caller needs a token of the index role's secret: the role and the shared roles
+    // mount it (read-only, 0400), the operator too, to give each tenant its own token.
+    let secret = r.get("Secret", "helpr-index-secret");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert!(secret["data"]["secret"].as_str().unwrap().len() >= 64);
+    let index_secret_mounted = |pod: &Value, env: &str| {
+        let spec = &pod["spec"]["template"]["spec"];
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "index-secret")
+            .unwrap_or_else(|| panic!("no index-secret volume in {}", pod["metadata"]["name"]));
+        assert_eq!(volume["secret"]["secretName"], "helpr-index-secret");
+        assert_eq!(volume["secret"]["defaultMode"], 0o400);
+        let c = &spec["containers"][0];
+        assert!(c["volumeMounts"].as_array().unwrap().iter().any(|m| {
+            m["name"] == "index-secret"
+                && m["mountPath"] == "/var/run/secrets/helpr/index"
+                && m["readOnly"] == true
+        }));
+        assert!(
+            c["env"].as_array().unwrap().iter().any(|e| {
+                e["name"] == env && e["value"] == "/var/run/secrets/helpr/index/secret"
+            }),
+            "{}",
+            pod["metadata"]["name"]
+        );
+    };
+    index_secret_mounted(sts, "HELPR_SEARCH__INDEX_SECRET_FILE");
+    for role in ["helpr-api", "helpr-ingest", "helpr-control"] {
+        index_secret_mounted(r.get("Deployment", role), "HELPR_SEARCH__INDEX_SECRET_FILE");
+    }
+    index_secret_mounted(
+        r.get("Deployment", "helpr-operator"),
+        "HELPR_OPERATOR_INDEX_SECRET_FILE",
+    );
+    // Not in the settings the tenants' own pods mount: they get a token for themselves.
+    assert!(!r.helpr_toml().contains("index_secret_file"));
+    // A platform team's own Secret instead.
+    let own = render_with(
+        &[],
+        &[r#"search={"index":{"existingSecret":"my-index-secret"}}"#],
+    )
+    .unwrap();
+    assert!(own.find("Secret", "helpr-index-secret").is_none());
+    assert_eq!(
+        own.get("StatefulSet", "helpr-index")["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "index-secret")
+            .unwrap()["secret"]["secretName"],
+        "my-index-secret"
+    );
+
     // Quickwit: no StatefulSet, no volume, the cluster's URL and TLS files instead.
     let p = render_production();
+    assert!(p.find("Secret", "helpr-index-secret").is_none());
     assert!(p.of_kind("StatefulSet").is_empty());
     assert!(p.of_kind("PersistentVolumeClaim").is_empty());
     let toml = p.helpr_toml();

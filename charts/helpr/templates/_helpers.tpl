@@ -72,6 +72,10 @@ mail.helpr.dev/plane: data
 {{- default (include "helpr.componentName" (dict "ctx" . "component" "control-token")) .Values.controlApi.existingSecret -}}
 {{- end -}}
 
+{{- define "helpr.indexSecretName" -}}
+{{- default (include "helpr.componentName" (dict "ctx" . "component" "index-secret")) .Values.search.index.existingSecret -}}
+{{- end -}}
+
 {{/* Pod Security Standard "restricted" at pod level. */}}
 {{- define "helpr.podSecurityContext" -}}
 runAsNonRoot: true
@@ -176,6 +180,15 @@ credentials. */}}
       - key: {{ $.Values.kms.vault.caSecretRef.key }}
         path: ca.crt
 {{- end }}
+{{- if eq .Values.search.backend "tantivy" }}
+- name: index-secret
+  secret:
+    secretName: {{ include "helpr.indexSecretName" . }}
+    defaultMode: 0400
+    items:
+      - key: secret
+        path: secret
+{{- end }}
 {{- if eq .Values.search.backend "quickwit" }}
 {{- with .Values.search.quickwit.tls.caSecretRef.name }}
 - name: search-ca
@@ -209,6 +222,11 @@ credentials. */}}
   mountPath: /etc/helpr-tls/kms
   readOnly: true
 {{- end }}
+{{- if eq .Values.search.backend "tantivy" }}
+- name: index-secret
+  mountPath: /var/run/secrets/helpr/index
+  readOnly: true
+{{- end }}
 {{- if eq .Values.search.backend "quickwit" }}
 {{- if .Values.search.quickwit.tls.caSecretRef.name }}
 - name: search-ca
@@ -229,6 +247,12 @@ credentials. */}}
   value: /etc/helpr/helpr.toml
 - name: HELPR_LOG
   value: {{ .Values.config.logLevel | quote }}
+{{- if eq .Values.search.backend "tantivy" }}
+# The index role's secret: these shared roles present its token for every tenant (the
+# operator gives each tenant's own pods a token for that tenant alone).
+- name: HELPR_SEARCH__INDEX_SECRET_FILE
+  value: /var/run/secrets/helpr/index/secret
+{{- end }}
 - name: HELPR_DATABASE__URL
   valueFrom:
     secretKeyRef:

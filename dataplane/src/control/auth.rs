@@ -16,24 +16,78 @@ use zeroize::Zeroizing;
 /// Longest token accepted (bytes).
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
-/// Why the token file was refused. Never carries the token.
+/// Why a secret file (a token, a key) was refused. Never carries its content.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
-    #[error("control token file {path} cannot be read: {kind}")]
+pub enum SecretFileError {
+    #[error("{what} file {path} cannot be read: {kind}")]
     Unreadable {
+        what: &'static str,
         path: PathBuf,
         kind: std::io::ErrorKind,
     },
     #[error(
-        "control token file {path} has mode {mode:o}: others may access it or its group may change it; run chmod 600 on it (in Kubernetes: defaultMode 0400, which an fsGroup turns into 0440)"
+        "{what} file {path} has mode {mode:o}: others may access it or its group may change it; run chmod 600 on it (in Kubernetes: defaultMode 0400, which an fsGroup turns into 0440)"
     )]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("control token file {path} is empty")]
-    Empty { path: PathBuf },
+    Permissions {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("{what} file {path} is empty")]
+    Empty { what: &'static str, path: PathBuf },
     #[error(
-        "control token file {path} holds more than {MAX_TOKEN_BYTES} bytes or non-printable characters"
+        "{what} file {path} holds more than {MAX_TOKEN_BYTES} bytes or non-printable characters"
     )]
-    Malformed { path: PathBuf },
+    Malformed { what: &'static str, path: PathBuf },
+}
+
+/// Why the control token file was refused.
+pub type TokenFileError = SecretFileError;
+
+/// Reads a secret (`what`: what it is, for errors) from `path`: refuses a file that others
+/// may access or its group may write or execute (group read is allowed: Kubernetes mounts a
+/// Secret `0440` when the pod has an `fsGroup`), an empty one, and one with non-printable
+/// bytes (surrounding whitespace and a trailing newline are ignored).
+pub fn read_private_secret(
+    path: &Path,
+    what: &'static str,
+) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
+    let unreadable = |e: std::io::Error| SecretFileError::Unreadable {
+        what,
+        path: path.to_owned(),
+        kind: e.kind(),
+    };
+    // metadata follows symbolic links: Kubernetes mounts Secret keys as links.
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o037 != 0 {
+            return Err(SecretFileError::Permissions {
+                what,
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
+    let secret = bytes.trim_ascii();
+    if secret.is_empty() {
+        return Err(SecretFileError::Empty {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    if secret.len() > MAX_TOKEN_BYTES || !secret.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(SecretFileError::Malformed {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(Zeroizing::new(secret.to_vec()))
 }
 
 /// The expected bearer token: kept as its SHA-256 digest (the token bytes are wiped after
@@ -51,43 +105,9 @@ impl ControlToken {
         }
     }
 
-    /// Reads the token from `path`: refuses a file that others may access or its group may
-    /// write or execute (group read is allowed: Kubernetes mounts a Secret `0440` when the
-    /// pod has an `fsGroup`), an empty one, and one with non-printable bytes (surrounding
-    /// whitespace and a trailing newline are ignored).
+    /// Reads the token from `path` (see [`read_private_secret`]).
     pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
-        let unreadable = |e: std::io::Error| TokenFileError::Unreadable {
-            path: path.to_owned(),
-            kind: e.kind(),
-        };
-        // metadata follows symbolic links: Kubernetes mounts Secret keys as links.
-        let meta = std::fs::metadata(path).map_err(unreadable)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o037 != 0 {
-                return Err(TokenFileError::Permissions {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
-        let token = bytes.trim_ascii();
-        if token.is_empty() {
-            return Err(TokenFileError::Empty {
-                path: path.to_owned(),
-            });
-        }
-        if token.len() > MAX_TOKEN_BYTES || !token.iter().all(|b| b.is_ascii_graphic()) {
-            return Err(TokenFileError::Malformed {
-                path: path.to_owned(),
-            });
-        }
-        Ok(Self::new(token))
+        Ok(Self::new(&read_private_secret(path, "control token")?))
     }
 
     /// Whether `presented` is the token, in constant time.

@@ -42,7 +42,7 @@ use crate::store::{
     SubjectKind, TenantSpec, TenantState, Visibility, WatchError, now_ms,
 };
 
-pub use auth::{BearerAuth, ControlToken, TokenFileError};
+pub use auth::{BearerAuth, ControlToken, SecretFileError, TokenFileError};
 
 /// Generated from `dataplane/proto/helpr/control/v1/control.proto` (server and client).
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -13,6 +13,7 @@
 pub mod blind;
 mod blind_cache;
 pub mod index;
+pub mod index_auth;
 pub mod query;
 pub mod quickwit;
 #[cfg(test)]

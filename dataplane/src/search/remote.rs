@@ -3,16 +3,19 @@
 //! use to reach it, so sync workers and API replicas share one index per tenant.
 //!
 //! Only terms and ids cross the wire (see `dataplane/proto/helpr/index/v1/index.proto`).
-//! Every request is validated on the server (tenant id, field names, limits) before it
-//! reaches the index. The transport is plain HTTP/2: in a cluster the chart's NetworkPolicy
-//! admits only data-plane pods to the index role.
+//! Every request must carry an index token whose scope covers its tenant (see
+//! [`super::index_auth`]) and is validated on the server (tenant id, field names, limits)
+//! before it reaches the index. The transport is plain HTTP/2: in a cluster the chart's
+//! NetworkPolicy admits only data-plane pods to the index role.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -21,6 +24,7 @@ use super::index::{
     Cursor, DeleteScope, IndexDoc, IndexStats, SearchError, SearchHit, SearchIndex, SearchPage,
     SearchRequest,
 };
+use super::index_auth::{IndexSecret, IndexToken};
 use super::query::IndexQuery;
 use crate::ids::TenantId;
 
@@ -234,14 +238,23 @@ fn error_of(s: Status, tenant: &TenantId) -> SearchError {
 
 // --- server -------------------------------------------------------------------------------
 
-/// Serves a [`SearchIndex`] over gRPC.
+/// Serves a [`SearchIndex`] over gRPC to callers with an index token of `secret`.
 pub struct IndexServer {
     index: Arc<dyn SearchIndex>,
+    secret: Arc<IndexSecret>,
 }
 
 impl IndexServer {
-    pub fn new(index: Arc<dyn SearchIndex>) -> Self {
-        Self { index }
+    pub fn new(index: Arc<dyn SearchIndex>, secret: Arc<IndexSecret>) -> Self {
+        Self { index, secret }
+    }
+
+    /// The request's tenant, if its token covers it.
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn tenant<T>(&self, request: &Request<T>, tenant: &str) -> Result<TenantId, Status> {
+        let tenant = tenant_from_wire(tenant)?;
+        self.secret.authorize(request.metadata(), &tenant)?;
+        Ok(tenant)
     }
 
     /// The tonic service, with the message size limits set.
@@ -258,8 +271,8 @@ impl SearchIndexRpc for IndexServer {
         &self,
         request: Request<proto::IndexRequest>,
     ) -> Result<Response<proto::IndexResponse>, Status> {
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         let r = request.into_inner();
-        let tenant = tenant_from_wire(&r.tenant)?;
         let docs = r
             .documents
             .into_iter()
@@ -273,7 +286,7 @@ impl SearchIndexRpc for IndexServer {
         &self,
         request: Request<proto::TenantRequest>,
     ) -> Result<Response<proto::FlushResponse>, Status> {
-        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         self.index.flush(&tenant).await.map_err(status_of)?;
         Ok(Response::new(proto::FlushResponse {}))
     }
@@ -283,8 +296,8 @@ impl SearchIndexRpc for IndexServer {
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         use proto::delete_request::Scope;
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         let r = request.into_inner();
-        let tenant = tenant_from_wire(&r.tenant)?;
         let scope = match r.scope.ok_or_else(|| invalid("delete scope missing"))? {
             Scope::MessageId(id) => DeleteScope::Message(id),
             Scope::ConversationId(id) => DeleteScope::Conversation(id),
@@ -301,7 +314,7 @@ impl SearchIndexRpc for IndexServer {
         &self,
         request: Request<proto::TenantRequest>,
     ) -> Result<Response<proto::DropTenantResponse>, Status> {
-        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         self.index.drop_tenant(&tenant).await.map_err(status_of)?;
         Ok(Response::new(proto::DropTenantResponse {}))
     }
@@ -310,8 +323,8 @@ impl SearchIndexRpc for IndexServer {
         &self,
         request: Request<proto::SearchRequest>,
     ) -> Result<Response<proto::SearchResponse>, Status> {
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         let r = request.into_inner();
-        let tenant = tenant_from_wire(&r.tenant)?;
         let query = query_from_wire(r.query.ok_or_else(|| invalid("query missing"))?, 0)?;
         let request = SearchRequest {
             query,
@@ -350,7 +363,7 @@ impl SearchIndexRpc for IndexServer {
         &self,
         request: Request<proto::TenantRequest>,
     ) -> Result<Response<proto::CompactResponse>, Status> {
-        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         let removed_documents = self.index.compact(&tenant).await.map_err(status_of)?;
         Ok(Response::new(proto::CompactResponse { removed_documents }))
     }
@@ -359,7 +372,7 @@ impl SearchIndexRpc for IndexServer {
         &self,
         request: Request<proto::TenantRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
-        let tenant = tenant_from_wire(&request.into_inner().tenant)?;
+        let tenant = self.tenant(&request, &request.get_ref().tenant)?;
         let s = self.index.stats(&tenant).await.map_err(status_of)?;
         Ok(Response::new(proto::StatsResponse {
             documents: s.documents,
@@ -370,15 +383,17 @@ impl SearchIndexRpc for IndexServer {
     }
 }
 
-/// Serves `index` on `listener` until `shutdown` completes.
+/// Serves `index` on `listener`, to callers with an index token of `secret`, until
+/// `shutdown` completes.
 pub async fn serve(
     index: Arc<dyn SearchIndex>,
+    secret: Arc<IndexSecret>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), SearchError> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tonic::transport::Server::builder()
-        .add_service(IndexServer::new(index).into_service())
+        .add_service(IndexServer::new(index, secret).into_service())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| SearchError::Unavailable(format!("index server: {e}")))
@@ -386,24 +401,39 @@ pub async fn serve(
 
 // --- client -------------------------------------------------------------------------------
 
+/// Adds the index token to every call.
+#[derive(Clone)]
+pub struct WithToken(MetadataValue<Ascii>);
+
+impl Interceptor for WithToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
 /// The index role as a [`SearchIndex`].
 #[derive(Clone)]
 pub struct RemoteIndex {
-    client: SearchIndexClient<Channel>,
+    client: SearchIndexClient<InterceptedService<Channel, WithToken>>,
 }
 
 impl RemoteIndex {
-    /// A client for `url` (`http://host:port`). Connects lazily: an unreachable index role
-    /// shows as [`SearchError::Unavailable`] on the first call, not here.
-    pub fn connect(url: &str) -> Result<Self, SearchError> {
+    /// A client for `url` (`http://host:port`) presenting `token` on every call. Connects
+    /// lazily: an unreachable index role shows as [`SearchError::Unavailable`] on the first
+    /// call, not here.
+    pub fn connect(url: &str, token: &IndexToken) -> Result<Self, SearchError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|_| SearchError::InvalidRequest("invalid index role url"))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .tcp_nodelay(true);
-        let client = SearchIndexClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client =
+            SearchIndexClient::with_interceptor(endpoint.connect_lazy(), WithToken(token.header()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self { client })
     }
 }
@@ -563,11 +593,29 @@ impl SearchIndex for RemoteIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::index_auth::IndexScope;
     use crate::search::tantivy_index::{TantivyConfig, TantivyIndex};
 
-    /// A tantivy index served on a free port, and a client to it.
+    fn secret() -> Arc<IndexSecret> {
+        Arc::new(IndexSecret::new(
+            b"a test secret of the index role, 32+ bytes",
+        ))
+    }
+
+    /// A tantivy index served on a free port, and a client to it with the all-tenants
+    /// token.
     async fn served() -> (
         RemoteIndex,
+        (tempfile::TempDir, tokio::sync::oneshot::Sender<()>),
+    ) {
+        let (client, addr, guard) = served_at().await;
+        drop(addr);
+        (client, guard)
+    }
+
+    async fn served_at() -> (
+        RemoteIndex,
+        String,
         (tempfile::TempDir, tokio::sync::oneshot::Sender<()>),
     ) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -582,12 +630,123 @@ mod tests {
             .local_addr()
             .unwrap_or_else(|e| panic!("addr: {e}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(index, listener, async {
+        tokio::spawn(serve(index, secret(), listener, async {
             let _ = stopped.await;
         }));
-        let client = RemoteIndex::connect(&format!("http://{addr}"))
+        let url = format!("http://{addr}");
+        let client = RemoteIndex::connect(&url, &secret().token(&IndexScope::All))
             .unwrap_or_else(|e| panic!("connect: {e}"));
-        (client, (dir, stop))
+        (client, url, (dir, stop))
+    }
+
+    /// Every call needs a token of the role's secret whose scope covers its tenant.
+    #[tokio::test]
+    async fn the_server_serves_only_tokens_that_cover_the_tenant() {
+        use crate::search::blind::{Field, FieldTerms, IndexTerm};
+        let (all, url, _guard) = served_at().await;
+        let acme = TenantId::new("acme").unwrap_or_else(|e| panic!("{e}"));
+        let globex = TenantId::new("globex").unwrap_or_else(|e| panic!("{e}"));
+        let doc = IndexDoc {
+            message_id: "m1".into(),
+            conversation_id: "c1".into(),
+            inbox_id: "i1".into(),
+            date_ms: 1,
+            has_attachment: false,
+            key_version: None,
+            fields: vec![FieldTerms {
+                field: Field::Body,
+                tokens: vec![(IndexTerm::Plain("hello".into()), 0)],
+            }],
+        };
+        for t in [&acme, &globex] {
+            all.index(t, vec![doc.clone()])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            all.flush(t).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let only_acme =
+            RemoteIndex::connect(&url, &secret().token(&IndexScope::Tenant(acme.clone())))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            only_acme
+                .stats(&acme)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .documents,
+            1
+        );
+        let other_secret = IndexSecret::new(b"not the secret of this index role at all");
+        let wrong = RemoteIndex::connect(&url, &other_secret.token(&IndexScope::All))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (client, tenant, code) in [
+            (&only_acme, &globex, tonic::Code::PermissionDenied),
+            (&wrong, &acme, tonic::Code::Unauthenticated),
+        ] {
+            let mut raw = client.client.clone();
+            let tenant = tenant.to_string();
+            let codes = [
+                raw.stats(proto::TenantRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+                .err()
+                .map(|s| s.code()),
+                raw.drop_tenant(proto::TenantRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+                .err()
+                .map(|s| s.code()),
+                raw.delete(proto::DeleteRequest {
+                    tenant: tenant.clone(),
+                    scope: Some(proto::delete_request::Scope::InboxId("i1".into())),
+                })
+                .await
+                .err()
+                .map(|s| s.code()),
+                raw.index(proto::IndexRequest {
+                    tenant: tenant.clone(),
+                    documents: vec![doc_to_wire(&doc)],
+                })
+                .await
+                .err()
+                .map(|s| s.code()),
+            ];
+            assert_eq!(codes, [Some(code); 4]);
+            // The client reports it as a failure that retrying will not fix.
+            let err = client
+                .flush(&TenantId::new(&tenant).unwrap_or_else(|e| panic!("{e}")))
+                .await
+                .err();
+            assert!(
+                matches!(&err, Some(e @ SearchError::Backend(_)) if !e.is_retryable()),
+                "{err:?}"
+            );
+        }
+        // A call without any token.
+        let mut bare = SearchIndexClient::new(
+            Endpoint::from_shared(url.clone())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .connect_lazy(),
+        );
+        let code = bare
+            .stats(proto::TenantRequest {
+                tenant: "acme".into(),
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(code, Some(tonic::Code::Unauthenticated));
+        // Nothing was changed by the refused calls.
+        for t in [&acme, &globex] {
+            assert_eq!(
+                all.stats(t)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .documents,
+                1
+            );
+        }
     }
 
     mod conformance_suite {
@@ -600,11 +759,12 @@ mod tests {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         drop(listener);
         let client =
-            RemoteIndex::connect(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}"));
+            RemoteIndex::connect(&format!("http://{addr}"), &secret().token(&IndexScope::All))
+                .unwrap_or_else(|e| panic!("{e}"));
         let t = TenantId::new("acme").unwrap_or_else(|e| panic!("{e}"));
         let err = client.flush(&t).await.err();
         assert!(matches!(err, Some(SearchError::Unavailable(_))), "{err:?}");
-        assert!(RemoteIndex::connect("not a url").is_err());
+        assert!(RemoteIndex::connect("not a url", &secret().token(&IndexScope::All)).is_err());
     }
 
     #[tokio::test]

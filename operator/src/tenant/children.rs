@@ -1,15 +1,18 @@
 //! Build: the Kubernetes children of a tenant, from the validated model. Pure.
 //!
-//! One builder per kind: [`service_account`], [`network_policy`], [`deployment`].
+//! One builder per kind: [`service_account`], [`network_policy`], [`deployment`],
+//! [`index_token_secret`].
 
 use std::collections::BTreeMap;
 
 use helpr_crds::tenant::SearchMode;
+use helpr_dataplane::search::index_auth::{IndexScope, IndexSecret};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
     KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SeccompProfile,
-    SecretEnvSource, SecretVolumeSource, SecurityContext, ServiceAccount,
+    Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, ServiceAccount,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
@@ -37,25 +40,76 @@ pub const SYNC_UID: i64 = 65532;
 
 /// Where the sync workers' projected service-account token for Vault login is mounted.
 pub const VAULT_TOKEN_DIR: &str = "/var/run/secrets/helpr/vault";
+/// Where the tenant's index-role token is mounted (see [`index_token_secret`]).
+pub const INDEX_TOKEN_DIR: &str = "/var/run/secrets/helpr/index";
 /// Where the KMS CA bundle is mounted.
 pub const KMS_CA_DIR: &str = "/etc/helpr/kms-ca";
 /// Where the data plane's settings ConfigMap is mounted.
 pub const CONFIG_DIR: &str = "/etc/helpr/config";
 
 /// What the operator creates for a tenant in its namespace.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Children {
     pub service_account: ServiceAccount,
     pub network_policy: NetworkPolicy,
     pub deployment: Deployment,
+    /// The tenant's index-role token, when the operator holds the index role's secret.
+    pub index_token: Option<Secret>,
 }
 
-/// Every child of `tenant`. Pure.
-pub fn build(tenant: &ValidTenant, settings: &OperatorSettings) -> Children {
+impl std::fmt::Debug for Children {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Secret's data is a credential: only its name.
+        f.debug_struct("Children")
+            .field("service_account", &self.service_account)
+            .field("network_policy", &self.network_policy)
+            .field("deployment", &self.deployment)
+            .field(
+                "index_token",
+                &self.index_token.as_ref().map(|s| &s.metadata.name),
+            )
+            .finish()
+    }
+}
+
+/// Every child of `tenant`; `index_secret` is the index role's secret when the operator
+/// holds it (then `settings.index_tokens` is set and the pods mount the token). Pure.
+pub fn build(
+    tenant: &ValidTenant,
+    settings: &OperatorSettings,
+    index_secret: Option<&IndexSecret>,
+) -> Children {
     Children {
         service_account: service_account(tenant),
         network_policy: network_policy(tenant, settings),
         deployment: deployment(tenant, settings),
+        index_token: index_secret.map(|secret| index_token_secret(tenant, secret)),
+    }
+}
+
+/// Name of the Secret holding the tenant's index-role token.
+pub fn index_token_secret_name(tenant: &ValidTenant) -> String {
+    format!("{}-index-token", tenant.sync_name)
+}
+
+/// The tenant's index-role token (`token`): what its sync workers and purge jobs present to
+/// the index role, which serves them this tenant's index and no other (see
+/// `helpr_dataplane::search::index_auth`). The same for the same secret and tenant, so
+/// applying it again changes nothing.
+pub fn index_token_secret(tenant: &ValidTenant, secret: &IndexSecret) -> Secret {
+    let token = secret.token(&IndexScope::Tenant(tenant.id.clone()));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(index_token_secret_name(tenant)),
+            ..metadata(tenant)
+        },
+        type_: Some("Opaque".to_owned()),
+        immutable: None,
+        data: Some(BTreeMap::from([(
+            "token".to_owned(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
     }
 }
 
@@ -315,6 +369,27 @@ pub fn data_plane_pod(
             format!("{KMS_CA_DIR}/ca.crt"),
         ));
     }
+    if settings.index_tokens {
+        volumes.push(Volume {
+            name: "index-token".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(index_token_secret_name(tenant)),
+                default_mode: Some(0o400),
+                items: Some(vec![KeyToPath {
+                    key: "token".to_owned(),
+                    path: "token".to_owned(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("index-token", INDEX_TOKEN_DIR));
+        env.push(env_var(
+            "HELPR_SEARCH__REMOTE_TOKEN_FILE",
+            format!("{INDEX_TOKEN_DIR}/token"),
+        ));
+    }
     if let Some(config_map) = &settings.data_plane_config_map {
         volumes.push(Volume {
             name: "config".to_owned(),
@@ -441,7 +516,7 @@ mod tests {
 
     fn children(tenant: &Tenant) -> Children {
         let settings = settings();
-        build(&validate(tenant, &settings).unwrap(), &settings)
+        build(&validate(tenant, &settings).unwrap(), &settings, None)
     }
 
     fn container(d: &Deployment) -> &Container {
@@ -455,6 +530,83 @@ mod tests {
             .iter()
             .find(|e| e.name == name)
             .and_then(|e| e.value.as_deref())
+    }
+
+    /// With the index role's secret, each tenant gets a token for itself alone, in a Secret
+    /// its pods mount; the same on every reconcile, and never in `Debug`.
+    #[test]
+    fn each_tenant_gets_an_index_token_for_itself_alone() {
+        let secret = IndexSecret::new(b"the index role's secret, at least 32 bytes long");
+        let mut settings = settings();
+        settings.index_tokens = true;
+        let acme = validate(&Tenant::test("acme"), &settings).unwrap();
+        let c = build(&acme, &settings, Some(&secret));
+        let token = c.index_token.as_ref().unwrap();
+        assert_eq!(
+            token.metadata.name.as_deref(),
+            Some(format!("{}-index-token", acme.sync_name).as_str())
+        );
+        assert_eq!(
+            token.metadata.namespace.as_deref(),
+            Some(acme.namespace.as_str())
+        );
+        assert_eq!(token.metadata.owner_references.as_ref().unwrap().len(), 1);
+        let bytes = &token.data.as_ref().unwrap()["token"].0;
+        assert_eq!(
+            secret.verify(bytes),
+            Some(IndexScope::Tenant(acme.id.clone()))
+        );
+        assert_eq!(
+            build(&acme, &settings, Some(&secret)).index_token.as_ref(),
+            Some(token)
+        );
+        let text = std::str::from_utf8(bytes).unwrap();
+        assert!(!format!("{c:?}").contains(text));
+        // The sync pods mount it and point the data plane at it.
+        let pod = c.deployment.spec.template.spec.as_ref().unwrap();
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "index-token")
+            .unwrap();
+        let source = volume.secret.as_ref().unwrap();
+        assert_eq!(source.secret_name, token.metadata.name);
+        assert_eq!(source.default_mode, Some(0o400));
+        let sync = container(&c.deployment);
+        assert!(
+            sync.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "index-token"
+                    && m.mount_path == INDEX_TOKEN_DIR
+                    && m.read_only == Some(true))
+        );
+        assert_eq!(
+            env_value(sync, "HELPR_SEARCH__REMOTE_TOKEN_FILE"),
+            Some("/var/run/secrets/helpr/index/token")
+        );
+        // Another tenant's token is another.
+        let globex = validate(&Tenant::test("globex"), &settings).unwrap();
+        let other = build(&globex, &settings, Some(&secret))
+            .index_token
+            .unwrap();
+        assert_eq!(
+            secret.verify(&other.data.unwrap()["token"].0),
+            Some(IndexScope::Tenant(globex.id.clone()))
+        );
+        // Without the secret: no Secret, no mount.
+        let plain = children(&Tenant::test("acme"));
+        assert!(plain.index_token.is_none());
+        assert_eq!(
+            env_value(
+                container(&plain.deployment),
+                "HELPR_SEARCH__REMOTE_TOKEN_FILE"
+            ),
+            None
+        );
     }
 
     #[test]

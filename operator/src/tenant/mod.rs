@@ -108,6 +108,13 @@ pub enum TenantError {
         #[source]
         source: kube::Error,
     },
+    #[error("tenant {tenant}: apply index token secret {name}")]
+    ApplyIndexToken {
+        tenant: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("tenant {tenant}: apply deployment {name}")]
     ApplyDeployment {
         tenant: String,
@@ -167,6 +174,7 @@ impl TenantError {
             ApplyServiceAccount { .. } => "ApplyServiceAccountFailed",
             ApplyNetworkPolicy { .. } => "ApplyNetworkPolicyFailed",
             ApplyDeployment { .. } => "ApplyDeploymentFailed",
+            ApplyIndexToken { .. } => "ApplyIndexTokenFailed",
             DeleteDeployment { .. } => "DeleteDeploymentFailed",
             SyncDataPlane { source, .. } | DeleteFromDataPlane { source, .. } => {
                 control_reason(source)

@@ -21,7 +21,7 @@ use helpr_crds::conditions::{Condition, ConditionStatus, reasons, types};
 use helpr_crds::tenant::DeletionPolicy;
 use helpr_crds::{HelprResource, Inbox, RetentionPolicy, StatusConditions, Tenant, TenantStatus};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -40,6 +40,7 @@ use crate::confirmed::{Basis, Confirmations};
 use crate::control::{ApplyResult, ControlClient, ControlError, proto};
 use crate::metrics::Metrics;
 use crate::settings::OperatorSettings;
+use helpr_dataplane::search::index_auth::IndexSecret;
 
 /// Periodic re-check of a Ready tenant (Vault objects can drift outside Kubernetes).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
@@ -219,6 +220,8 @@ pub struct Context {
     pub confirmed: Confirmations,
     /// Consecutive failures per tenant (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The index role's secret, when the operator gives tenants index-role tokens.
+    index_secret: Option<Arc<IndexSecret>>,
 }
 
 impl Context {
@@ -241,7 +244,16 @@ impl Context {
             parents,
             confirmed: Confirmations::default(),
             failures: Mutex::new(HashMap::new()),
+            index_secret: None,
         }
+    }
+
+    /// Gives each tenant an index-role token made with `secret` (a Secret its data-plane
+    /// pods mount; see [`super::children::index_token_secret`]).
+    pub fn with_index_secret(mut self, secret: Arc<IndexSecret>) -> Self {
+        self.settings.index_tokens = true;
+        self.index_secret = Some(secret);
+        self
     }
 
     pub(crate) fn note_success(&self, key: &str) {
@@ -812,7 +824,7 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
     draft.status.transit_key_name = Some(valid.vault.key.as_str().to_owned());
 
     // Children (pure build, then server-side apply).
-    let children = build(&valid, &ctx.settings);
+    let children = build(&valid, &ctx.settings, ctx.index_secret.as_deref());
     let ns = valid.namespace.as_str();
     let child_name = valid.sync_name.clone();
     let applied = async {
@@ -832,6 +844,16 @@ pub async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, TenantError
                 name: child_name.clone(),
                 source,
             })?;
+        if let Some(secret) = &children.index_token {
+            apply_child::<Secret>(&ctx.client, ns, secret)
+                .await
+                .map(drop)
+                .map_err(|source| TenantError::ApplyIndexToken {
+                    tenant: key_of(tenant),
+                    name: super::children::index_token_secret_name(&valid),
+                    source,
+                })?;
+        }
         apply_child::<Deployment>(&ctx.client, ns, &children.deployment)
             .await
             .map_err(|source| TenantError::ApplyDeployment {

@@ -287,13 +287,22 @@ pub(crate) fn harness_with(
     vault: FakeVault,
     settings: crate::settings::OperatorSettings,
 ) -> Harness {
+    harness_full(vault, settings, None)
+}
+
+/// [`harness_with`], the operator holding the index role's secret when `index_secret` is set.
+fn harness_full(
+    vault: FakeVault,
+    settings: crate::settings::OperatorSettings,
+    index_secret: Option<Arc<helpr_dataplane::search::index_auth::IndexSecret>>,
+) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let vault = Arc::new(vault);
     let data_plane = Arc::new(FakeDataPlane::default());
     let tenants = Writer::<Tenant>::default();
     let inboxes = Writer::<Inbox>::default();
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         Recorder::new(client, "helpr-operator".into()),
         settings,
@@ -304,7 +313,11 @@ pub(crate) fn harness_with(
             tenants: tenants.as_reader(),
             inboxes: inboxes.as_reader(),
         },
-    ));
+    );
+    if let Some(secret) = index_secret {
+        ctx = ctx.with_index_secret(secret);
+    }
+    let ctx = Arc::new(ctx);
     Harness {
         ctx,
         vault,
@@ -598,6 +611,64 @@ async fn a_tenant_with_the_finalizer_gets_its_children_applied_and_ready_status(
         ["provision helpr-tenant-acme"]
     );
     assert_eq!(*h.data_plane.calls.lock().unwrap(), ["upsert acme g2"]);
+}
+
+/// Holding the index role's secret, the operator applies the tenant's index-token Secret
+/// before the Deployment that mounts it.
+#[tokio::test]
+async fn the_index_token_secret_is_applied_before_the_workers_that_mount_it() {
+    use helpr_dataplane::search::index_auth::{IndexScope, IndexSecret};
+    let secret = Arc::new(IndexSecret::new(
+        b"the index role's secret, 32 bytes or more",
+    ));
+    let mut h = harness_full(FakeVault::default(), settings(), Some(secret.clone()));
+    let tenant = Tenant::test("acme").with_finalizer().with_generation(2);
+    let task = run(tenant.clone(), &h).await;
+    h.server.expect_namesakes(vec![]).await;
+    h.server
+        .expect_event("Normal", reasons::KEY_PROVISIONED)
+        .await;
+    h.server
+        .expect_apply("/api/v1/namespaces/helpr-test/serviceaccounts/helpr-sync-acme")
+        .await;
+    h.server
+        .expect_apply(
+            "/apis/networking.k8s.io/v1/namespaces/helpr-test/networkpolicies/helpr-sync-acme",
+        )
+        .await;
+    let applied = h
+        .server
+        .expect_apply("/api/v1/namespaces/helpr-test/secrets/helpr-sync-acme-index-token")
+        .await;
+    assert_eq!(applied.body["kind"], "Secret");
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(applied.body["data"]["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        secret.verify(&token),
+        Some(IndexScope::Tenant(
+            helpr_dataplane::ids::TenantId::new("acme").unwrap()
+        ))
+    );
+    let deployment = h
+        .server
+        .expect_apply_answering(
+            "/apis/apps/v1/namespaces/helpr-test/deployments/helpr-sync-acme",
+            json!({"observedGeneration": 1, "availableReplicas": 1}),
+        )
+        .await;
+    let pod = &deployment.body["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "helpr-sync-acme-index-token"),
+        "{pod}"
+    );
+    h.server.expect_status(&tenant, 200).await;
+    assert!(task.await.unwrap().is_ok());
 }
 
 #[tokio::test]
