@@ -200,7 +200,8 @@ pub struct TenantSearch {
 
     /// What the index stores. Blind (default): only keyed HMACs of terms, so the index reveals
     /// nothing without the tenant's index key; exact-word search only. Plaintext: terms in the
-    /// clear, which allows prefix and fuzzy search. Changing it rebuilds the index.
+    /// clear, which allows prefix (`invoi*`) and, with Tantivy, fuzzy (`recieve~`) search.
+    /// Changing it rebuilds the index; search keeps working in the old mode meanwhile.
     #[serde(default)]
     pub mode: SearchMode,
 }

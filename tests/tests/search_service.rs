@@ -640,6 +640,33 @@ async fn postgres_older_folding_rules_are_replaced_by_a_rotation() {
     older_folding_rules_are_replaced_by_a_rotation(true).await;
 }
 
+/// Blind tokens are hashes of whole words: a prefix or fuzzy word is refused, naming where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_mode_refuses_prefix_and_fuzzy_words() {
+    let env = Env::new(false).await;
+    let t = env.tenant("acme").await;
+    let a = env.inbox(&t, "support@acme.example").await;
+    let svc = env.service(env.index(), Mode::Blind);
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
+    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
+        .await
+        .unwrap();
+    for (q, position) in [("invoice fact*", 8), ("pasword~", 0)] {
+        let err = svc.search(&t, &set(&[&a]), q, 10, None).await.unwrap_err();
+        let ServiceError::Query(e) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(e.position, position, "{q}");
+        assert!(err.to_string().contains("plaintext mode"), "{err}");
+    }
+    assert_eq!(
+        subjects(&svc, &t, &set(&[&a]), "facture").await,
+        ["Facture en double"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_mode_has_no_index_key_to_rotate() {
     let env = Env::new(false).await;
@@ -670,6 +697,15 @@ async fn plaintext_mode_works() {
         .unwrap();
     assert_eq!(
         subjects(&svc, &t, &set(&[&a]), "\"password reset\"").await,
+        ["Password reset does not arrive"]
+    );
+    // Terms in the clear allow prefix and fuzzy words.
+    assert_eq!(
+        subjects(&svc, &t, &set(&[&a]), "subject:fact*").await,
+        ["Facture en double"]
+    );
+    assert_eq!(
+        subjects(&svc, &t, &set(&[&a]), "pasword~ -subject:rechnung").await,
         ["Password reset does not arrive"]
     );
     // Its version records the mode and the folding rules, and has no key.

@@ -210,6 +210,63 @@ pub(crate) async fn query_language(index: &dyn SearchIndex) {
     }
 }
 
+/// Prefix and fuzzy words over plaintext terms: within the inbox filter, by field, with
+/// negation; refused over blind tokens. Fuzzy words are refused by a backend without them
+/// (Quickwit).
+pub(crate) async fn prefix_and_fuzzy(index: &dyn SearchIndex) {
+    use super::blind::{BlindToken, IndexTerm};
+    use super::index::SearchError;
+    use super::query::ResolvedQuery;
+    let ix = Indexer::PLAINTEXT;
+    let t = tenant("patterns");
+    add(index, &t, &ix, &sample()).await;
+    let all = ["inbox-a", "inbox-b"];
+    let q = async |q: &str, allowed: &[&str]| ids(index, &t, &ix, q, allowed).await;
+    assert_eq!(q("quart*", &all).await, ["m4", "m2", "m1"]);
+    assert_eq!(
+        q("quart*", &["inbox-a"]).await,
+        ["m2", "m1"],
+        "inbox filter"
+    );
+    assert_eq!(q("subject:quart*", &all).await, ["m1"]);
+    assert_eq!(q("from:bo*", &all).await, ["m4"]);
+    assert_eq!(q("repo* -subject:quart*", &all).await, ["m4", "m2"]);
+    assert_eq!(q("filename:invo*", &all).await, ["m3"]);
+    assert_eq!(q("zzq*", &all).await, Vec::<String>::new());
+    // Over blind tokens, a prefix means nothing: refused, never answered.
+    let blind = SearchRequest {
+        query: ResolvedQuery::Prefix {
+            field: Field::Body,
+            term: IndexTerm::Blind(BlindToken::from_bytes([7; 16])),
+        },
+        inboxes: inboxes(&all),
+        limit: 10,
+        after: None,
+    };
+    assert!(matches!(
+        index.search(&t, &blind).await,
+        Err(SearchError::InvalidRequest(_))
+    ));
+    let fuzzy = request(&ix, "quartelry~", &all, 10);
+    if index.backend() == "quickwit" {
+        let err = index.search(&t, &fuzzy).await.err();
+        assert!(
+            matches!(&err, Some(SearchError::InvalidRequest(m)) if m.contains("fuzzy")),
+            "{err:?}"
+        );
+        return;
+    }
+    assert_eq!(
+        q("quartelry~", &all).await,
+        ["m4", "m2", "m1"],
+        "a swap is one edit"
+    );
+    assert_eq!(q("subject:pasword~", &all).await, ["m4"]);
+    assert_eq!(q("invoyse~", &all).await, Vec::<String>::new(), "two edits");
+    assert_eq!(q("invoyse~2", &all).await, ["m3"]);
+    assert_eq!(q("invoyse~2", &["inbox-b"]).await, Vec::<String>::new());
+}
+
 /// `YYYY-MM-DD` of a day number since the epoch (Howard Hinnant's civil_from_days).
 fn civil(days: i64) -> String {
     let z = days + 719_468;
@@ -457,6 +514,7 @@ macro_rules! conformance_tests {
         $crate::search::conformance::conformance_tests!(@case $make, pagination);
         $crate::search::conformance::conformance_tests!(@case $make, bad_requests);
         $crate::search::conformance::conformance_tests!(@case $make, compaction);
+        $crate::search::conformance::conformance_tests!(@case $make, prefix_and_fuzzy);
     };
     (@case $make:expr, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

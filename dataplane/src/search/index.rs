@@ -229,7 +229,32 @@ pub fn validate_request(request: &SearchRequest) -> Result<(), SearchError> {
             "too many inboxes in the filter (at most 10000)",
         ));
     }
-    Ok(())
+    check_patterns(&request.query)
+}
+
+/// Prefix and fuzzy nodes need plaintext terms (a blind token is a hash of a whole word),
+/// a non-empty term, and 1 or 2 edits.
+fn check_patterns(q: &IndexQuery) -> Result<(), SearchError> {
+    use super::blind::IndexTerm;
+    match q {
+        IndexQuery::And(c) | IndexQuery::Or(c) => c.iter().try_for_each(check_patterns),
+        IndexQuery::Not(inner) => check_patterns(inner),
+        IndexQuery::Prefix { term, .. } | IndexQuery::Fuzzy { term, .. } => match term {
+            IndexTerm::Blind(_) => Err(SearchError::InvalidRequest(
+                "prefix and fuzzy searches need plaintext terms",
+            )),
+            IndexTerm::Plain(t) if t.is_empty() => Err(SearchError::InvalidRequest(
+                "a prefix or fuzzy term is empty",
+            )),
+            IndexTerm::Plain(_) => match q {
+                IndexQuery::Fuzzy { distance, .. } if !(1..=2).contains(distance) => {
+                    Err(SearchError::InvalidRequest("fuzzy distance must be 1 or 2"))
+                }
+                _ => Ok(()),
+            },
+        },
+        _ => Ok(()),
+    }
 }
 
 /// 64 bits of the message id: the UUID's last 8 bytes when it is one, else FNV-1a of the

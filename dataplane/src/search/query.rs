@@ -13,7 +13,16 @@
 //! -spam  -from:bob  -(a OR b)   negation of any atom
 //! a OR b                   either (OR is uppercase; lowercase "or" is a word)
 //! (a b) OR c               parentheses group
+//! invoi*  from:ann*        words starting with a prefix (plaintext mode only)
+//! recieve~  recieve~2      words within 1 (or 2) edits (plaintext mode, tantivy only)
 //! ```
+//!
+//! **Prefix and fuzzy** words (a bare word, or an operator's unquoted value, ending in `*`,
+//! `~`, `~1` or `~2`) need terms in the clear: in blind mode (the default) an index term is
+//! a keyed hash of a whole word, so they are refused with an error naming the position
+//! ([`Query::parse_for`]). The part before the marker must normalize to one word, of at least
+//! 2 characters for a prefix and 3 for a fuzzy word. An edit is an insertion, a deletion, a
+//! substitution or a swap of two neighbouring characters.
 //!
 //! **Precedence** follows Gmail: `OR` binds tighter than the implicit AND, so `a b OR c` is
 //! `a AND (b OR c)`. Negation binds tightest: `-a OR b` is `(NOT a) OR b`.
@@ -38,7 +47,7 @@
 
 use std::fmt;
 
-use super::blind::{BlindToken, Field, IndexKey, IndexTerm, Indexer};
+use super::blind::{BlindToken, Field, IndexKey, IndexTerm, Indexer, Mode};
 use super::tokenize::{Normalization, TokenKind, normalize_tokens_with};
 
 /// Longest accepted query, in characters.
@@ -61,6 +70,17 @@ pub enum Query {
         field: Option<Field>,
         text: String,
     },
+    /// Tokens starting with this normalized prefix (plaintext mode).
+    Prefix {
+        field: Option<Field>,
+        text: String,
+    },
+    /// Tokens within `distance` (1 or 2) edits of this normalized token (plaintext mode).
+    Fuzzy {
+        field: Option<Field>,
+        text: String,
+        distance: u8,
+    },
     /// Two or more normalized tokens at consecutive positions.
     Phrase {
         field: Option<Field>,
@@ -82,7 +102,27 @@ impl Query {
     /// Parses a query, normalizing its words by `normalization`: the rules the terms of
     /// the index it is for were made with.
     pub fn parse_with(input: &str, normalization: Normalization) -> Result<Query, QueryError> {
-        parse_normalized(input, normalization)
+        parse_normalized(input, normalization, true)
+    }
+
+    /// [`Query::parse_with`] for an index in `mode`: in blind mode, prefix and fuzzy words are
+    /// refused ([`QueryErrorKind::PatternNeedsPlaintext`]).
+    pub fn parse_for(
+        input: &str,
+        normalization: Normalization,
+        mode: Mode,
+    ) -> Result<Query, QueryError> {
+        parse_normalized(input, normalization, mode == Mode::Plaintext)
+    }
+
+    /// Whether the query has a prefix or fuzzy word.
+    pub fn has_patterns(&self) -> bool {
+        match self {
+            Query::And(c) | Query::Or(c) => c.iter().any(Query::has_patterns),
+            Query::Not(q) => q.has_patterns(),
+            Query::Prefix { .. } | Query::Fuzzy { .. } => true,
+            _ => false,
+        }
     }
 
     /// Whether the query matches something by itself (it is not only an exclusion).
@@ -136,6 +176,14 @@ pub enum QueryErrorKind {
     NoSearchableTerms,
     /// Only negations: nothing to match.
     OnlyNegations,
+    /// A prefix or fuzzy word against an index of blind tokens.
+    PatternNeedsPlaintext,
+    /// A prefix or fuzzy word that does not normalize to exactly one word.
+    PatternNeedsOneWord,
+    /// A prefix shorter than 2 characters or a fuzzy word shorter than 3.
+    PatternTooShort,
+    /// `~` with a distance other than 1 or 2.
+    InvalidFuzzyDistance,
 }
 
 fn render(kind: &QueryErrorKind, position: usize) -> String {
@@ -176,6 +224,18 @@ fn render(kind: &QueryErrorKind, position: usize) -> String {
             "the query has no searchable words (only punctuation, symbols or emoji)".to_owned()
         }
         QueryErrorKind::OnlyNegations => "a query needs at least one positive term".to_owned(),
+        QueryErrorKind::PatternNeedsPlaintext => format!(
+            "prefix and fuzzy searches need plaintext mode at position {position}: this index holds blind tokens of whole words"
+        ),
+        QueryErrorKind::PatternNeedsOneWord => {
+            format!("a prefix or fuzzy search takes one word at position {position}")
+        }
+        QueryErrorKind::PatternTooShort => format!(
+            "too short for a prefix (at least 2 characters) or fuzzy search (at least 3) at position {position}"
+        ),
+        QueryErrorKind::InvalidFuzzyDistance => {
+            format!("a fuzzy search allows 1 or 2 edits (word~1, word~2) at position {position}")
+        }
     }
 }
 
@@ -185,11 +245,15 @@ fn err<T>(position: usize, kind: QueryErrorKind) -> Result<T, QueryError> {
 
 /// Parses and normalizes a query (see the module docs) by the current folding rules.
 pub fn parse(input: &str) -> Result<Query, QueryError> {
-    parse_normalized(input, Normalization::CURRENT)
+    parse_normalized(input, Normalization::CURRENT, true)
 }
 
-/// [`parse`], normalizing words by `normalization`.
-fn parse_normalized(input: &str, normalization: Normalization) -> Result<Query, QueryError> {
+/// [`parse`], normalizing words by `normalization`; prefix and fuzzy words only if `patterns`.
+fn parse_normalized(
+    input: &str,
+    normalization: Normalization,
+    patterns: bool,
+) -> Result<Query, QueryError> {
     let chars: Vec<char> = input.chars().collect();
     if chars.len() > MAX_QUERY_CHARS {
         return err(MAX_QUERY_CHARS, QueryErrorKind::TooLong);
@@ -198,6 +262,7 @@ fn parse_normalized(input: &str, normalization: Normalization) -> Result<Query, 
         chars,
         pos: 0,
         normalization,
+        patterns,
     };
     p.skip_ws();
     if p.at_end() {
@@ -222,6 +287,8 @@ struct Parser {
     chars: Vec<char>,
     pos: usize,
     normalization: Normalization,
+    /// Whether prefix and fuzzy words are allowed (plaintext mode).
+    patterns: bool,
 }
 
 /// Characters that end a bare word.
@@ -391,7 +458,7 @@ impl Parser {
             .split_once(':')
             .filter(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphabetic()))
         else {
-            return Ok(text_query(None, &word, self.normalization));
+            return self.word_query(None, &word, start);
         };
         let name_len = name.chars().count();
         let mut value_pos = start + name_len + 1;
@@ -430,12 +497,61 @@ impl Parser {
                     Query::After(ms)
                 }))
             }
-            _ => Ok(text_query(
+            _ if quoted => Ok(text_query(
                 Field::from_operator(operator),
                 &value,
                 self.normalization,
             )),
+            _ => self.word_query(Field::from_operator(operator), &value, value_pos),
         }
+    }
+
+    /// A bare word at `position`: a prefix (`word*`) or fuzzy word (`word~`, `word~1`,
+    /// `word~2`), else a term or phrase of its normalized words.
+    fn word_query(
+        &self,
+        field: Option<Field>,
+        word: &str,
+        position: usize,
+    ) -> Result<Option<Query>, QueryError> {
+        let (stem, pattern) = if let Some(stem) = word.strip_suffix('*') {
+            (stem, Some(None))
+        } else if let Some((stem, distance)) = word.rsplit_once('~') {
+            let distance = match distance {
+                "" | "1" => 1,
+                "2" => 2,
+                _ if distance.len() == 1 && distance.chars().all(|c| c.is_ascii_digit()) => {
+                    return err(position, QueryErrorKind::InvalidFuzzyDistance);
+                }
+                // A `~` inside the word (`a~b`, `50~60`) is only punctuation.
+                _ => return Ok(text_query(field, word, self.normalization)),
+            };
+            (stem, Some(Some(distance)))
+        } else {
+            (word, None)
+        };
+        let Some(fuzzy) = pattern.filter(|_| !stem.is_empty()) else {
+            return Ok(text_query(field, word, self.normalization));
+        };
+        if !self.patterns {
+            return err(position, QueryErrorKind::PatternNeedsPlaintext);
+        }
+        let mut words = query_words_with(stem, self.normalization);
+        let (Some(text), true) = (words.pop(), words.is_empty()) else {
+            return err(position, QueryErrorKind::PatternNeedsOneWord);
+        };
+        let min = if fuzzy.is_some() { 3 } else { 2 };
+        if text.chars().count() < min {
+            return err(position, QueryErrorKind::PatternTooShort);
+        }
+        Ok(Some(match fuzzy {
+            None => Query::Prefix { field, text },
+            Some(distance) => Query::Fuzzy {
+                field,
+                text,
+                distance,
+            },
+        }))
     }
 }
 
@@ -614,6 +730,18 @@ impl fmt::Display for Query {
                 prefix(f, field)?;
                 write!(f, "\"{}\"", words.join(" "))
             }
+            Query::Prefix { field, text } => {
+                prefix(f, field)?;
+                write!(f, "{text}*")
+            }
+            Query::Fuzzy {
+                field,
+                text,
+                distance,
+            } => {
+                prefix(f, field)?;
+                write!(f, "{text}~{distance}")
+            }
             Query::HasAttachment => f.write_str("has:attachment"),
             Query::Before(ms) => {
                 f.write_str("before:")?;
@@ -641,6 +769,17 @@ pub enum ResolvedQuery<T> {
     Phrase {
         field: Field,
         terms: Vec<T>,
+    },
+    /// Terms starting with `term` (plaintext terms only).
+    Prefix {
+        field: Field,
+        term: T,
+    },
+    /// Terms within `distance` edits of `term` (plaintext terms only).
+    Fuzzy {
+        field: Field,
+        term: T,
+        distance: u8,
     },
     HasAttachment,
     /// Date strictly before this instant (epoch ms).
@@ -691,6 +830,29 @@ impl<T> ResolvedQuery<T> {
                     .map(|f| ResolvedQuery::Phrase {
                         field: f,
                         terms: words.iter().map(|w| term(f, w)).collect(),
+                    })
+                    .collect(),
+            ),
+            Query::Prefix { field, text } => over_fields(
+                fields(field)
+                    .into_iter()
+                    .map(|f| ResolvedQuery::Prefix {
+                        field: f,
+                        term: term(f, text),
+                    })
+                    .collect(),
+            ),
+            Query::Fuzzy {
+                field,
+                text,
+                distance,
+            } => over_fields(
+                fields(field)
+                    .into_iter()
+                    .map(|f| ResolvedQuery::Fuzzy {
+                        field: f,
+                        term: term(f, text),
+                        distance: *distance,
                     })
                     .collect(),
             ),
@@ -1398,6 +1560,98 @@ mod tests {
                         .collect()
                 ))),
             ])
+        );
+    }
+
+    #[test]
+    fn prefix_and_fuzzy_words_parse_with_fields_and_normalization() {
+        assert_eq!(
+            q("Invoi*"),
+            Query::Prefix {
+                field: None,
+                text: "invoi".into()
+            }
+        );
+        assert_eq!(
+            q("from:Mül*"),
+            Query::Prefix {
+                field: Some(Field::From),
+                text: "mul".into()
+            }
+        );
+        assert_eq!(
+            q("recieve~"),
+            Query::Fuzzy {
+                field: None,
+                text: "recieve".into(),
+                distance: 1
+            }
+        );
+        assert_eq!(
+            q("subject:recieve~2 -spam"),
+            Query::And(vec![
+                Query::Fuzzy {
+                    field: Some(Field::Subject),
+                    text: "recieve".into(),
+                    distance: 2
+                },
+                not(t("spam")),
+            ])
+        );
+        // Inside quotes, in the middle of a word, or alone, the markers are punctuation.
+        assert_eq!(q("\"invoi*\""), t("invoi"));
+        assert_eq!(q("subject:\"invoi*\""), ft(Field::Subject, "invoi"));
+        assert_eq!(q("50~60"), q("\"50 60\""));
+        assert_eq!(q("report * ~"), t("report"));
+        // Written back, they parse the same.
+        for input in [
+            "invoi*",
+            "from:mul*",
+            "recieve~1",
+            "to:recieve~2",
+            "ab* OR bbb~2",
+        ] {
+            let parsed = q(input);
+            assert_eq!(q(&parsed.to_string()), parsed, "{input}");
+        }
+        assert!(q("invoi* recieve~").has_patterns());
+        assert!(!q("invoice").has_patterns());
+    }
+
+    #[test]
+    fn prefix_and_fuzzy_words_are_checked_and_refused_in_blind_mode() {
+        let at = |input: &str| {
+            let e = e(input);
+            (e.position, e.kind)
+        };
+        assert_eq!(at("ok i*"), (3, QueryErrorKind::PatternTooShort));
+        assert_eq!(at("ab~"), (0, QueryErrorKind::PatternTooShort));
+        assert_eq!(at("from:e-mai*"), (5, QueryErrorKind::PatternNeedsOneWord));
+        assert_eq!(at("word~3"), (0, QueryErrorKind::InvalidFuzzyDistance));
+        let blind = |input: &str| {
+            Query::parse_for(input, Normalization::CURRENT, Mode::Blind)
+                .map_err(|e| (e.position, e.kind))
+        };
+        assert_eq!(
+            blind("report subject:invoi*"),
+            Err((15, QueryErrorKind::PatternNeedsPlaintext))
+        );
+        assert_eq!(
+            blind("recieve~"),
+            Err((0, QueryErrorKind::PatternNeedsPlaintext))
+        );
+        let message = Query::parse_for("a invoi*", Normalization::CURRENT, Mode::Blind)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("plaintext mode at position 2"),
+            "{message}"
+        );
+        // Whole words are fine in either mode.
+        assert_eq!(blind("invoice"), Ok(t("invoice")));
+        assert_eq!(
+            Query::parse_for("invoi*", Normalization::CURRENT, Mode::Plaintext),
+            Ok(q("invoi*"))
         );
     }
 

@@ -302,9 +302,40 @@ fn term_clause(field: Field, term: &IndexTerm) -> Compiled {
     }
 }
 
+/// `field:prefix*`, Quickwit's term prefix clause, with every character that is not a
+/// letter or digit escaped.
+fn prefix_clause(field: Field, term: &IndexTerm) -> Compiled {
+    let s = term.to_index_string();
+    if !term_usable(&s) {
+        return Compiled::Nothing;
+    }
+    let mut out = format!("{}:", field.name());
+    for c in s.chars() {
+        if !c.is_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('*');
+    Compiled::Query(out)
+}
+
+/// Whether `q` has a fuzzy node: Quickwit's query language has no fuzzy clause.
+fn has_fuzzy(q: &IndexQuery) -> bool {
+    match q {
+        IndexQuery::And(c) | IndexQuery::Or(c) => c.iter().any(has_fuzzy),
+        IndexQuery::Not(inner) => has_fuzzy(inner),
+        IndexQuery::Fuzzy { .. } => true,
+        _ => false,
+    }
+}
+
 fn compile(q: &IndexQuery) -> Compiled {
     match q {
         IndexQuery::Term { field, term } => term_clause(*field, term),
+        IndexQuery::Prefix { field, term } => prefix_clause(*field, term),
+        // Refused before compiling (see `has_fuzzy`).
+        IndexQuery::Fuzzy { .. } => Compiled::Nothing,
         IndexQuery::Phrase { field, terms } => match terms.as_slice() {
             [] => Compiled::Nothing,
             [one] => term_clause(*field, one),
@@ -1339,6 +1370,11 @@ impl SearchIndex for QuickwitIndex {
         request: &SearchRequest,
     ) -> Result<SearchPage, SearchError> {
         validate_request(request)?;
+        if has_fuzzy(&request.query) {
+            return Err(SearchError::InvalidRequest(
+                "fuzzy search is not supported by the quickwit backend (prefix search is)",
+            ));
+        }
         if request.inboxes.is_empty() {
             return Ok(SearchPage::default());
         }

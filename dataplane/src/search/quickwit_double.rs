@@ -428,6 +428,11 @@ enum Query {
         field: String,
         text: String,
     },
+    /// `field:prefix*`: a token of the field starts with `prefix`.
+    Prefix {
+        field: String,
+        prefix: String,
+    },
     Set {
         field: String,
         values: Vec<String>,
@@ -482,6 +487,11 @@ fn lex(input: &str) -> Result<Vec<Lex>, String> {
         let mut s = String::new();
         while *i < chars.len() && !chars[*i].is_whitespace() && !"()[]\"".contains(chars[*i]) {
             s.push(chars[*i]);
+            // A backslash escapes the next character, whatever it is.
+            if chars[*i] == '\\' && *i + 1 < chars.len() {
+                *i += 1;
+                s.push(chars[*i]);
+            }
             *i += 1;
         }
         s
@@ -565,6 +575,22 @@ fn lex(input: &str) -> Result<Vec<Lex>, String> {
 
 fn bare_clause(field: &str, value: &str) -> Result<Query, String> {
     let field = field.to_owned();
+    if let Some(escaped) = value.strip_suffix('*') {
+        // A term prefix: specials must be escaped with a backslash.
+        let mut prefix = String::new();
+        let mut chars = escaped.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => prefix.push(chars.next().ok_or("dangling escape in a prefix")?),
+                c if c.is_alphanumeric() => prefix.push(c),
+                c => return Err(format!("unescaped `{c}` in a prefix on `{field}`")),
+            }
+        }
+        if prefix.is_empty() {
+            return Err(format!("empty prefix on `{field}`"));
+        }
+        return Ok(Query::Prefix { field, prefix });
+    }
     for op in ["<=", ">=", "<", ">"] {
         if let Some(n) = value.strip_prefix(op) {
             let value: i128 = n
@@ -683,6 +709,17 @@ fn check_fields(
             }
             Ok(())
         }
+        Query::Prefix { field, .. } => match fields.get(field) {
+            Some(spec) if spec.indexed && spec.kind == Kind::Text => {
+                if spec.tokenizer != "raw" {
+                    *text_used = true;
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "prefix on unknown, unindexed or non-text field `{field}`"
+            )),
+        },
         Query::Set { field, .. } => match fields.get(field) {
             Some(spec) if spec.indexed => Ok(()),
             _ => Err(format!("term set on unknown or unindexed field `{field}`")),
@@ -758,6 +795,19 @@ fn eval(q: &Query, doc: &Value, fields: &HashMap<String, FieldSpec>) -> bool {
                     values.iter().any(|v| number(v) == Some(n))
                 }
             }
+        }
+        Query::Prefix { field, prefix } => {
+            let Some(spec) = fields.get(field) else {
+                return false;
+            };
+            values_of(doc, field)
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(|v| {
+                    tokenize(&spec.tokenizer, v)
+                        .iter()
+                        .any(|t| t.starts_with(prefix.as_str()))
+                })
         }
         Query::Set { field, values } => {
             let Some(spec) = fields.get(field) else {

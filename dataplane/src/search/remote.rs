@@ -143,6 +143,19 @@ fn query_to_wire(q: &IndexQuery) -> proto::QueryNode {
             field: field.name().to_owned(),
             terms: terms.iter().map(IndexTerm::to_index_string).collect(),
         }),
+        IndexQuery::Prefix { field, term } => Node::Prefix(proto::TermQuery {
+            field: field.name().to_owned(),
+            term: term.to_index_string(),
+        }),
+        IndexQuery::Fuzzy {
+            field,
+            term,
+            distance,
+        } => Node::Fuzzy(proto::FuzzyQuery {
+            field: field.name().to_owned(),
+            term: term.to_index_string(),
+            distance: u32::from(*distance),
+        }),
         IndexQuery::HasAttachment => Node::HasAttachment(true),
         IndexQuery::Before(ms) => Node::Before(*ms),
         IndexQuery::After(ms) => Node::After(*ms),
@@ -172,6 +185,20 @@ fn query_from_wire(q: proto::QueryNode, depth: usize) -> Result<IndexQuery, Stat
         Node::Phrase(p) => IndexQuery::Phrase {
             field: field_from_wire(&p.field)?,
             terms: p.terms.into_iter().map(term_from_wire).collect(),
+        },
+        // Patterns only make sense over plaintext terms: never read as blind tokens.
+        Node::Prefix(t) => IndexQuery::Prefix {
+            field: field_from_wire(&t.field)?,
+            term: IndexTerm::Plain(t.term),
+        },
+        Node::Fuzzy(f) => IndexQuery::Fuzzy {
+            field: field_from_wire(&f.field)?,
+            term: IndexTerm::Plain(f.term),
+            distance: match f.distance {
+                1 => 1,
+                2 => 2,
+                _ => return Err(invalid("fuzzy distance must be 1 or 2")),
+            },
         },
         Node::HasAttachment(true) => IndexQuery::HasAttachment,
         Node::HasAttachment(false) => return Err(invalid("has_attachment must be true")),

@@ -831,10 +831,11 @@ impl SearchService {
         }
         let scheme = self.active_scheme(tenant).await?;
         let indexer = scheme.indexer();
-        // The index's terms were made with the version's folding rules: so are the query's.
-        let parsed = match indexer.normalization() {
-            Normalization::CURRENT => parsed,
-            older => Query::parse_with(query, older)?,
+        // The index's terms were made with the version's folding rules and in its mode: so
+        // is the query (prefix and fuzzy words need plaintext terms).
+        let parsed = match (indexer.normalization(), indexer.mode()) {
+            (Normalization::CURRENT, Mode::Plaintext) => parsed,
+            (normalization, mode) => Query::parse_for(query, normalization, mode)?,
         };
         let request = SearchRequest {
             query: index_query(&parsed, &indexer),

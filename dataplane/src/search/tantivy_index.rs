@@ -64,7 +64,7 @@ use tantivy::directory::error::LockError;
 use tantivy::index::SegmentId;
 use tantivy::query::{
     AllQuery, BitSetDocSet, BooleanQuery, ConstScorer, EmptyQuery, EnableScoring, Explanation,
-    Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, Weight,
+    FuzzyTermQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{
     FAST, Field as TField, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
@@ -478,6 +478,21 @@ impl TenantIndex {
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
                 (Occur::MustNot, self.build(inner, None)),
             ])),
+            // Validated to be plaintext terms (see `validate_request`).
+            IndexQuery::Prefix { field, term } => Box::new(FuzzyTermQuery::new_prefix(
+                Term::from_field_text(f.text(*field), &term.to_index_string()),
+                0,
+                true,
+            )),
+            IndexQuery::Fuzzy {
+                field,
+                term,
+                distance,
+            } => Box::new(FuzzyTermQuery::new(
+                Term::from_field_text(f.text(*field), &term.to_index_string()),
+                *distance,
+                true,
+            )),
             IndexQuery::HasAttachment => Box::new(TermQuery::new(
                 Term::from_field_bool(f.has_attachment, true),
                 IndexRecordOption::Basic,
