@@ -127,6 +127,25 @@ fn sample() -> Vec<RawMessage> {
     ]
 }
 
+/// Two Hindi messages whose words "कुल" (total) and "कल" (tomorrow) differ only by a vowel
+/// sign, which the first folding rules dropped.
+fn hindi_pair() -> [RawMessage; 2] {
+    [
+        eml(
+            "Asha <asha@kunde.example>",
+            "कुल बिक्री",
+            "Tue, 06 Oct 2026 09:15:00 +0530",
+            "इस महीने की कुल राशि संलग्न है।",
+        ),
+        eml(
+            "Ravi <ravi@kunde.example>",
+            "मुलाकात",
+            "Wed, 07 Oct 2026 10:00:00 +0530",
+            "हम कल मिलते हैं।",
+        ),
+    ]
+}
+
 fn set(ids: &[&String]) -> BTreeSet<String> {
     ids.iter().map(|s| (*s).clone()).collect()
 }
@@ -543,20 +562,7 @@ async fn older_folding_rules_are_replaced_by_a_rotation(postgres: bool) {
     let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
         .await
         .unwrap();
-    let mail = [
-        eml(
-            "Asha <asha@kunde.example>",
-            "कुल बिक्री",
-            "Tue, 06 Oct 2026 09:15:00 +0530",
-            "इस महीने की कुल राशि संलग्न है।",
-        ),
-        eml(
-            "Ravi <ravi@kunde.example>",
-            "मुलाकात",
-            "Wed, 07 Oct 2026 10:00:00 +0530",
-            "हम कल मिलते हैं।",
-        ),
-    ];
+    let mail = hindi_pair();
     tools::import(
         &env.service(index.clone(), Mode::Blind),
         &env.keyring,
@@ -927,20 +933,7 @@ async fn plaintext_indexes_of_older_builds_are_rebuilt(postgres: bool) {
     let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
         .await
         .unwrap();
-    let mail = [
-        eml(
-            "Asha <asha@kunde.example>",
-            "कुल बिक्री",
-            "Tue, 06 Oct 2026 09:15:00 +0530",
-            "इस महीने की कुल राशि संलग्न है।",
-        ),
-        eml(
-            "Ravi <ravi@kunde.example>",
-            "मुलाकात",
-            "Wed, 07 Oct 2026 10:00:00 +0530",
-            "हम कल मिलते हैं।",
-        ),
-    ];
+    let mail = hindi_pair();
     // What an older build left: an index made with the first rules, and no version.
     let svc = env.service(index.clone(), Mode::Plaintext);
     tools::import(&svc, &env.keyring, &inbox, &mail, |_, _| {})

@@ -537,9 +537,14 @@ impl Parser {
             return err(position, QueryErrorKind::PatternNeedsPlaintext);
         }
         let mut words = query_words_with(stem, self.normalization);
+        // One word that can be written back bare: a word holding `:` (`re:meet*`) would be
+        // read back as an operator.
         let (Some(text), true) = (words.pop(), words.is_empty()) else {
             return err(position, QueryErrorKind::PatternNeedsOneWord);
         };
+        if !is_bare(&text) {
+            return err(position, QueryErrorKind::PatternNeedsOneWord);
+        }
         let min = if fuzzy.is_some() { 3 } else { 2 };
         if text.chars().count() < min {
             return err(position, QueryErrorKind::PatternTooShort);
@@ -1385,6 +1390,13 @@ mod tests {
             "--",
             "10:30",
             "or",
+            "*",
+            "~",
+            "~2",
+            "~7",
+            "inv*",
+            "wrod~",
+            "é~2",
         ];
         let mut rng = crate::search::tests_support::XorShift::new(0xdead_beef);
         let mut parsed = 0;
@@ -1402,6 +1414,18 @@ mod tests {
                         "{input:?} -> {written:?}"
                     );
                     let _ = blind_query(&query, &key());
+                    // Blind mode parses the same unless the query has a prefix or fuzzy
+                    // word, which it refuses.
+                    match Query::parse_for(&input, Normalization::CURRENT, Mode::Blind) {
+                        Ok(blind) => {
+                            assert!(!query.has_patterns(), "{input:?}");
+                            assert_eq!(blind, query, "{input:?}");
+                        }
+                        Err(err) => {
+                            assert!(query.has_patterns(), "{input:?}: {err}");
+                            assert_eq!(err.kind, QueryErrorKind::PatternNeedsPlaintext);
+                        }
+                    }
                 }
                 Err(err) => {
                     assert!(err.position <= input.chars().count(), "{input:?}: {err}");
@@ -1411,7 +1435,7 @@ mod tests {
         }
         assert!(parsed > 500, "only {parsed} random queries parsed");
         // Arbitrary characters too.
-        let alphabet: Vec<char> = "a-(\")OR: éü@.東🎉\t".chars().collect();
+        let alphabet: Vec<char> = "a-(\")OR: éü@.東🎉\t*~2".chars().collect();
         for _ in 0..3000 {
             let n = rng.below(30);
             let input: String = (0..n)
@@ -1627,6 +1651,12 @@ mod tests {
         assert_eq!(at("ok i*"), (3, QueryErrorKind::PatternTooShort));
         assert_eq!(at("ab~"), (0, QueryErrorKind::PatternTooShort));
         assert_eq!(at("from:e-mai*"), (5, QueryErrorKind::PatternNeedsOneWord));
+        // A word that could not be written back bare (it would read as an operator).
+        assert_eq!(at("a :re:meet~"), (2, QueryErrorKind::PatternNeedsOneWord));
+        assert_eq!(
+            at("subject:re:meet*"),
+            (8, QueryErrorKind::PatternNeedsOneWord)
+        );
         assert_eq!(at("word~3"), (0, QueryErrorKind::InvalidFuzzyDistance));
         let blind = |input: &str| {
             Query::parse_for(input, Normalization::CURRENT, Mode::Blind)
