@@ -646,7 +646,9 @@ fn main() {
     // Prefix and fuzzy words (plaintext mode only: a blind index refuses them).
     if let Some((_, indexer, index)) = built.iter().find(|(m, _, _)| *m == Mode::Plaintext) {
         let mut prng = Rng(99);
-        let kinds: [(&str, fn(&str) -> String); 4] = [
+        // A query made from a vocabulary word.
+        type Make = fn(&str) -> String;
+        let kinds: [(&str, Make); 4] = [
             ("prefix2", |w| format!("{}*", &w[..2])),
             ("prefix4", |w| format!("{}*", &w[..w.len().min(4)])),
             ("fuzzy1", |w| {
