@@ -507,6 +507,27 @@ fn index_all(
     );
 }
 
+/// One search of the first 20 hits within `inboxes`, with its query term generation: how
+/// long it took and how many hits it found.
+fn timed_search(
+    rt: &tokio::runtime::Runtime,
+    index: &TantivyIndex,
+    tenant: &TenantId,
+    indexer: &Indexer<'_>,
+    query: &Query,
+    inboxes: &BTreeSet<String>,
+) -> (Duration, usize) {
+    let t = Instant::now();
+    let req = SearchRequest {
+        query: index_query(query, indexer),
+        inboxes: inboxes.clone(),
+        limit: 20,
+        after: None,
+    };
+    let page = rt.block_on(index.search(tenant, &req)).unwrap();
+    (t.elapsed(), page.hits.len())
+}
+
 fn main() {
     let n: usize = env_usize("HELPR_BENCH_DOCS").unwrap_or(100_000).max(2);
     let modes: Vec<Mode> = match std::env::var("HELPR_BENCH_MODES").as_deref() {
@@ -607,17 +628,10 @@ fn main() {
                 for k in 0..built.len() {
                     let m = (k + qi) % built.len();
                     let (_, indexer, index) = &built[m];
-                    let t = Instant::now();
-                    let req = SearchRequest {
-                        query: index_query(&parsed, indexer),
-                        inboxes: f.clone(),
-                        limit: 20,
-                        after: None,
-                    };
-                    let page = rt.block_on(index.search(&tenant, &req)).unwrap();
+                    let (took, found) = timed_search(&rt, index, &tenant, indexer, &parsed, f);
                     if pass == 1 {
-                        lat[m].push(t.elapsed());
-                        hits[m] += page.hits.len();
+                        lat[m].push(took);
+                        hits[m] += found;
                     }
                 }
             }
@@ -668,17 +682,10 @@ fn main() {
             for pass in 0..2 {
                 for (q, f) in queries.iter().zip(&filters) {
                     let parsed = Query::parse(q).unwrap();
-                    let t = Instant::now();
-                    let req = SearchRequest {
-                        query: index_query(&parsed, indexer),
-                        inboxes: f.clone(),
-                        limit: 20,
-                        after: None,
-                    };
-                    let page = rt.block_on(index.search(&tenant, &req)).unwrap();
+                    let (took, found) = timed_search(&rt, index, &tenant, indexer, &parsed, f);
                     if pass == 1 {
-                        lat.push(t.elapsed());
-                        hits += page.hits.len();
+                        lat.push(took);
+                        hits += found;
                     }
                 }
             }

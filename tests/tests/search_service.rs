@@ -150,6 +150,16 @@ fn set(ids: &[&String]) -> BTreeSet<String> {
     ids.iter().map(|s| (*s).clone()).collect()
 }
 
+/// Imports [`sample`] into the tenant's inbox `support@acme.example` through `svc`.
+async fn import_sample(env: &Env, t: &TenantId, svc: &SearchService) {
+    let inbox = tools::find_inbox(&env.keyring, t, "support@acme.example")
+        .await
+        .unwrap();
+    tools::import(svc, &env.keyring, &inbox, &sample(), |_, _| {})
+        .await
+        .unwrap();
+}
+
 async fn subjects(
     svc: &SearchService,
     t: &TenantId,
@@ -416,12 +426,7 @@ async fn index_key_rotation(postgres: bool) {
     let index = env.index();
     let svc = env.service(index.clone(), Mode::Blind);
     let store = env.keyring.store().clone();
-    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
-        .await
-        .unwrap();
-    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
-        .await
-        .unwrap();
+    import_sample(&env, &t, &svc).await;
     let mine = set(&[&a]);
     let old_key = svc.index_key(&t).await.unwrap();
     assert_eq!(old_key.version().get(), 1);
@@ -523,6 +528,9 @@ async fn index_key_rotation(postgres: bool) {
         "Fri, 09 Oct 2026 08:00:00 +0000",
         "Dashboards time out since the outage started.",
     );
+    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
+        .await
+        .unwrap();
     tools::import(&svc, &env.keyring, &inbox, &[late], |_, _| {})
         .await
         .unwrap();
@@ -653,12 +661,7 @@ async fn blind_mode_refuses_prefix_and_fuzzy_words() {
     let t = env.tenant("acme").await;
     let a = env.inbox(&t, "support@acme.example").await;
     let svc = env.service(env.index(), Mode::Blind);
-    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
-        .await
-        .unwrap();
-    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
-        .await
-        .unwrap();
+    import_sample(&env, &t, &svc).await;
     for (q, position) in [("invoice fact*", 8), ("pasword~", 0)] {
         let err = svc.search(&t, &set(&[&a]), q, 10, None).await.unwrap_err();
         let ServiceError::Query(e) = &err else {
@@ -695,12 +698,7 @@ async fn plaintext_mode_works() {
     let t = env.tenant("acme").await;
     let a = env.inbox(&t, "support@acme.example").await;
     let svc = env.service(env.index(), Mode::Plaintext);
-    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
-        .await
-        .unwrap();
-    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
-        .await
-        .unwrap();
+    import_sample(&env, &t, &svc).await;
     assert_eq!(
         subjects(&svc, &t, &set(&[&a]), "\"password reset\"").await,
         ["Password reset does not arrive"]
@@ -803,12 +801,7 @@ async fn changing_the_search_mode_rebuilds_the_index(postgres: bool) {
     let tenant_dir = env.dir.path().join("index").join("acme");
     // Configured blind, as the chart configures the API.
     let svc = env.service(index.clone(), Mode::Blind);
-    let inbox = tools::find_inbox(&env.keyring, &t, "support@acme.example")
-        .await
-        .unwrap();
-    tools::import(&svc, &env.keyring, &inbox, &sample(), |_, _| {})
-        .await
-        .unwrap();
+    import_sample(&env, &t, &svc).await;
     let has_word = |word: &str| {
         index_terms(&tenant_dir)
             .iter()

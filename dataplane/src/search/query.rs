@@ -803,64 +803,41 @@ pub type IndexQuery = ResolvedQuery<IndexTerm>;
 impl<T> ResolvedQuery<T> {
     /// Resolves every word of `q` with `term(field, normalized word)`.
     pub fn resolve(q: &Query, term: &mut impl FnMut(Field, &str) -> T) -> Self {
-        let fields = |field: &Option<Field>| -> Vec<Field> {
+        // One node for a field, or a disjunction over every field.
+        fn over_fields<T>(
+            field: &Option<Field>,
+            mut node: impl FnMut(Field) -> ResolvedQuery<T>,
+        ) -> ResolvedQuery<T> {
             match field {
-                Some(f) => vec![*f],
-                None => Field::ALL.to_vec(),
+                Some(f) => node(*f),
+                None => ResolvedQuery::Or(Field::ALL.iter().map(|&f| node(f)).collect()),
             }
-        };
-        let over_fields = |mut nodes: Vec<ResolvedQuery<T>>| {
-            if nodes.len() == 1 {
-                nodes.pop().unwrap_or(ResolvedQuery::Or(Vec::new()))
-            } else {
-                ResolvedQuery::Or(nodes)
-            }
-        };
+        }
         match q {
             Query::And(c) => ResolvedQuery::And(c.iter().map(|q| Self::resolve(q, term)).collect()),
             Query::Or(c) => ResolvedQuery::Or(c.iter().map(|q| Self::resolve(q, term)).collect()),
             Query::Not(q) => ResolvedQuery::Not(Box::new(Self::resolve(q, term))),
-            Query::Term { field, text } => over_fields(
-                fields(field)
-                    .into_iter()
-                    .map(|f| ResolvedQuery::Term {
-                        field: f,
-                        term: term(f, text),
-                    })
-                    .collect(),
-            ),
-            Query::Phrase { field, words } => over_fields(
-                fields(field)
-                    .into_iter()
-                    .map(|f| ResolvedQuery::Phrase {
-                        field: f,
-                        terms: words.iter().map(|w| term(f, w)).collect(),
-                    })
-                    .collect(),
-            ),
-            Query::Prefix { field, text } => over_fields(
-                fields(field)
-                    .into_iter()
-                    .map(|f| ResolvedQuery::Prefix {
-                        field: f,
-                        term: term(f, text),
-                    })
-                    .collect(),
-            ),
+            Query::Term { field, text } => over_fields(field, |f| ResolvedQuery::Term {
+                field: f,
+                term: term(f, text),
+            }),
+            Query::Phrase { field, words } => over_fields(field, |f| ResolvedQuery::Phrase {
+                field: f,
+                terms: words.iter().map(|w| term(f, w)).collect(),
+            }),
+            Query::Prefix { field, text } => over_fields(field, |f| ResolvedQuery::Prefix {
+                field: f,
+                term: term(f, text),
+            }),
             Query::Fuzzy {
                 field,
                 text,
                 distance,
-            } => over_fields(
-                fields(field)
-                    .into_iter()
-                    .map(|f| ResolvedQuery::Fuzzy {
-                        field: f,
-                        term: term(f, text),
-                        distance: *distance,
-                    })
-                    .collect(),
-            ),
+            } => over_fields(field, |f| ResolvedQuery::Fuzzy {
+                field: f,
+                term: term(f, text),
+                distance: *distance,
+            }),
             Query::HasAttachment => ResolvedQuery::HasAttachment,
             Query::Before(ms) => ResolvedQuery::Before(*ms),
             Query::After(ms) => ResolvedQuery::After(*ms),

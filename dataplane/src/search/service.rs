@@ -832,9 +832,11 @@ impl SearchService {
         let scheme = self.active_scheme(tenant).await?;
         let indexer = scheme.indexer();
         // The index's terms were made with the version's folding rules and in its mode: so
-        // is the query (prefix and fuzzy words need plaintext terms).
+        // is the query (prefix and fuzzy words need plaintext terms; blind mode parses a
+        // query without them the same, and refuses them naming the position).
         let parsed = match (indexer.normalization(), indexer.mode()) {
             (Normalization::CURRENT, Mode::Plaintext) => parsed,
+            (Normalization::CURRENT, Mode::Blind) if !parsed.has_patterns() => parsed,
             (normalization, mode) => Query::parse_for(query, normalization, mode)?,
         };
         let request = SearchRequest {
