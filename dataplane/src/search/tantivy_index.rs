@@ -63,8 +63,9 @@ use tantivy::directory::MmapDirectory;
 use tantivy::directory::error::LockError;
 use tantivy::index::SegmentId;
 use tantivy::query::{
-    AllQuery, BitSetDocSet, BooleanQuery, ConstScorer, EmptyQuery, EnableScoring, Explanation,
-    FuzzyTermQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, Weight,
+    AllQuery, AllScorer, BitSetDocSet, BooleanQuery, ConstScorer, EmptyQuery, EmptyScorer,
+    EnableScoring, Explanation, FuzzyTermQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery,
+    Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{
     FAST, Field as TField, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
@@ -421,10 +422,21 @@ impl TenantIndex {
         ))
     }
 
+    /// `q` as the clause of an exclusion: without the inbox filter (see `build`), and behind
+    /// [`Excluded`] unless it is a single term (a term scorer's `seek_danger` is a plain seek).
+    fn excluded(&self, q: &IndexQuery) -> Box<dyn TQuery> {
+        let query = self.build(q, None);
+        match q {
+            IndexQuery::Term { .. } | IndexQuery::HasAttachment => query,
+            IndexQuery::Phrase { terms, .. } if terms.len() < 2 => query,
+            _ => Box::new(Excluded(query)),
+        }
+    }
+
     /// `q` with `filter` (when given) required inside every disjunction that is not under a
     /// negation (see the module docs). The caller requires `filter` at the top as well; within
-    /// it, each copy changes no result. Negated parts get no copy: tantivy checks exclusions
-    /// document by document, and an intersection under an exclusion trips its phrase scorer.
+    /// it, each copy changes no result. Negated parts get no copy (tantivy checks exclusions
+    /// document by document, so a copy would only cost) and are built by `excluded`.
     fn build(&self, q: &IndexQuery, filter: Option<&InboxFilter>) -> Box<dyn TQuery> {
         let f = &self.fields;
         match q {
@@ -443,7 +455,7 @@ impl TenantIndex {
                 for child in children {
                     match child {
                         IndexQuery::Not(inner) => {
-                            clauses.push((Occur::MustNot, self.build(inner, None)));
+                            clauses.push((Occur::MustNot, self.excluded(inner)));
                         }
                         other => clauses.push((Occur::Must, self.build(other, filter))),
                     }
@@ -476,7 +488,7 @@ impl TenantIndex {
             }
             IndexQuery::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
-                (Occur::MustNot, self.build(inner, None)),
+                (Occur::MustNot, self.excluded(inner)),
             ])),
             // Validated to be plaintext terms (see `validate_request`).
             IndexQuery::Prefix { field, term } => Box::new(FuzzyTermQuery::new_prefix(
@@ -832,6 +844,82 @@ impl Weight for InboxFilter {
                 "document {doc} is not in the requested inboxes"
             )))
         }
+    }
+}
+
+/// A negated clause, as tantivy's exclusion sees it: a scorer that is only ever moved with
+/// `seek`, so it always sits on a real match.
+///
+/// tantivy (0.27) checks an exclusion by `seek_danger` on each excluded scorer. That call may
+/// leave a scorer past the document asked about, and a phrase scorer (or an intersection
+/// holding one) asked about an earlier document next fails a debug assertion (and is relied
+/// on to be in a state the contract does not promise). Behind this wrapper the excluded
+/// scorer gets `DocSet`'s default `seek_danger`, which seeks only forward from a valid
+/// position. Single terms need no wrapper (see `excluded`).
+#[derive(Debug)]
+struct Excluded(Box<dyn TQuery>);
+
+impl Clone for Excluded {
+    fn clone(&self) -> Self {
+        Self(self.0.box_clone())
+    }
+}
+
+impl TQuery for Excluded {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(ExcludedWeight(self.0.weight(scoring)?)))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.0.query_terms(visitor);
+    }
+}
+
+struct ExcludedWeight(Box<dyn Weight>);
+
+impl Weight for ExcludedWeight {
+    fn scorer(&self, segment: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let inner = self.0.scorer(segment, boost)?;
+        // tantivy drops empty and match-all exclusions by their type: keep them visible.
+        if inner.is::<EmptyScorer>() || inner.is::<AllScorer>() {
+            return Ok(inner);
+        }
+        Ok(Box::new(SeekOnly(inner)))
+    }
+
+    fn explain(&self, segment: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.0.explain(segment, doc)
+    }
+}
+
+/// See [`Excluded`]: every method but `seek_danger` (left to the default) is the inner one's.
+struct SeekOnly(Box<dyn Scorer>);
+
+impl DocSet for SeekOnly {
+    fn advance(&mut self) -> DocId {
+        self.0.advance()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.0.seek(target)
+    }
+
+    fn doc(&self) -> DocId {
+        self.0.doc()
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.0.size_hint()
+    }
+
+    fn cost(&self) -> u64 {
+        self.0.cost()
+    }
+}
+
+impl Scorer for SeekOnly {
+    fn score(&mut self) -> Score {
+        self.0.score()
     }
 }
 
@@ -1529,5 +1617,94 @@ mod tests {
         }
         assert!(files > 3, "scanned only {files} files");
         hits
+    }
+
+    /// Negations of phrases and of several clauses at once, against a reference evaluation
+    /// of the same queries over the messages' words. tantivy's exclusion may seek a clause
+    /// past a document it was asked about; its phrase scorer then failed a debug assertion
+    /// (found by the `search_query` fuzz target with the first query below).
+    #[tokio::test]
+    async fn negated_phrases_and_many_negations_match_a_reference() {
+        const WORDS: [&str; 6] = ["la", "n", "o", "ot", "1", "lo"];
+        let (index, _dir) = fresh(Duration::ZERO).await;
+        let k = key(3);
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let bodies: Vec<Vec<&str>> = (0..80)
+            .map(|_| (0..1 + next(9)).map(|_| WORDS[next(WORDS.len())]).collect())
+            .collect();
+        let msgs: Vec<Msg> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, words)| {
+                let inbox = if i % 3 == 0 { "inbox-b" } else { "inbox-a" };
+                Msg::new(&format!("m{i:02}"), inbox, i as i64, "", &words.join(" "))
+            })
+            .collect();
+        let has =
+            |words: &[&str], phrase: &[&str]| words.windows(phrase.len()).any(|w| w == phrase);
+        let mut queries: Vec<(Vec<&str>, Vec<Vec<&str>>)> = vec![(
+            vec!["la"],
+            vec![vec!["n"], vec!["la", "la"], vec!["o"], vec!["ot", "1"]],
+        )];
+        for _ in 0..150 {
+            let positive: Vec<&str> = (0..1 + next(2)).map(|_| WORDS[next(WORDS.len())]).collect();
+            let negated = (0..1 + next(4))
+                .map(|_| (0..1 + next(3)).map(|_| WORDS[next(WORDS.len())]).collect())
+                .collect();
+            queries.push((positive, negated));
+        }
+        let quote = |p: &[&str]| {
+            if p.len() == 1 {
+                p[0].to_owned()
+            } else {
+                format!("\"{}\"", p.join(" "))
+            }
+        };
+        for (tenant_name, indexer) in [
+            ("negblind", Indexer::Blind(&k)),
+            ("negplain", Indexer::PLAINTEXT),
+        ] {
+            let t = tenant(tenant_name);
+            // Two segments, so exclusions run over more than one.
+            for half in msgs.chunks(45) {
+                index
+                    .index(&t, half.iter().map(|m| m.doc(&indexer)).collect())
+                    .await
+                    .unwrap_or_else(|e| panic!("index: {e}"));
+                index
+                    .flush(&t)
+                    .await
+                    .unwrap_or_else(|e| panic!("flush: {e}"));
+            }
+            for (positive, negated) in &queries {
+                let mut q = quote(positive);
+                for n in negated {
+                    q.push_str(" -");
+                    q.push_str(&quote(n));
+                }
+                for allowed in [&["inbox-a", "inbox-b"][..], &["inbox-b"][..]] {
+                    let mut expected: Vec<String> = msgs
+                        .iter()
+                        .zip(&bodies)
+                        .filter(|(m, words)| {
+                            allowed.contains(&m.inbox.as_str())
+                                && has(words, positive)
+                                && !negated.iter().any(|n| has(words, n))
+                        })
+                        .map(|(m, _)| m.id.clone())
+                        .collect();
+                    expected.sort();
+                    let mut got = ids(&index, &t, &indexer, &q, allowed).await;
+                    got.sort();
+                    assert_eq!(got, expected, "{tenant_name}: {q} in {allowed:?}");
+                }
+            }
+        }
     }
 }
