@@ -156,9 +156,8 @@ impl From<ServiceError> for ApiError {
                 format!("malformed query at position {}", q.position),
             ),
             ServiceError::Search(SearchError::InvalidCursor) => Self::invalid("invalid cursor"),
-            ServiceError::Search(SearchError::InvalidRequest(_)) => {
-                Self::invalid("invalid search request")
-            }
+            // Reasons are fixed texts that name no content.
+            ServiceError::Search(SearchError::InvalidRequest(reason)) => Self::invalid(reason),
             ServiceError::UnknownTenant(_) | ServiceError::UnknownInbox(_) => {
                 Self::not_found("inbox")
             }

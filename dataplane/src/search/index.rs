@@ -218,16 +218,31 @@ pub trait SearchIndex: Send + Sync + 'static {
 }
 
 /// Checks what every backend refuses before it touches an index.
+/// Why a search request is refused ([`SearchError::InvalidRequest`]): fixed texts that name
+/// no content, so they may reach the caller, also from the index role over gRPC.
+pub const BAD_LIMIT: &str = "limit must be between 1 and 1000";
+pub const TOO_MANY_INBOXES: &str = "too many inboxes in the filter (at most 10000)";
+pub const PATTERN_NEEDS_PLAINTEXT: &str = "prefix and fuzzy searches need plaintext terms";
+pub const EMPTY_PATTERN: &str = "a prefix or fuzzy term is empty";
+pub const BAD_FUZZY_DISTANCE: &str = "fuzzy distance must be 1 or 2";
+pub const PATTERN_TOO_BROAD: &str =
+    "a prefix or fuzzy word matches too many words of the index; type more of it";
+/// Every reason above.
+pub const INVALID_REQUEST_REASONS: [&str; 6] = [
+    BAD_LIMIT,
+    TOO_MANY_INBOXES,
+    PATTERN_NEEDS_PLAINTEXT,
+    EMPTY_PATTERN,
+    BAD_FUZZY_DISTANCE,
+    PATTERN_TOO_BROAD,
+];
+
 pub fn validate_request(request: &SearchRequest) -> Result<(), SearchError> {
     if request.limit == 0 || request.limit > MAX_LIMIT {
-        return Err(SearchError::InvalidRequest(
-            "limit must be between 1 and 1000",
-        ));
+        return Err(SearchError::InvalidRequest(BAD_LIMIT));
     }
     if request.inboxes.len() > MAX_INBOX_FILTER {
-        return Err(SearchError::InvalidRequest(
-            "too many inboxes in the filter (at most 10000)",
-        ));
+        return Err(SearchError::InvalidRequest(TOO_MANY_INBOXES));
     }
     check_patterns(&request.query)
 }
@@ -240,15 +255,11 @@ fn check_patterns(q: &IndexQuery) -> Result<(), SearchError> {
         IndexQuery::And(c) | IndexQuery::Or(c) => c.iter().try_for_each(check_patterns),
         IndexQuery::Not(inner) => check_patterns(inner),
         IndexQuery::Prefix { term, .. } | IndexQuery::Fuzzy { term, .. } => match term {
-            IndexTerm::Blind(_) => Err(SearchError::InvalidRequest(
-                "prefix and fuzzy searches need plaintext terms",
-            )),
-            IndexTerm::Plain(t) if t.is_empty() => Err(SearchError::InvalidRequest(
-                "a prefix or fuzzy term is empty",
-            )),
+            IndexTerm::Blind(_) => Err(SearchError::InvalidRequest(PATTERN_NEEDS_PLAINTEXT)),
+            IndexTerm::Plain(t) if t.is_empty() => Err(SearchError::InvalidRequest(EMPTY_PATTERN)),
             IndexTerm::Plain(_) => match q {
                 IndexQuery::Fuzzy { distance, .. } if !(1..=2).contains(distance) => {
-                    Err(SearchError::InvalidRequest("fuzzy distance must be 1 or 2"))
+                    Err(SearchError::InvalidRequest(BAD_FUZZY_DISTANCE))
                 }
                 _ => Ok(()),
             },

@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status};
 
 use super::blind::{Field, FieldTerms, IndexTerm};
 use super::index::{
-    Cursor, DeleteScope, IndexDoc, IndexStats, SearchError, SearchHit, SearchIndex, SearchPage,
-    SearchRequest,
+    Cursor, DeleteScope, INVALID_REQUEST_REASONS, IndexDoc, IndexStats, SearchError, SearchHit,
+    SearchIndex, SearchPage, SearchRequest,
 };
 use super::index_auth::{IndexSecret, IndexToken};
 use super::query::IndexQuery;
@@ -247,6 +247,14 @@ fn error_of(s: Status, tenant: &TenantId) -> SearchError {
         .to_owned();
     match (s.code(), kind.as_str()) {
         (_, "invalid-cursor") => SearchError::InvalidCursor,
+        // The reason crosses as text; a known one is kept, any other gets a fixed one.
+        (_, "invalid-request") => SearchError::InvalidRequest(
+            INVALID_REQUEST_REASONS
+                .iter()
+                .find(|r| s.message().ends_with(**r))
+                .copied()
+                .unwrap_or("the index role refused the request"),
+        ),
         (_, "locked") => SearchError::Locked {
             tenant: tenant.to_string(),
             holder: s
@@ -857,5 +865,33 @@ mod tests {
             .err()
             .map(|s| s.code());
         assert_eq!(missing, Some(tonic::Code::InvalidArgument));
+    }
+
+    /// A refused request crosses the wire with its reason when it is one of the known fixed
+    /// texts, and with a fixed one otherwise (the index role's text is never passed on).
+    #[test]
+    fn refusal_reasons_cross_the_wire() {
+        let tenant = TenantId::new("acme").unwrap_or_else(|e| panic!("{e}"));
+        for reason in INVALID_REQUEST_REASONS {
+            let back = error_of(status_of(SearchError::InvalidRequest(reason)), &tenant);
+            assert!(
+                matches!(back, SearchError::InvalidRequest(r) if r == reason),
+                "{reason}"
+            );
+        }
+        let mut other = Status::invalid_argument("something the client does not know");
+        other
+            .metadata_mut()
+            .insert(KIND_KEY, MetadataValue::from_static("invalid-request"));
+        let back = error_of(other, &tenant);
+        assert!(
+            matches!(
+                back,
+                SearchError::InvalidRequest("the index role refused the request")
+            ),
+            "{back:?}"
+        );
+        let cursor = error_of(status_of(SearchError::InvalidCursor), &tenant);
+        assert!(matches!(cursor, SearchError::InvalidCursor), "{cursor:?}");
     }
 }

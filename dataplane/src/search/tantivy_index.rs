@@ -81,8 +81,8 @@ use tantivy::{
 
 use super::blind::{BLIND_TOKEN_STR_LEN, Field, IndexTerm};
 use super::index::{
-    DeleteScope, IndexDoc, IndexStats, SearchError, SearchHit, SearchIndex, SearchPage,
-    SearchRequest, validate_request,
+    DeleteScope, IndexDoc, IndexStats, PATTERN_TOO_BROAD, SearchError, SearchHit, SearchIndex,
+    SearchPage, SearchRequest, validate_request,
 };
 use super::query::IndexQuery;
 use crate::ids::TenantId;
@@ -130,6 +130,8 @@ impl TantivyConfig {
 }
 
 const HOLDER_FILE: &str = "writer.holder";
+/// Most terms of one segment a prefix or fuzzy word may match (see `check_expansions`).
+pub const MAX_PATTERN_TERMS: usize = 20_000;
 /// Tries of a compaction whose segments a background merge holds.
 const COMPACT_ATTEMPTS: u32 = 8;
 
@@ -491,20 +493,12 @@ impl TenantIndex {
                 (Occur::MustNot, self.excluded(inner)),
             ])),
             // Validated to be plaintext terms (see `validate_request`).
-            IndexQuery::Prefix { field, term } => Box::new(FuzzyTermQuery::new_prefix(
-                Term::from_field_text(f.text(*field), &term.to_index_string()),
-                0,
-                true,
-            )),
+            IndexQuery::Prefix { field, term } => Box::new(self.pattern_query(*field, term, None)),
             IndexQuery::Fuzzy {
                 field,
                 term,
                 distance,
-            } => Box::new(FuzzyTermQuery::new(
-                Term::from_field_text(f.text(*field), &term.to_index_string()),
-                *distance,
-                true,
-            )),
+            } => Box::new(self.pattern_query(*field, term, Some(*distance))),
             IndexQuery::HasAttachment => Box::new(TermQuery::new(
                 Term::from_field_bool(f.has_attachment, true),
                 IndexRecordOption::Basic,
@@ -520,6 +514,63 @@ impl TenantIndex {
         }
     }
 
+    /// The tantivy query of a prefix word (`distance` `None`) or a fuzzy word.
+    fn pattern_query(
+        &self,
+        field: Field,
+        term: &IndexTerm,
+        distance: Option<u8>,
+    ) -> FuzzyTermQuery {
+        let term = Term::from_field_text(self.fields.text(field), &term.to_index_string());
+        match distance {
+            None => FuzzyTermQuery::new_prefix(term, 0, true),
+            Some(d) => FuzzyTermQuery::new(term, d, true),
+        }
+    }
+
+    /// Refuses a query whose prefix or fuzzy word matches more than [`MAX_PATTERN_TERMS`]
+    /// terms of one segment: tantivy unions the postings of every matching term, so such a
+    /// word (`th*` in a large tenant) would cost the whole index's postings.
+    fn check_expansions(
+        &self,
+        searcher: &tantivy::Searcher,
+        q: &IndexQuery,
+    ) -> Result<(), SearchError> {
+        match q {
+            IndexQuery::And(children) | IndexQuery::Or(children) => children
+                .iter()
+                .try_for_each(|c| self.check_expansions(searcher, c)),
+            IndexQuery::Not(inner) => self.check_expansions(searcher, inner),
+            IndexQuery::Prefix { field, term } | IndexQuery::Fuzzy { field, term, .. } => {
+                let distance = match q {
+                    IndexQuery::Fuzzy { distance, .. } => Some(*distance),
+                    _ => None,
+                };
+                let query = self.pattern_query(*field, term, distance);
+                for segment in searcher.segment_readers() {
+                    let automaton = query.automaton().map_err(backend_err)?;
+                    let inverted = segment
+                        .inverted_index(self.fields.text(*field))
+                        .map_err(backend_err)?;
+                    let mut terms = inverted
+                        .terms()
+                        .search(automaton)
+                        .into_stream()
+                        .map_err(|e| backend_err(e.into()))?;
+                    let mut matched = 0;
+                    while terms.advance() {
+                        matched += 1;
+                        if matched > MAX_PATTERN_TERMS {
+                            return Err(SearchError::InvalidRequest(PATTERN_TOO_BROAD));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn search(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
         validate_request(request)?;
         if request.inboxes.is_empty() {
@@ -530,6 +581,8 @@ impl TenantIndex {
             self.reader.reload().map_err(backend_err)?;
         }
         SEARCHES.inc();
+        let searcher = self.reader.searcher();
+        self.check_expansions(&searcher, &request.query)?;
         let filter = InboxFilter::new(self.fields.inbox_id, request.inboxes.iter().cloned());
         let query = BooleanQuery::new(vec![
             (Occur::Must, self.build(&request.query, Some(&filter))),
@@ -547,7 +600,6 @@ impl TenantIndex {
                 }
             }
         };
-        let searcher = self.reader.searcher();
         let top = searcher
             .search(
                 &query,
@@ -1705,6 +1757,37 @@ mod tests {
                     assert_eq!(got, expected, "{tenant_name}: {q} in {allowed:?}");
                 }
             }
+        }
+    }
+
+    /// A prefix or fuzzy word that matches more than `MAX_PATTERN_TERMS` terms of a segment
+    /// is refused as an invalid request (not searched); narrower ones search.
+    #[tokio::test]
+    async fn patterns_matching_too_many_terms_are_refused() {
+        let (index, _dir) = fresh(Duration::ZERO).await;
+        let t = tenant("expansions");
+        let words: Vec<String> = (0..=MAX_PATTERN_TERMS)
+            .map(|i| format!("zq{i:06}"))
+            .collect();
+        let m = Msg::new("m1", "inbox-a", 0, "many words", &words.join(" "));
+        let ix = Indexer::PLAINTEXT;
+        index
+            .index(&t, vec![m.doc(&ix)])
+            .await
+            .unwrap_or_else(|e| panic!("index: {e}"));
+        index
+            .flush(&t)
+            .await
+            .unwrap_or_else(|e| panic!("flush: {e}"));
+        for q in ["zq*", "body:zq*", "many -zq*", "many OR zq0*"] {
+            let req = conformance::request(&ix, q, &["inbox-a"], 10);
+            match index.search(&t, &req).await {
+                Err(SearchError::InvalidRequest(why)) => assert_eq!(why, PATTERN_TOO_BROAD, "{q}"),
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        for q in ["zq00001*", "zq000012~", "zq01000~2", "many"] {
+            assert_eq!(ids(&index, &t, &ix, q, &["inbox-a"]).await, ["m1"], "{q}");
         }
     }
 }
