@@ -341,7 +341,7 @@ impl TokenSink<'_> {
             parts.push((rest, TokenKind::AddressPart));
             parent = rest;
         }
-        for run in folded.split(|c: char| !c.is_alphanumeric()) {
+        for run in folded.split(|c: char| !is_address_word_char(c)) {
             parts.push((run, TokenKind::AddressPart));
         }
         let mut emitted: Vec<&str> = Vec::with_capacity(parts.len());
@@ -376,8 +376,24 @@ fn truncate(s: &str, max: usize) -> &str {
     s[..end].trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '_'))
 }
 
+/// A letter, a digit, or a combining mark (General_Category M), which belongs to the letter
+/// before it: `क़` (U+0958) and `क` + nukta, its decomposed form, must both stay inside an
+/// address.
+fn is_address_word_char(c: char) -> bool {
+    c.is_alphanumeric() || is_mark(c)
+}
+
+fn is_mark(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::NonspacingMark
+            | GeneralCategory::SpacingMark
+            | GeneralCategory::EnclosingMark
+    )
+}
+
 fn is_local_char(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-' | '\'')
+    is_address_word_char(c) || matches!(c, '.' | '_' | '%' | '+' | '-' | '\'')
 }
 
 /// Byte ranges of the email addresses in `text`, in order, not overlapping.
@@ -419,7 +435,7 @@ fn domain_length(s: &str) -> usize {
     let mut in_label = false;
     let mut end = 0;
     for (i, c) in s.char_indices() {
-        if c.is_alphanumeric() {
+        if c.is_alphanumeric() || (in_label && is_mark(c)) {
             in_label = true;
             end = i + c.len_utf8();
         } else if c == '-' && in_label {
@@ -662,6 +678,28 @@ mod tests {
     fn address_parts_are_not_repeated() {
         let t = texts("ann@ann.com");
         assert_eq!(t, ["ann@ann.com", "ann", "ann.com", "com"]);
+    }
+
+    /// Combining marks stay inside an address, so a decomposed address (or one whose
+    /// folding decomposes it) splits like the composed one (a fuzz finding: `क़`, U+0958,
+    /// folds to `क` + nukta).
+    #[test]
+    fn addresses_with_combining_marks_split_like_their_composed_form() {
+        for (composed, decomposed) in [
+            (
+                "f\u{958}p2usport@hedr.exapple",
+                "f\u{915}\u{93c}p2usport@hedr.exapple",
+            ),
+            ("jos\u{e9}@example.com", "jose\u{301}@example.com"),
+            ("ann@caf\u{e9}.example", "ann@cafe\u{301}.example"),
+        ] {
+            let tokens = normalize_tokens(composed);
+            assert_eq!(tokens[0].kind, TokenKind::Address, "{composed:?}");
+            assert!(tokens.iter().all(|t| t.position == 0), "{composed:?}");
+            assert_eq!(texts(decomposed), texts(composed), "{decomposed:?}");
+            // The whole address, written back, is the same one address.
+            assert_eq!(texts(&tokens[0].text), texts(composed), "{composed:?}");
+        }
     }
 
     #[test]
