@@ -27,15 +27,19 @@
 //!   kept for [`crate::store::MAIL_EVENT_RETENTION_MS`], an hour; a client away longer
 //!   reloads its views).
 //! - **Delivery** ([`EventHub`]): one task per tenant with open sockets in this process reads
-//!   the store every [`POLL`] and hands each batch, with the tenant's access read once for
-//!   all of them, to every socket of the tenant. A socket that resumes from an older event,
+//!   the store and hands each batch, with the tenant's access read once for all of them, to
+//!   every socket of the tenant. On PostgreSQL it reads when woken: every transaction that
+//!   records events notifies the tenant id at commit (migration 0012), one listening
+//!   connection per process forwards that to the tenant's task, and the task polls only
+//!   every [`SAFETY_POLL`] besides (and every [`POLL`] while the listener is down). On
+//!   SQLite, which cannot notify other processes, it reads every [`POLL`]. A socket that resumes from an older event,
 //!   or falls behind, reads the gap from the store itself first. A ping goes out every
 //!   [`PING`]; frames from the client other than close are ignored. While the database is
 //!   unreachable, events wait (the feed retries); a socket whose own read fails is closed
 //!   with code 1011, and the client reconnects with `after`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,7 +50,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde::Deserialize;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use super::ApiState;
 use super::error::ApiError;
@@ -57,8 +61,10 @@ use crate::ingest::jwt::MAX_TOKEN_BYTES;
 use crate::metrics::Counter;
 use crate::store::{MailEvent, Store, StoreError, now_ms, prune_expired_mail_events};
 
-/// How often the store is read for new events.
+/// How often a feed reads the store for new events where the database cannot wake it.
 pub const POLL: Duration = Duration::from_millis(250);
+/// How often a feed reads the store unprompted while wake-ups arrive (a safety net).
+pub const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// How often the caller's token is verified again.
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(5);
 /// How often a ping is sent.
@@ -171,17 +177,75 @@ pub struct Batch {
 }
 
 /// The live-event readers of one process: one task per tenant with open sockets reads the
-/// store every [`POLL`] and hands each batch (with the tenant's access, read once for all
+/// store when woken (or every [`POLL`] where the database cannot wake it, see
+/// [`EventPolling`]) and hands each batch (with the tenant's access, read once for all
 /// sockets) to every socket of that tenant. The task ends when the tenant's last socket
 /// does.
 pub struct EventHub {
     store: Arc<dyn Store>,
-    feeds: Mutex<HashMap<TenantId, Weak<Feed>>>,
+    feeds: Arc<Feeds>,
+    polling: EventPolling,
+    /// Whether the wake-up listener has been started.
+    listener: std::sync::Once,
+}
+
+/// The running feeds, and whether wake-ups arrive.
+#[derive(Default)]
+struct Feeds {
+    running: Mutex<HashMap<TenantId, Weak<Feed>>>,
+    /// True while the store's listener is connected: feeds then read when woken, and poll
+    /// only as a safety net.
+    listening: AtomicBool,
+}
+
+impl Feeds {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Weak<Feed>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self, tenant: &TenantId) {
+        if let Some(feed) = self.running().get(tenant).and_then(Weak::upgrade) {
+            feed.wake.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for feed in self.running().values().filter_map(Weak::upgrade) {
+            feed.wake.notify_one();
+        }
+    }
+}
+
+/// How often feeds read the store unprompted.
+#[derive(Clone, Copy, Debug)]
+pub struct EventPolling {
+    /// Without wake-ups (SQLite, or while the listener is down).
+    pub poll: Duration,
+    /// With wake-ups (PostgreSQL `NOTIFY`): a safety net only.
+    pub safety_poll: Duration,
+}
+
+impl Default for EventPolling {
+    fn default() -> Self {
+        Self {
+            poll: POLL,
+            safety_poll: SAFETY_POLL,
+        }
+    }
 }
 
 /// One tenant's reader, alive while a socket holds it.
 pub struct Feed {
     batches: broadcast::Sender<Arc<Batch>>,
+    /// Wakes the reader: events were recorded, or the feed is gone.
+    wake: Arc<Notify>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // The reader sees the feed gone at once rather than at its next poll.
+        self.wake.notify_one();
+    }
 }
 
 /// Batches a slow socket may fall behind by before it reads the store itself.
@@ -189,9 +253,15 @@ const FEED_BACKLOG: usize = 64;
 
 impl EventHub {
     pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::with_polling(store, EventPolling::default())
+    }
+
+    pub fn with_polling(store: Arc<dyn Store>, polling: EventPolling) -> Self {
         Self {
             store,
-            feeds: Mutex::new(HashMap::new()),
+            feeds: Arc::default(),
+            polling,
+            listener: std::sync::Once::new(),
         }
     }
 
@@ -200,45 +270,122 @@ impl EventHub {
         &self,
         tenant: &TenantId,
     ) -> Result<(Arc<Feed>, broadcast::Receiver<Arc<Batch>>), StoreError> {
+        self.listener.call_once(|| {
+            tokio::spawn(listen(self.store.clone(), Arc::downgrade(&self.feeds)));
+        });
         if let Some(feed) = self.running(tenant) {
             let rx = feed.batches.subscribe();
             return Ok((feed, rx));
         }
         let start = self.store.latest_mail_event(tenant).await?;
-        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut feeds = self.feeds.running();
         // Another socket may have started it meanwhile.
         if let Some(feed) = feeds.get(tenant).and_then(Weak::upgrade) {
             let rx = feed.batches.subscribe();
             return Ok((feed, rx));
         }
         let (batches, rx) = broadcast::channel(FEED_BACKLOG);
-        let feed = Arc::new(Feed { batches });
+        let wake = Arc::new(Notify::new());
+        let feed = Arc::new(Feed {
+            batches,
+            wake: wake.clone(),
+        });
         feeds.retain(|_, f| f.strong_count() > 0);
         feeds.insert(tenant.clone(), Arc::downgrade(&feed));
+        // The first read comes at once: a wake-up sent before the feed was in the map (for
+        // an event after `start`) found no one to wake.
+        wake.notify_one();
         tokio::spawn(read_feed(
-            self.store.clone(),
-            tenant.clone(),
-            Arc::downgrade(&feed),
+            FeedReader {
+                store: self.store.clone(),
+                tenant: tenant.clone(),
+                feed: Arc::downgrade(&feed),
+                wake,
+                feeds: self.feeds.clone(),
+                polling: self.polling,
+            },
             start,
         ));
         Ok((feed, rx))
     }
 
     fn running(&self, tenant: &TenantId) -> Option<Arc<Feed>> {
-        self.feeds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .and_then(Weak::upgrade)
+        self.feeds.running().get(tenant).and_then(Weak::upgrade)
     }
 }
 
-/// Reads the tenant's events after `cursor` every [`POLL`] while a socket holds the feed.
-async fn read_feed(store: Arc<dyn Store>, tenant: TenantId, feed: Weak<Feed>, mut cursor: i64) {
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Forwards the store's wake-ups to the feeds while the hub lives; listens again (after a
+/// pause) when the listener is lost, and ends where the store has none.
+async fn listen(store: Arc<dyn Store>, feeds: Weak<Feeds>) {
+    let mut pause = Duration::from_secs(1);
     loop {
-        poll.tick().await;
+        match store.listen_mail_events().await {
+            Ok(None) => return,
+            Ok(Some(mut listener)) => {
+                let Some(hub) = feeds.upgrade() else { return };
+                hub.listening.store(true, Ordering::Release);
+                // Events recorded before the listener was up are read now.
+                hub.wake_all();
+                drop(hub);
+                pause = Duration::from_secs(1);
+                loop {
+                    let next = listener.next().await;
+                    let Some(hub) = feeds.upgrade() else { return };
+                    match next {
+                        Ok(Some(tenant)) => hub.wake(&tenant),
+                        Ok(None) => hub.wake_all(),
+                        Err(e) => {
+                            hub.listening.store(false, Ordering::Release);
+                            hub.wake_all();
+                            tracing::warn!(error = %e, "live events: wake-ups lost; polling until they are back");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "live events: cannot listen for wake-ups; polling");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+        if feeds.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
+/// What one tenant's reader needs.
+struct FeedReader {
+    store: Arc<dyn Store>,
+    tenant: TenantId,
+    feed: Weak<Feed>,
+    wake: Arc<Notify>,
+    feeds: Arc<Feeds>,
+    polling: EventPolling,
+}
+
+/// Reads the tenant's events after `cursor` when woken (see [`EventHub`]) while a socket
+/// holds the feed.
+async fn read_feed(r: FeedReader, mut cursor: i64) {
+    let FeedReader {
+        store,
+        tenant,
+        feed,
+        wake,
+        feeds,
+        polling,
+    } = r;
+    loop {
+        let period = if feeds.listening.load(Ordering::Acquire) {
+            polling.safety_poll
+        } else {
+            polling.poll
+        };
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(period) => {}
+        }
         let Some(feed) = feed.upgrade() else { return };
         prune(store.as_ref()).await;
         // Read until the log is drained (a burst of more than one batch goes out at once).
@@ -250,7 +397,7 @@ async fn read_feed(store: Arc<dyn Store>, tenant: TenantId, feed: Weak<Feed>, mu
                     if let Some(last) = batch.events.last() {
                         cursor = last.seq;
                     }
-                    // No receiver left: the next tick finds the feed gone.
+                    // No receiver left: the next wake finds the feed gone.
                     let _ = feed.batches.send(Arc::new(batch));
                     if !full {
                         break;

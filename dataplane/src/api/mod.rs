@@ -84,6 +84,15 @@ impl ApiState {
         }
     }
 
+    /// Live events read with these polling periods rather than the defaults.
+    pub fn with_event_polling(mut self, polling: events::EventPolling) -> Self {
+        self.events = Arc::new(events::EventHub::with_polling(
+            self.store().clone(),
+            polling,
+        ));
+        self
+    }
+
     /// The database of record.
     pub fn store(&self) -> &Arc<dyn Store> {
         self.keyring.store()

@@ -1010,6 +1010,22 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_mail_event(&self, tenant: &TenantId) -> Result<i64, StoreError>;
     /// Deletes the events recorded before `before_ms`; returns how many.
     async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError>;
+    /// Wake-ups whenever any process records live events, where the database can send
+    /// them (PostgreSQL: `LISTEN`/`NOTIFY`, migration 0012); `None` where it cannot, and
+    /// readers poll. Each call opens its own listening connection.
+    async fn listen_mail_events(&self) -> Result<Option<Box<dyn MailEventListener>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// See [`Store::listen_mail_events`].
+#[async_trait]
+pub trait MailEventListener: Send {
+    /// Waits for the next wake-up: `Some(tenant)` once a transaction that recorded events of
+    /// the tenant has committed; `None` when wake-ups may have been missed (the connection
+    /// was lost and is back), so every reader should read again. An error means the
+    /// listener is lost; the caller listens again later.
+    async fn next(&mut self) -> Result<Option<TenantId>, StoreError>;
 }
 
 /// How long live events are kept (`/v1/events` resumes within it).

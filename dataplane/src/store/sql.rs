@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
@@ -28,7 +28,9 @@ use super::{
     StoredAttachment, StoredMessage, SyncJob, TenantRecord, UnixMillis, now_ms,
 };
 use super::{ConversationCursor, ConversationRecord, SearchTombstone, TombstoneScope};
-use super::{MailEvent, MailEventKind, PurgeCandidate, PurgeOutcome, RestoreOutcome};
+use super::{
+    MailEvent, MailEventKind, MailEventListener, PurgeCandidate, PurgeOutcome, RestoreOutcome,
+};
 use crate::crypto::{DekVersion, SealedField};
 use crate::ids::TenantId;
 
@@ -86,6 +88,43 @@ impl PgStore {
     }
 }
 
+/// The channel of live-event wake-ups; the payload is the tenant id (migration 0012).
+const MAIL_EVENT_CHANNEL: &str = "helpr_mail_events";
+
+impl PgStore {
+    async fn listen_events(&self) -> Result<Option<Box<dyn MailEventListener>>, StoreError> {
+        const OP: &str = "listen_mail_events";
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        listener
+            .listen(MAIL_EVENT_CHANNEL)
+            .await
+            .map_err(db_err(OP))?;
+        Ok(Some(Box::new(PgEventListener(listener))))
+    }
+}
+
+struct PgEventListener(PgListener);
+
+#[async_trait]
+impl MailEventListener for PgEventListener {
+    async fn next(&mut self) -> Result<Option<TenantId>, StoreError> {
+        // `try_recv` answers `None` once after a lost connection, and reconnects (listening
+        // again) on the next call.
+        match self
+            .0
+            .try_recv()
+            .await
+            .map_err(db_err("listen_mail_events"))?
+        {
+            // A payload that is not a tenant id cannot come from the trigger: read all.
+            Some(n) => Ok(TenantId::new(n.payload()).ok()),
+            None => Ok(None),
+        }
+    }
+}
+
 // --- SQLite -----------------------------------------------------------------------------
 
 /// The SQLite store (embedded default).
@@ -131,6 +170,11 @@ impl SqliteStore {
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// SQLite cannot tell other processes of a commit: readers poll.
+    async fn listen_events(&self) -> Result<Option<Box<dyn MailEventListener>>, StoreError> {
+        Ok(None)
     }
 
     /// Applies the embedded SQLite migrations.
@@ -3085,6 +3129,12 @@ macro_rules! sql_store {
                     Some(row) => Self::col(&row, "mail_event_counters", "seq"),
                     None => Ok(0),
                 }
+            }
+
+            async fn listen_mail_events(
+                &self,
+            ) -> Result<Option<Box<dyn MailEventListener>>, StoreError> {
+                self.listen_events().await
             }
 
             async fn prune_mail_events(&self, before_ms: UnixMillis) -> Result<u64, StoreError> {
