@@ -1956,6 +1956,40 @@ mod cases {
         v
     }
 
+    /// Wake-ups for live events: PostgreSQL notifies the tenant of every committed
+    /// transaction that recorded events (and only those); SQLite has none.
+    pub async fn mail_event_wakeups(b: &Backend) -> anyhow::Result<()> {
+        let s = b.store();
+        let Some(mut listener) = s.listen_mail_events().await? else {
+            assert_eq!(s.backend(), "sqlite");
+            return Ok(());
+        };
+        assert_eq!(s.backend(), "postgres");
+        let t = tenant(s, "acme").await;
+        let other = tenant(s, "beta").await;
+        let inbox_id = inbox(s, &t, "support@acme.example").await;
+        let other_inbox = inbox(s, &other, "support@beta.example").await;
+        let k = key();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), listener.next())
+                .await
+                .expect("a wake-up within 10 s")
+        };
+        let m1 = message(&k, &t, &inbox_id, "gm-1", "th-a", 1_000, 0);
+        s.insert_message(&m1).await?;
+        assert_eq!(next().await?, Some(t.clone()));
+        // A duplicate delivery records no event and wakes no one: the next wake-up is the
+        // other tenant's.
+        s.insert_message(&m1).await?;
+        let theirs = message(&k, &other, &other_inbox, "gm-9", "th-z", 3_000, 0);
+        s.insert_message(&theirs).await?;
+        assert_eq!(next().await?, Some(other.clone()));
+        let user = deletion("agent-7", DeleteReason::User, 10_000);
+        assert!(s.soft_delete_message(&t, &m1.id, &user).await?);
+        assert_eq!(next().await?, Some(t.clone()));
+        Ok(())
+    }
+
     /// Live events: written in the transaction of each change (stored, soft-deleted,
     /// restored), ids only, per tenant, in order; a duplicate insert writes none; pruned by
     /// age; gone with the tenant's data.
@@ -2482,6 +2516,7 @@ conformance!(
     delete_message_leaves_no_trace,
     soft_delete_restore_and_purge,
     mail_events_follow_changes,
+    mail_event_wakeups,
     inbox_soft_delete_cascades_to_later_mail,
     index_outbox_and_index_keys,
     index_key_rotation,
