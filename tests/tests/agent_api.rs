@@ -140,9 +140,17 @@ struct Harness {
     inboxes: std::collections::HashMap<&'static str, String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    _jwks: tokio::task::JoinHandle<()>,
+    jwks: tokio::task::JoinHandle<()>,
     _db: Option<TestDatabase>,
     _dir: tempfile::TempDir,
+}
+
+/// How a harness differs from the default one.
+#[derive(Default)]
+struct Options {
+    polling: EventPolling,
+    /// The issuer's keys may be cached for 1 s only (else an hour).
+    short_lived_keys: bool,
 }
 
 fn meta(name: &str, generation: i64) -> ControlMeta {
@@ -156,10 +164,10 @@ fn meta(name: &str, generation: i64) -> ControlMeta {
 
 impl Harness {
     async fn postgres() -> Harness {
-        Self::postgres_polling(EventPolling::default()).await
+        Self::postgres_with(Options::default()).await
     }
 
-    async fn postgres_polling(polling: EventPolling) -> Harness {
+    async fn postgres_with(options: Options) -> Harness {
         let db = TestDatabase::create().await.unwrap();
         let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url).await.unwrap());
         let control: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url).await.unwrap());
@@ -168,17 +176,21 @@ impl Harness {
             control,
             Some(db),
             tempfile::tempdir().unwrap(),
-            polling,
+            options,
         )
         .await
     }
 
     async fn sqlite() -> Harness {
+        Self::sqlite_with(Options::default()).await
+    }
+
+    async fn sqlite_with(options: Options) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let url = sqlite_url(dir.path());
         let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
         let control: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
-        Self::start(store, control, None, dir, EventPolling::default()).await
+        Self::start(store, control, None, dir, options).await
     }
 
     async fn start(
@@ -186,7 +198,7 @@ impl Harness {
         control: Arc<dyn Store>,
         db: Option<TestDatabase>,
         dir: tempfile::TempDir,
-        polling: EventPolling,
+        options: Options,
     ) -> Harness {
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(dir.path().join("kms")).unwrap());
         let keyring = Arc::new(Keyring::new(kms, store.clone(), KeyringConfig::default()));
@@ -307,7 +319,20 @@ impl Harness {
         // The issuer's JWKS.
         let jwks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let jwks_url = format!("http://{}/certs", jwks_listener.local_addr().unwrap());
-        let jwks_app = axum::Router::new().route("/certs", get(|| async { axum::Json(jwks()) }));
+        let cache_control = if options.short_lived_keys {
+            "max-age=1"
+        } else {
+            "max-age=3600"
+        };
+        let jwks_app = axum::Router::new().route(
+            "/certs",
+            get(move || async move {
+                (
+                    [(axum::http::header::CACHE_CONTROL, cache_control)],
+                    axum::Json(jwks()),
+                )
+            }),
+        );
         let jwks_task = tokio::spawn(async move {
             axum::serve(jwks_listener, jwks_app).await.unwrap();
         });
@@ -317,6 +342,7 @@ impl Harness {
                 issuer: ISSUER.into(),
                 audience: AUDIENCE.into(),
                 jwks_url,
+                jwks_min_refetch_interval_secs: if options.short_lived_keys { 1 } else { 30 },
                 ..ApiSettings::default()
             })
             .unwrap(),
@@ -324,8 +350,8 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state =
-            ApiState::new(keyring.clone(), search.clone(), verifier).with_event_polling(polling);
+        let state = ApiState::new(keyring.clone(), search.clone(), verifier)
+            .with_event_polling(options.polling);
         let server = tokio::spawn(async move {
             serve(state, listener, async move {
                 let _ = stopped.await;
@@ -342,7 +368,7 @@ impl Harness {
             inboxes,
             stop: Some(stop),
             server: Some(server),
-            _jwks: jwks_task,
+            jwks: jwks_task,
             _db: db,
             _dir: dir,
         }
@@ -1398,9 +1424,12 @@ async fn live_events_share_one_reader_per_tenant(h: Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_live_events_arrive_by_notify_without_polling() {
     let hour = Duration::from_secs(3600);
-    let h = Harness::postgres_polling(EventPolling {
-        poll: hour,
-        safety_poll: hour,
+    let h = Harness::postgres_with(Options {
+        polling: EventPolling {
+            poll: hour,
+            safety_poll: hour,
+        },
+        ..Options::default()
     })
     .await;
     let mut acme = h
@@ -1420,6 +1449,37 @@ async fn postgres_live_events_arrive_by_notify_without_polling() {
         let e = next_event(&mut globex).await;
         assert_eq!(e["inbox_id"], h.inbox("globex-org"), "{e}");
     }
+    h.shutdown().await;
+}
+
+/// A socket whose token cannot be checked again because the issuer's keys cannot be
+/// fetched (their cached copy expired, the issuer is down) closes with 1013, failing closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_close_with_1013_when_the_issuer_keys_are_unavailable() {
+    let h = Harness::sqlite_with(Options {
+        short_lived_keys: true,
+        ..Options::default()
+    })
+    .await;
+    let mut socket = h
+        .events(Some(&token("acme", "ann", &[])), "")
+        .await
+        .unwrap();
+    h.jwks.abort();
+    use futures::StreamExt as _;
+    let close = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("closed within 20 s");
+        match frame {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    let close = close.unwrap();
+    assert_eq!(u16::from(close.code), 1013);
+    assert_eq!(close.reason.as_str(), "issuer keys unavailable");
     h.shutdown().await;
 }
 
