@@ -67,7 +67,8 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use unicode_segmentation::UnicodeSegmentation;
 
-/// Longest word token, in bytes of UTF-8 after folding; longer words are truncated.
+/// Longest word token, in bytes of UTF-8 after folding; longer words are truncated (and
+/// give no token if what is left holds no letter or digit).
 pub const MAX_TOKEN_BYTES: usize = 64;
 /// Longest whole-address token, in bytes after folding (RFC 5321's path limit).
 pub const MAX_ADDRESS_BYTES: usize = 254;
@@ -294,9 +295,13 @@ impl TokenSink<'_> {
                 if self.full() {
                     return;
                 }
+                let text = word_token(word);
+                if text.is_empty() {
+                    continue;
+                }
                 let mut buf = std::mem::take(&mut self.word);
                 buf.clear();
-                buf.push_str(truncate(word, MAX_TOKEN_BYTES));
+                buf.push_str(text);
                 buf.make_ascii_lowercase();
                 self.push(&buf, self.next_position, TokenKind::Word);
                 self.word = buf;
@@ -310,7 +315,7 @@ impl TokenSink<'_> {
                 }
                 // A combining mark after a space joins the space's segment (UAX #29 WB4):
                 // the token is the mark alone, never the space.
-                let text = truncate(piece.trim_start(), MAX_TOKEN_BYTES);
+                let text = word_token(piece.trim_start());
                 if text.is_empty() {
                     continue;
                 }
@@ -360,6 +365,19 @@ impl TokenSink<'_> {
             self.push(part, position, kind);
         }
         self.next_position = self.next_position.saturating_add(1);
+    }
+}
+
+/// The token of a word: the word truncated at [`MAX_TOKEN_BYTES`], or nothing (no token, no
+/// position) when the truncated word holds no letter or digit (`_` x 64 of a longer word):
+/// written in a query, such a token would not be a word, so the query would not parse back
+/// to itself.
+fn word_token(word: &str) -> &str {
+    let text = truncate(word, MAX_TOKEN_BYTES);
+    if text.chars().any(char::is_alphanumeric) {
+        text
+    } else {
+        ""
     }
 }
 
@@ -700,6 +718,22 @@ mod tests {
             // The whole address, written back, is the same one address.
             assert_eq!(texts(&tokens[0].text), texts(composed), "{composed:?}");
         }
+    }
+
+    /// A long word whose first 64 bytes hold no letter or digit gives no token (a fuzz
+    /// finding: its truncated token, written in a query, was not a word).
+    #[test]
+    fn a_truncated_word_without_letters_or_digits_gives_no_token() {
+        let long = format!("{}gf", "_".repeat(72));
+        assert_eq!(
+            words(&format!("a {long} b")),
+            [("a".into(), 0), ("b".into(), 1)]
+        );
+        let short = format!("{}gf", "_".repeat(20));
+        assert_eq!(texts(&short), [short.clone()]);
+        // Non-ASCII words take the general path, with the same rule.
+        let accented = format!("{}\u{e9}", "_".repeat(72));
+        assert!(texts(&accented).is_empty());
     }
 
     #[test]
