@@ -1169,6 +1169,22 @@ impl Harness {
 }
 
 /// The next event frame (pings and pongs skipped), within 10 s.
+/// The close frame the server ends the socket with (within 20 s), skipping other frames.
+async fn next_close(socket: &mut Socket) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("closed within 20 s");
+        match frame {
+            Some(Ok(Message::Close(c))) => return c.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 async fn next_event(socket: &mut Socket) -> Value {
     use futures::StreamExt as _;
     use tokio_tungstenite::tungstenite::Message;
@@ -1291,18 +1307,7 @@ async fn live_events_reach_only_agents_who_may_read_their_inbox(h: Harness) {
         .events(Some(&sign_with(SIGNING_KEY, KID, &short)), "")
         .await
         .unwrap();
-    use futures::StreamExt as _;
-    let close = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), expiring.next())
-            .await
-            .expect("closed within 15 s");
-        match frame {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    };
-    let close = close.unwrap();
+    let close = next_close(&mut expiring).await;
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(close.reason.as_str(), "token expired");
     h.shutdown().await;
@@ -1466,18 +1471,7 @@ async fn live_events_close_with_1013_when_the_issuer_keys_are_unavailable() {
         .await
         .unwrap();
     h.jwks.abort();
-    use futures::StreamExt as _;
-    let close = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .expect("closed within 20 s");
-        match frame {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    };
-    let close = close.unwrap();
+    let close = next_close(&mut socket).await;
     assert_eq!(u16::from(close.code), 1013);
     assert_eq!(close.reason.as_str(), "issuer keys unavailable");
     h.shutdown().await;

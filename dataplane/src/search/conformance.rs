@@ -113,7 +113,13 @@ pub(crate) async fn ids(
     panic!("pagination did not end");
 }
 
-async fn add(index: &dyn SearchIndex, tenant: &TenantId, indexer: &Indexer<'_>, msgs: &[Msg]) {
+/// Indexes `msgs` and makes them searchable.
+pub(crate) async fn add(
+    index: &dyn SearchIndex,
+    tenant: &TenantId,
+    indexer: &Indexer<'_>,
+    msgs: &[Msg],
+) {
     index
         .index(tenant, msgs.iter().map(|m| m.doc(indexer)).collect())
         .await

@@ -1725,14 +1725,7 @@ mod tests {
             let t = tenant(tenant_name);
             // Two segments, so exclusions run over more than one.
             for half in msgs.chunks(45) {
-                index
-                    .index(&t, half.iter().map(|m| m.doc(&indexer)).collect())
-                    .await
-                    .unwrap_or_else(|e| panic!("index: {e}"));
-                index
-                    .flush(&t)
-                    .await
-                    .unwrap_or_else(|e| panic!("flush: {e}"));
+                conformance::add(&index, &t, &indexer, half).await;
             }
             for (positive, negated) in &queries {
                 let mut q = quote(positive);
@@ -1771,14 +1764,7 @@ mod tests {
             .collect();
         let m = Msg::new("m1", "inbox-a", 0, "many words", &words.join(" "));
         let ix = Indexer::PLAINTEXT;
-        index
-            .index(&t, vec![m.doc(&ix)])
-            .await
-            .unwrap_or_else(|e| panic!("index: {e}"));
-        index
-            .flush(&t)
-            .await
-            .unwrap_or_else(|e| panic!("flush: {e}"));
+        conformance::add(&index, &t, &ix, &[m]).await;
         for q in ["zq*", "body:zq*", "many -zq*", "many OR zq0*"] {
             let req = conformance::request(&ix, q, &["inbox-a"], 10);
             match index.search(&t, &req).await {

@@ -730,7 +730,7 @@ mod tests {
             [("a".into(), 0), ("b".into(), 1)]
         );
         let short = format!("{}gf", "_".repeat(20));
-        assert_eq!(texts(&short), [short.clone()]);
+        assert_eq!(texts(&short), [short]);
         // Non-ASCII words take the general path, with the same rule.
         let accented = format!("{}\u{e9}", "_".repeat(72));
         assert!(texts(&accented).is_empty());
