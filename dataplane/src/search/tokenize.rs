@@ -53,15 +53,18 @@
 //! dots (a trailing dot is not part of it). For `Ann.Lee+support@Mail.Example.com` the tokens,
 //! all folded like words and all at the same position, are:
 //!
-//! - the whole address `ann.lee+support@mail.example.com` ([`TokenKind::Address`], truncated
-//!   at [`MAX_ADDRESS_BYTES`], the RFC 5321 limit, instead of [`MAX_TOKEN_BYTES`]);
+//! - the whole address `ann.lee+support@mail.example.com` ([`TokenKind::Address`], up to
+//!   [`MAX_ADDRESS_BYTES`], the RFC 5321 limit, instead of [`MAX_TOKEN_BYTES`]);
 //! - the local part `ann.lee+support`, the domain `mail.example.com`, each parent domain of two
 //!   or more labels (`example.com`), and every run of letters and digits (`ann`, `lee`,
 //!   `support`, `mail`, `example`, `com`), each once ([`TokenKind::AddressPart`]).
 //!
 //! So `from:ann@example.com`, `from:example.com`, `from:ann.lee` and `from:ann` all match.
 //! A query term that is an address searches for the whole-address token only.
-//! An address needs a dot in its domain: `root@localhost` is two words.
+//! An address needs a dot in its domain: `root@localhost` is two words. An address longer
+//! than [`MAX_ADDRESS_BYTES`] after folding is not one (RFC 5321) and is indexed as words: a
+//! truncated address token could lose its domain's dot and, written in a query, not be an
+//! address.
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -70,7 +73,7 @@ use unicode_segmentation::UnicodeSegmentation;
 /// Longest word token, in bytes of UTF-8 after folding; longer words are truncated (and
 /// give no token if what is left holds no letter or digit).
 pub const MAX_TOKEN_BYTES: usize = 64;
-/// Longest whole-address token, in bytes after folding (RFC 5321's path limit).
+/// Longest address, in bytes after folding (RFC 5321's path limit); longer ones are words.
 pub const MAX_ADDRESS_BYTES: usize = 254;
 /// Most tokens produced for one text (one field of one message).
 pub const MAX_TOKENS_PER_FIELD: usize = 100_000;
@@ -327,6 +330,10 @@ impl TokenSink<'_> {
 
     fn address(&mut self, address: &str) {
         let folded = fold(address, self.normalization);
+        if folded.len() > MAX_ADDRESS_BYTES {
+            self.words(address);
+            return;
+        }
         let Some((local, domain)) = folded.rsplit_once('@') else {
             // Folding cannot remove the '@'; if it ever did, index the text as words.
             self.words(address);
@@ -334,7 +341,7 @@ impl TokenSink<'_> {
         };
         let position = self.next_position;
         let mut parts: Vec<(&str, TokenKind)> = vec![
-            (truncate(&folded, MAX_ADDRESS_BYTES), TokenKind::Address),
+            (folded.as_str(), TokenKind::Address),
             (local, TokenKind::AddressPart),
             (domain, TokenKind::AddressPart),
         ];
@@ -734,6 +741,24 @@ mod tests {
         // Non-ASCII words take the general path, with the same rule.
         let accented = format!("{}\u{e9}", "_".repeat(72));
         assert!(texts(&accented).is_empty());
+    }
+
+    /// An address longer than the RFC 5321 limit is words, with their positions (a fuzz
+    /// finding: its truncated token lost the domain's dot).
+    #[test]
+    fn an_overlong_address_is_words() {
+        let at_limit = format!("{}@example.com", "a".repeat(MAX_ADDRESS_BYTES - 12));
+        assert_eq!(normalize_tokens(&at_limit)[0].kind, TokenKind::Address);
+        assert_eq!(normalize_tokens(&at_limit)[0].text, at_limit);
+        let long = format!("ann@{}.example.com", "d".repeat(MAX_ADDRESS_BYTES));
+        let tokens = normalize_tokens(&format!("to {long} now"));
+        assert!(
+            tokens.iter().all(|t| t.kind == TokenKind::Word),
+            "{tokens:?}"
+        );
+        let positions: Vec<u32> = tokens.iter().map(|t| t.position).collect();
+        assert_eq!(positions, (0..tokens.len() as u32).collect::<Vec<_>>());
+        assert_eq!(tokens[1].text, "ann");
     }
 
     #[test]
