@@ -18,8 +18,16 @@
 //!    the folded word is segmented once more; each piece is a token.
 //! 3. A token longer than [`MAX_TOKEN_BYTES`] is **truncated** at a character boundary (then
 //!    trailing punctuation is trimmed): two long tokens with the same prefix collide, which can
-//!    only add a hit, never lose one. At most [`MAX_TOKENS_PER_FIELD`] tokens are produced for
-//!    one text; the rest of a huge body is not indexed.
+//!    only add a hit, never lose one. A truncated word left without a letter or digit gives
+//!    no token. At most [`MAX_TOKENS_PER_FIELD`] tokens are produced for one text; the rest of
+//!    a huge body is not indexed.
+//!
+//! Three rules changed on 2026-12-04 without a new normalization version (a version would
+//! re-index every tenant, and each rule touches only malformed or rare text; an index made
+//! before can miss only searches for that text): the lone mark above; a truncated word of
+//! only `_` (it was a token of underscores); addresses holding combining marks (a decomposed
+//! "josé@example.com" was split at its mark) or longer than [`MAX_ADDRESS_BYTES`] (a
+//! truncated address token).
 //!
 //! # Normalization versions
 //!
