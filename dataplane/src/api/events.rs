@@ -32,11 +32,11 @@
 //!   records events notifies the tenant id at commit (migration 0012), one listening
 //!   connection per process forwards that to the tenant's task, and the task polls only
 //!   every [`SAFETY_POLL`] besides (and every [`POLL`] while the listener is down). On
-//!   SQLite, which cannot notify other processes, it reads every [`POLL`]. A socket that resumes from an older event,
-//!   or falls behind, reads the gap from the store itself first. A ping goes out every
-//!   [`PING`]; frames from the client other than close are ignored. While the database is
-//!   unreachable, events wait (the feed retries); a socket whose own read fails is closed
-//!   with code 1011, and the client reconnects with `after`.
+//!   SQLite, which cannot notify other processes, it reads every [`POLL`]. A socket that
+//!   resumes from an older event, or falls behind, reads the gap from the store itself
+//!   first. A ping goes out every [`PING`]; frames from the client other than close are
+//!   ignored. While the database is unreachable, events wait (the feed retries); a socket
+//!   whose own read fails is closed with code 1011, and the client reconnects with `after`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

@@ -903,11 +903,11 @@ impl Weight for InboxFilter {
 /// `seek`, so it always sits on a real match.
 ///
 /// tantivy (0.27) checks an exclusion by `seek_danger` on each excluded scorer. That call may
-/// leave a scorer past the document asked about, and a phrase scorer (or an intersection
-/// holding one) asked about an earlier document next fails a debug assertion (and is relied
-/// on to be in a state the contract does not promise). Behind this wrapper the excluded
-/// scorer gets `DocSet`'s default `seek_danger`, which seeks only forward from a valid
-/// position. Single terms need no wrapper (see `excluded`).
+/// leave a scorer past the document asked about; a phrase scorer (or an intersection
+/// holding one) then asked about an earlier document fails a debug assertion, and in a
+/// release build goes on from a position its `seek` does not allow. Behind this wrapper the
+/// excluded scorer gets `DocSet`'s default `seek_danger`, which seeks only forward from a
+/// valid position. Single terms need no wrapper (see `excluded`).
 #[derive(Debug)]
 struct Excluded(Box<dyn TQuery>);
 
