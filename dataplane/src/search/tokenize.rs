@@ -72,7 +72,8 @@
 //! An address needs a dot in its domain: `root@localhost` is two words. An address longer
 //! than [`MAX_ADDRESS_BYTES`] after folding is not one (RFC 5321) and is indexed as words: a
 //! truncated address token could lose its domain's dot and, written in a query, not be an
-//! address.
+//! address. So is an address that folding turns into something that is not exactly one
+//! address (`¼x@example.com` folds to `1⁄4x@example.com`, and `⁄` ends a local part).
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -338,7 +339,10 @@ impl TokenSink<'_> {
 
     fn address(&mut self, address: &str) {
         let folded = fold(address, self.normalization);
-        if folded.len() > MAX_ADDRESS_BYTES {
+        // Folding can make it no address, or not one address ("¼" folds to "1⁄4", and the
+        // fraction slash cannot be in an address): then its words are indexed. So the token,
+        // written in a query, is found again as this one address.
+        if folded.len() > MAX_ADDRESS_BYTES || find_addresses(&folded) != [(0, folded.len())] {
             self.words(address);
             return;
         }
@@ -767,6 +771,25 @@ mod tests {
         let positions: Vec<u32> = tokens.iter().map(|t| t.position).collect();
         assert_eq!(positions, (0..tokens.len() as u32).collect::<Vec<_>>());
         assert_eq!(tokens[1].text, "ann");
+    }
+
+    /// An address that folding turns into something that is not exactly one address is
+    /// words (a fuzz finding: "¼" folds to "1⁄4").
+    #[test]
+    fn an_address_that_folding_breaks_is_words() {
+        let tokens = normalize_tokens("\u{bc}Df.@example.org");
+        assert!(
+            tokens.iter().all(|t| t.kind == TokenKind::Word),
+            "{tokens:?}"
+        );
+        for token in &tokens {
+            assert_eq!(texts(&token.text), [token.text.clone()], "{tokens:?}");
+        }
+        // Folding that keeps one address keeps it one token.
+        assert_eq!(
+            normalize_tokens("\u{c9}mile@Example.org")[0].text,
+            "emile@example.org"
+        );
     }
 
     #[test]
