@@ -783,7 +783,11 @@ mod tests {
             "{tokens:?}"
         );
         for token in &tokens {
-            assert_eq!(texts(&token.text), [token.text.clone()], "{tokens:?}");
+            assert_eq!(
+                texts(&token.text),
+                std::slice::from_ref(&token.text),
+                "{tokens:?}"
+            );
         }
         // Folding that keeps one address keeps it one token.
         assert_eq!(
