@@ -17,15 +17,16 @@
 //!    (so Hangul and kana come back composed). Folding can create separators ("½" → "1⁄2"), so
 //!    the folded word is segmented once more; each piece is a token.
 //! 3. A token longer than [`MAX_TOKEN_BYTES`] is **truncated** at a character boundary (then
-//!    trailing punctuation is trimmed): two long tokens with the same prefix collide, which can
-//!    only add a hit, never lose one. A truncated word left without a letter or digit gives
-//!    no token. At most [`MAX_TOKENS_PER_FIELD`] tokens are produced for one text; the rest of
+//!    trailing punctuation is trimmed, and if what is left is more than one word, its first
+//!    word is kept): two long tokens with the same prefix collide, which can only add a hit,
+//!    never lose one. A truncated word left without a letter or digit gives no token. At most [`MAX_TOKENS_PER_FIELD`] tokens are produced for one text; the rest of
 //!    a huge body is not indexed.
 //!
-//! Three rules changed on 2026-12-04 without a new normalization version (a version would
+//! These rules changed on 2026-12-04 without a new normalization version (a version would
 //! re-index every tenant, and each rule touches only malformed or rare text; an index made
 //! before can miss only searches for that text): the lone mark above; a truncated word of
-//! only `_` (it was a token of underscores); addresses holding combining marks (a decomposed
+//! only `_` (it was a token of underscores) or of more than one word (it was kept whole);
+//! addresses holding combining marks (a decomposed
 //! "josé@example.com" was split at its mark) or longer than [`MAX_ADDRESS_BYTES`] (a
 //! truncated address token).
 //!
@@ -392,7 +393,15 @@ impl TokenSink<'_> {
 /// written in a query, such a token would not be a word, so the query would not parse back
 /// to itself.
 fn word_token(word: &str) -> &str {
-    let text = truncate(word, MAX_TOKEN_BYTES);
+    let mut text = truncate(word, MAX_TOKEN_BYTES);
+    if text.len() < word.len() {
+        // A cut word can be more than one word: a `:` or `.` joins its neighbours only when a
+        // letter follows it (UAX #29 WB6/WB7), and the cut can take that letter away. The
+        // token is then the first of those words, which is one word wherever it is written.
+        if let Some(first) = text.split_word_bounds().next() {
+            text = first;
+        }
+    }
     if text.chars().any(char::is_alphanumeric) {
         text
     } else {
@@ -737,6 +746,18 @@ mod tests {
             // The whole address, written back, is the same one address.
             assert_eq!(texts(&tokens[0].text), texts(composed), "{composed:?}");
         }
+    }
+
+    /// A long word cut where a `:` joined two parts only because of the letter after it
+    /// gives the first part (a fuzz finding: the cut token was two words in a query).
+    #[test]
+    fn a_word_cut_after_a_joining_colon_gives_its_first_part() {
+        // 60 + 1 + 3 bytes: the cut falls right after the mark.
+        let word = format!("{}:\u{902}x{}", "a".repeat(60), "b".repeat(20));
+        assert_eq!(texts(&word).len(), 1, "one word");
+        let token = texts(&word).remove(0);
+        assert_eq!(token, "a".repeat(60));
+        assert_eq!(texts(&token), std::slice::from_ref(&token));
     }
 
     /// A long word whose first 64 bytes hold no letter or digit gives no token (a fuzz
