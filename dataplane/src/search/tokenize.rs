@@ -27,8 +27,9 @@
 //! before can miss only searches for that text): the lone mark above; a truncated word of
 //! only `_` (it was a token of underscores) or of more than one word (it was kept whole);
 //! addresses holding combining marks (a decomposed
-//! "josé@example.com" was split at its mark) or longer than [`MAX_ADDRESS_BYTES`] (a
-//! truncated address token).
+//! "josé@example.com" was split at its mark), longer than [`MAX_ADDRESS_BYTES`] (a
+//! truncated address token), or that folding turns into something other than one address
+//! (`¼` folds to `1⁄4`; such an address is now indexed as words).
 //!
 //! # Normalization versions
 //!
