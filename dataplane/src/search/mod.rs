@@ -36,8 +36,8 @@ pub use index::{
     SearchRequest,
 };
 pub use query::{
-    BlindQuery, IndexQuery, PlaintextQuery, Query, QueryError, QueryErrorKind, ResolvedQuery,
-    blind_query, index_query, plaintext_query,
+    BlindQuery, IndexQuery, MAX_QUERY_CHARS, PlaintextQuery, Query, QueryError, QueryErrorKind,
+    ResolvedQuery, blind_query, index_query, plaintext_query,
 };
 pub use tantivy_index::{TantivyConfig, TantivyIndex};
 pub use tokenize::{Normalization, Token, TokenKind, normalize_tokens, normalize_tokens_with};
